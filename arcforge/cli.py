@@ -1,0 +1,191 @@
+"""The ``arcforge`` command: run pipelines, see their status, inspect datasets."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from arcforge.pipelines.config import ConfigError
+
+console = Console(stderr=False)
+err = Console(stderr=True)
+
+
+class RichProgress:
+    """Turns runner callbacks into one progress bar per stage with live document counts."""
+
+    def __init__(self) -> None:
+        self.bar = Progress(
+            TextColumn("[bold]{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[docs]}"),
+            TimeElapsedColumn(),
+            console=console,
+            transient=False,
+        )
+        self.task: Any = None
+        self.docs = 0
+
+    def start_stage(self, name: str, total: int, done: int) -> None:
+        self.bar.start()
+        self.docs = 0
+        self.task = self.bar.add_task(name, total=total, completed=done, docs="")
+
+    def advance(self, record: dict[str, Any]) -> None:
+        self.docs += record.get("stats", {}).get("docs_out", 0)
+        self.bar.update(self.task, advance=1, docs=f"{self.docs:,} docs out" if self.docs else "")
+
+    def end_stage(self, result: Any) -> None:
+        if result.status == "skipped":
+            console.print(f"[dim]{result.name:<14} committed already, skipped[/dim]")
+        elif self.task is not None:
+            self.bar.update(self.task, completed=result.partitions, docs=f"{result.manifest['rows']:,} docs out")
+        self.bar.stop()
+        self.task = None
+
+
+def _stats_row(name: str, manifest: dict[str, Any] | None, status: str) -> list[str]:
+    if manifest is None:
+        return [name, status, "", "", "", ""]
+    st = manifest.get("stats", {})
+    drops = {k.removeprefix("dropped."): v for k, v in st.items() if k.startswith("dropped.")}
+    drop_txt = ", ".join(f"{k} {v:,}" for k, v in sorted(drops.items(), key=lambda kv: -kv[1])) or "-"
+    return [
+        name,
+        status,
+        f"{st.get('docs_in', 0):,}",
+        f"{st.get('docs_out', manifest.get('rows', 0)):,}",
+        drop_txt,
+        f"{st.get('seconds', 0):.1f}",
+    ]
+
+
+def summary_table(rows: list[list[str]], title: str) -> Table:
+    table = Table(title=title)
+    for col in ("stage", "status", "docs in", "docs out", "dropped by reason", "task s"):
+        table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from arcforge.pipelines.config import load_plan
+    from arcforge.pipelines.runner import Runner
+
+    plan = load_plan(args.config)  # validates fully before any engine starts
+    runner = Runner(plan, progress=RichProgress())
+    results = runner.run(only=args.only, start=getattr(args, "from"), force=args.force)
+    rows = [_stats_row(r.name, r.manifest, r.status) for r in results]
+    console.print(summary_table(rows, f"run {plan.config.name}"))
+    for r in results:
+        for e in r.manifest.get("errors", []):
+            console.print(f"[yellow]reported[/yellow] {r.name}: {e}")
+    console.print(f"outputs: {plan.run_uri}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from arcforge.pipelines import dataset, storage
+    from arcforge.pipelines.dataset import DatasetRef
+    from arcforge.pipelines.runner import RUN_FILE
+
+    run = DatasetRef(args.run_dir)
+    fs, base = run.fs()
+    run_file = storage.join(base, RUN_FILE)
+    if not storage.exists(fs, run_file):
+        err.print(f"{args.run_dir}: not an arcforge run directory (no {RUN_FILE})")
+        return 2
+    info = storage.read_json(fs, run_file)
+    rows = []
+    for st in info["stages"]:
+        ref = run.child(st["name"])
+        manifest = dataset.read_manifest(ref)
+        if manifest is not None:
+            rows.append(_stats_row(st["name"], manifest, "committed"))
+        else:
+            n = len(dataset.read_commits(ref))
+            rows.append([st["name"], f"not committed ({n} parts done)" if n else "not run", "", "", "", ""])
+    console.print(summary_table(rows, f"run {info['name']}"))
+    return 0
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    import pyarrow.parquet as pq
+
+    from arcforge.pipelines import dataset, storage
+    from arcforge.pipelines.dataset import DatasetRef
+
+    ref = DatasetRef(args.path)
+    fs, base = ref.fs()
+    if storage.exists(fs, storage.join(base, dataset.MANIFEST)):
+        table = dataset.read_dataset(ref)
+        origin = f"{len(dataset.read_manifest(ref)['parts'])} committed parts"
+    elif storage.exists(fs, base) and base.endswith(".parquet"):
+        with fs.open_input_file(base) as f:
+            table = pq.read_table(f)
+        origin = "one Parquet file"
+    else:
+        err.print(f"{args.path}: neither a committed dataset (no {dataset.MANIFEST}) nor a Parquet file")
+        return 2
+    console.print(f"[bold]{args.path}[/bold]: {table.num_rows:,} rows in {origin}")
+    console.print(str(table.schema))
+    for row in table.slice(0, args.rows).to_pylist():
+        shown = {k: (v[: args.width] + "…" if isinstance(v, str) and len(v) > args.width else v) for k, v in row.items()}
+        console.print_json(json.dumps(shown, default=str, ensure_ascii=False))
+    return 0
+
+
+def cmd_corpus(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
+
+    path = fetch_demo_corpus(Path(args.dest) if args.dest else None)
+    print(path)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="arcforge", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run a pipeline config; committed stages and partitions are skipped")
+    r.add_argument("config")
+    r.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must be committed)")
+    r.add_argument("--from", metavar="STAGE", help="run this stage and every stage after it")
+    r.add_argument("--force", action="store_true", help="forget the selected stages' commits and redo them")
+    r.set_defaults(fn=cmd_run)
+    s = sub.add_parser("status", help="show each stage of a run: committed or not, rows in and out")
+    s.add_argument("run_dir")
+    s.set_defaults(fn=cmd_status)
+    i = sub.add_parser("inspect", help="schema, row count and sample rows of a dataset or Parquet file")
+    i.add_argument("path")
+    i.add_argument("-n", "--rows", type=int, default=3)
+    i.add_argument("--width", type=int, default=160, help="truncate strings to this many characters")
+    i.set_defaults(fn=cmd_inspect)
+    c = sub.add_parser("corpus", help="fetch the pinned demo corpus into the cache and print its path")
+    c.add_argument("--dest")
+    c.set_defaults(fn=cmd_corpus)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except ConfigError as exc:
+        err.print(str(exc), markup=False, highlight=False, soft_wrap=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

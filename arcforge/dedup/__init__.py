@@ -1,0 +1,1 @@
+"""Deduplication: exact (this release), MinHash-LSH and semantic (later issues)."""

@@ -1,0 +1,180 @@
+"""Exact deduplication on normalised text.
+
+Two passes, each a pure function of its inputs so retries and resumes give the
+same parts:
+
+1. hash every document's normalised text, group by hash, and keep the member
+   with the smallest ``(id, partition, row)``; the keeper does not depend on
+   how the input is partitioned when ids are unique;
+2. rewrite each input partition without its duplicates, which go to the
+   rejected dataset with reason ``exact_duplicate`` and the keeper's id.
+
+On Spark the grouping is a shuffle (nothing is collected on the driver); the
+local engine runs the same logic in memory as the reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import unicodedata
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import pyarrow as pa
+
+from arcforge.pipelines import storage
+from arcforge.pipelines.stage import GlobalStage, Output, Resources, StageParams, Stats, register, split_rejected
+from arcforge.pipelines.storage import S3Options
+from arcforge.pipelines.tasks import PartitionTask, commit_partition
+
+_SPACE = re.compile(r"\s+")
+_PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
+
+
+class ExactDedupParams(StageParams):
+    lowercase: bool = True
+    strip_punctuation: bool = False
+    column: str = "text"
+
+
+def normalize_text(text: str, params: ExactDedupParams = ExactDedupParams()) -> str:
+    """NFKC, optional casefold and punctuation strip, collapsed whitespace."""
+    text = unicodedata.normalize("NFKC", text)
+    if params.lowercase:
+        text = text.casefold()
+    if params.strip_punctuation:
+        text = _PUNCT.sub(" ", text)
+    return _SPACE.sub(" ", text).strip()
+
+
+def text_hashes(texts: Iterable[str], params: ExactDedupParams = ExactDedupParams()) -> list[str]:
+    return [hashlib.blake2b(normalize_text(t, params).encode(), digest_size=16).hexdigest() for t in texts]
+
+
+def hash_table(table: pa.Table, partition: int, params: ExactDedupParams) -> pa.Table:
+    """Pass 1 per partition: (partition, row, id, hash) for every document."""
+    n = table.num_rows
+    return pa.table(
+        {
+            "partition": pa.array([partition] * n, pa.int32()),
+            "row": pa.array(range(n), pa.int32()),
+            "id": table.column("id").cast(pa.string()),
+            "hash": pa.array(text_hashes(table.column(params.column).to_pylist(), params), pa.string()),
+        }
+    )
+
+
+def find_duplicates(hashes: pa.Table) -> dict[int, dict[int, str]]:
+    """Reference grouping: {partition: {row: keeper id}} for every non-keeper."""
+    best: dict[str, tuple[str, int, int]] = {}
+    rows = list(zip(*(hashes.column(c).to_pylist() for c in ("hash", "id", "partition", "row"))))
+    for h, id_, part, row in rows:
+        key = (id_, part, row)
+        if h not in best or key < best[h]:
+            best[h] = key
+    drops: dict[int, dict[int, str]] = {}
+    for h, id_, part, row in rows:
+        keeper = best[h]
+        if (id_, part, row) != keeper:
+            drops.setdefault(part, {})[row] = keeper[0]
+    return drops
+
+
+def drop_rows(table: pa.Table, drops: dict[int, str]) -> Output:
+    """Pass 2 per partition: split the input into kept rows and duplicates with their keeper."""
+    reasons = ["exact_duplicate" if i in drops else None for i in range(table.num_rows)]
+    details = [f"duplicate_of={drops[i]}" if i in drops else None for i in range(table.num_rows)]
+    return split_rejected(table, reasons, details)
+
+
+def _read_input(task: PartitionTask) -> pa.Table:
+    fs, path = storage.filesystem(task.input_uri, S3Options(**task.s3))
+    return storage.read_parquet(fs, path)
+
+
+def rewrite_partition(task: PartitionTask, drops: dict[int, str]) -> dict[str, Any]:
+    started = time.time()
+    table = _read_input(task)
+    stats = Stats()
+    stats.update("docs_in", table.num_rows)
+    from arcforge.pipelines.documents import conform, rejected_schema, text_bytes
+
+    stats.update("bytes_in", text_bytes(table))
+    out = drop_rows(table, drops)
+    rejected = conform(out.rejected, rejected_schema(task.schema)) if out.rejected is not None else None
+    return commit_partition(task, conform(out.kept, task.schema), rejected, stats, started)
+
+
+class ExactDedup(GlobalStage[ExactDedupParams]):
+    def run_local(self, ctx: Any) -> list[dict[str, Any]]:
+        params: ExactDedupParams = ctx.stage.params
+        hashes = pa.concat_tables([hash_table(_read_input(t), t.partition, params) for t in ctx.tasks])
+        drops = find_duplicates(hashes)
+        records = []
+        for task in ctx.pending:
+            rec = rewrite_partition(task, drops.get(task.partition, {}))
+            ctx.on_commit(rec)
+            records.append(rec)
+        return records
+
+    def run_spark(self, ctx: Any) -> list[dict[str, Any]]:
+        import json
+
+        from pyspark.sql import functions as F
+        from pyspark.sql.window import Window
+
+        engine = ctx.engine
+        if not ctx.pending:
+            return []
+        params_json = ctx.stage.params.model_dump_json()
+        hashes = engine.descriptor_frame(ctx.tasks).mapInArrow(
+            _spark_hash_fn(params_json), "partition int, row int, id string, hash string"
+        )
+        keeper = Window.partitionBy("hash").orderBy("id", "partition", "row")
+        dups = (
+            hashes.withColumn("keeper", F.first("id").over(keeper))
+            .withColumn("rank", F.row_number().over(keeper))
+            .where(F.col("rank") > 1)
+            .groupBy("partition")
+            .agg(F.collect_list(F.struct("row", "keeper")).alias("drops"))
+        )
+        work = engine.descriptor_frame(ctx.pending).join(dups, "partition", "left")
+        result = work.mapInArrow(_spark_rewrite_fn, "partition int, record string")
+        rows = engine.collect_with_progress(result, len(ctx.pending), ctx.on_commit)
+        return [json.loads(r["record"]) for r in rows]
+
+
+def _spark_hash_fn(params_json: str):  # noqa: ANN202 - returns a mapInArrow function
+    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        params = ExactDedupParams.model_validate_json(params_json)
+        for batch in batches:
+            for task_json in batch.column("task").to_pylist():
+                task = PartitionTask.from_json(task_json)
+                yield from hash_table(_read_input(task), task.partition, params).to_batches()
+
+    return fn
+
+
+def _spark_rewrite_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+    import json
+
+    for batch in batches:
+        parts, records = [], []
+        for row in batch.to_pylist():
+            drops = {d["row"]: d["keeper"] for d in row["drops"] or []}
+            parts.append(row["partition"])
+            records.append(json.dumps(rewrite_partition(PartitionTask.from_json(row["task"]), drops)))
+        yield pa.RecordBatch.from_pydict({"partition": pa.array(parts, pa.int32()), "record": records})
+
+
+EXACT_DEDUP = register(
+    ExactDedup(
+        "dedup.exact",
+        ExactDedupParams,
+        resources=Resources(cpus=1),
+        engine="spark",
+        doc="Exact dedup on normalised text; one deterministic keeper per group.",
+    )
+)

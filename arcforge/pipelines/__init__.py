@@ -1,0 +1,1 @@
+"""Stage runtime, engines, storage and the domain pipelines."""

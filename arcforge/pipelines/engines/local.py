@@ -1,0 +1,24 @@
+"""In-process engine: the reference semantics, and the fastest choice for tiny inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from arcforge.pipelines.engines.base import OnCommit
+from arcforge.pipelines.stage import Stage
+from arcforge.pipelines.tasks import PartitionTask, execute_task
+
+
+class LocalEngine:
+    name = "local"
+
+    def run_tasks(self, stage: Stage[Any], tasks: list[PartitionTask], on_commit: OnCommit) -> list[dict[str, Any]]:
+        records = []
+        for task in tasks:
+            rec = execute_task(task)
+            on_commit(rec)
+            records.append(rec)
+        return records
+
+    def stop(self) -> None:
+        pass

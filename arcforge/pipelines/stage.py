@@ -1,0 +1,245 @@
+"""Stage declarations: what a stage is, declared once, independent of any engine.
+
+Three kinds cover the pipelines:
+
+* ``SourceStage`` turns one input file (a WARC, a dump) into document batches.
+* ``MapStage`` turns each record batch of one input part into kept and rejected rows.
+* ``GlobalStage`` needs every row at once (dedup clustering, percentiles); it
+  implements ``run`` per engine but commits parts through the same helpers.
+
+The per-batch functions are plain Python over Arrow, so tests call them directly.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
+
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict
+
+from arcforge.pipelines.documents import DOC_SCHEMA, REJECT_FIELDS, conform, with_columns
+
+ENGINES = ("local", "spark", "ray")
+
+
+class StageParams(BaseModel):
+    """Base of every stage's typed parameters: unknown keys are errors, not ignored."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NoParams(StageParams):
+    pass
+
+
+P = TypeVar("P", bound=StageParams)
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What one task of the stage needs, as NeMo Curator declares it."""
+
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+
+class Stats:
+    """Per-task counters, summed by the driver into the manifest (datatrove's stat_update)."""
+
+    def __init__(self) -> None:
+        self.counters: Counter[str] = Counter()
+
+    def update(self, name: str, value: int | float = 1) -> None:
+        self.counters[name] += value
+
+    def merge(self, other: dict[str, int | float]) -> None:
+        for k, v in other.items():
+            self.counters[k] += v
+
+    def as_dict(self) -> dict[str, int | float]:
+        return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in sorted(self.counters.items())}
+
+
+@dataclass
+class Output:
+    """What a batch function returns: rows to keep and rows rejected with a reason column."""
+
+    kept: pa.Table | pa.RecordBatch
+    rejected: pa.Table | None = None
+
+
+def split_rejected(
+    batch: pa.Table | pa.RecordBatch,
+    reasons: list[str | None],
+    details: list[str | None] | None = None,
+) -> Output:
+    """Split a batch by a per-row reason: ``None`` keeps the row, a string rejects it."""
+    table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    reason_arr = pa.array(reasons, pa.string())
+    keep_mask = pc.is_null(reason_arr)
+    kept = table.filter(keep_mask)
+    drop_mask = pc.invert(keep_mask)
+    if not pc.any(drop_mask).as_py():
+        return Output(kept=kept, rejected=None)
+    detail_arr = pa.array(details if details is not None else [None] * len(reasons), pa.string())
+    rejected = table.filter(drop_mask)
+    rejected = rejected.append_column(REJECT_FIELDS[0], reason_arr.filter(drop_mask))
+    rejected = rejected.append_column(REJECT_FIELDS[1], detail_arr.filter(drop_mask))
+    return Output(kept=kept, rejected=rejected)
+
+
+@dataclass
+class TaskContext:
+    """Handed to batch functions: the worker's setup state, the task's counters, and
+    file-level errors (a corrupt input) that the run reports without stopping."""
+
+    state: Any = None
+    stats: Stats = field(default_factory=Stats)
+    partition: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class Stage(Generic[P]):
+    """Common declaration: a name, typed params, resources and a default engine."""
+
+    kind: ClassVar[str] = "stage"
+
+    def __init__(
+        self,
+        name: str,
+        params: type[P],
+        *,
+        resources: Resources = Resources(),
+        engine: str = "local",
+        version: str = "1",
+        doc: str = "",
+    ) -> None:
+        if engine not in ENGINES:
+            raise ValueError(f"stage {name}: engine must be one of {ENGINES}, got {engine!r}")
+        self.name = name
+        self.params = params
+        self.resources = resources
+        self.engine = engine
+        self.version = version  # bump when the logic changes so committed outputs are redone
+        self.doc = doc
+
+    def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name}>"
+
+
+class SourceStage(Stage[P]):
+    """Reads one input file per partition and yields (kept, rejected) tables."""
+
+    kind = "source"
+
+    def __init__(
+        self,
+        name: str,
+        params: type[P],
+        read: Callable[[str, Any, P, TaskContext], Iterator[Output]],
+        *,
+        schema: pa.Schema = DOC_SCHEMA,
+        setup: Callable[[P], Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(name, params, **kw)
+        self.read = read
+        self.schema = schema
+        self.setup = setup
+
+    def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        return self.schema
+
+
+class MapStage(Stage[P]):
+    """Applies ``fn(batch, params, ctx) -> Output`` to every batch of every input part."""
+
+    kind = "map"
+
+    def __init__(
+        self,
+        name: str,
+        params: type[P],
+        fn: Callable[[pa.RecordBatch, P, TaskContext], Output],
+        *,
+        requires: tuple[str, ...] = ("text",),
+        adds: tuple[pa.Field, ...] = (),
+        setup: Callable[[P], Any] | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(name, params, **kw)
+        self.fn = fn
+        self.requires = requires
+        self.adds = adds
+        self.setup = setup
+
+    def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        return with_columns(input_schema or DOC_SCHEMA, self.adds)
+
+    def apply(self, batch: pa.RecordBatch, params: P, ctx: TaskContext, schema: pa.Schema) -> Output:
+        out = self.fn(batch, params, ctx)
+        rejected = out.rejected
+        return Output(kept=conform(out.kept, schema), rejected=rejected)
+
+
+class GlobalStage(Stage[P]):
+    """Needs all rows at once; subclasses implement ``run_<engine>`` methods.
+
+    A global stage still writes one part per input partition through the shared
+    commit helpers, so resume and rejected datasets work as for map stages.
+    """
+
+    kind = "global"
+    adds: tuple[pa.Field, ...] = ()
+
+    def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        return with_columns(input_schema or DOC_SCHEMA, self.adds)
+
+    def supported_engines(self) -> tuple[str, ...]:
+        return tuple(e for e in ENGINES if hasattr(self, f"run_{e}"))
+
+
+_REGISTRY: dict[str, Stage[Any]] = {}
+
+# Built-in stages and the module that registers each; imported only when named,
+# so validating a config does not import trafilatura, fastText, Spark or Ray.
+BUILTIN_STAGES = {
+    "web.extract_warc": "arcforge.pipelines.web.warc",
+    "web.langid": "arcforge.pipelines.web.langid",
+    "text.wikipedia_dump": "arcforge.pipelines.web.sources",
+    "text.plain_files": "arcforge.pipelines.web.sources",
+    "dedup.exact": "arcforge.dedup.exact",
+}
+
+
+def register(stage: Stage[Any]) -> Stage[Any]:
+    _REGISTRY[stage.name] = stage
+    return stage
+
+
+
+def resolve_stage(ref: str) -> Stage[Any]:
+    """Find a stage by registered name (``web.extract_warc``) or import path (``pkg.mod:obj``)."""
+    if ":" in ref:
+        mod_name, _, attr = ref.partition(":")
+        obj = getattr(importlib.import_module(mod_name), attr)
+        if not isinstance(obj, Stage):
+            raise TypeError(f"{ref} is not an arcforge Stage")
+        return obj
+    if ref not in _REGISTRY and ref in BUILTIN_STAGES:
+        importlib.import_module(BUILTIN_STAGES[ref])
+    if ref not in _REGISTRY:
+        raise KeyError(ref)
+    return _REGISTRY[ref]
+
+
+def registered_names() -> list[str]:
+    return sorted(set(_REGISTRY) | set(BUILTIN_STAGES))

@@ -1,0 +1,1 @@
+"""Web pipeline: WARC/ARC reading, HTML extraction, language identification."""
