@@ -22,6 +22,11 @@ class RichProgress:
     """Turns runner callbacks into one progress bar per stage with live document counts."""
 
     def __init__(self) -> None:
+        self.bar: Progress | None = None
+        self.task: Any = None
+        self.docs = 0
+
+    def start_stage(self, name: str, total: int, done: int) -> None:
         self.bar = Progress(
             TextColumn("[bold]{task.description:<14}"),
             BarColumn(),
@@ -29,12 +34,7 @@ class RichProgress:
             TextColumn("{task.fields[docs]}"),
             TimeElapsedColumn(),
             console=console,
-            transient=False,
         )
-        self.task: Any = None
-        self.docs = 0
-
-    def start_stage(self, name: str, total: int, done: int) -> None:
         self.bar.start()
         self.docs = 0
         self.task = self.bar.add_task(name, total=total, completed=done, docs="")
@@ -46,10 +46,11 @@ class RichProgress:
     def end_stage(self, result: Any) -> None:
         if result.status == "skipped":
             console.print(f"[dim]{result.name:<14} committed already, skipped[/dim]")
-        elif self.task is not None:
+            return
+        if self.bar is not None:
             self.bar.update(self.task, completed=result.partitions, docs=f"{result.manifest['rows']:,} docs out")
-        self.bar.stop()
-        self.task = None
+            self.bar.stop()
+        self.bar = self.task = None
 
 
 def _stats_row(name: str, manifest: dict[str, Any] | None, status: str) -> list[str]:

@@ -50,3 +50,35 @@ def slow_filter(batch: pa.RecordBatch, params: SlowParams, ctx: TaskContext) -> 
 
 
 SLOW_FILTER = MapStage("test.slow_filter", SlowParams, slow_filter, engine="local")
+
+
+WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+
+
+def make_line_files(directory, n_files: int = 4, n_lines: int = 50, seed: int = 0) -> list:  # noqa: ANN001
+    """Text files of random short lines: duplicates and short lines occur by construction."""
+    import random
+
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    paths = []
+    for i in range(n_files):
+        lines = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(1, 8))) for _ in range(n_lines)]
+        p = directory / f"f{i:02d}.txt"
+        p.write_text("\n".join(lines) + "\n")
+        paths.append(p)
+    return paths
+
+
+def pipeline_yaml(root: str, inputs: str, *, name: str = "t", filt_engine: str = "local",
+                  dedup_engine: str = "local", lines_engine: str = "local", min_chars: int = 12,
+                  seconds: float = 0.0, extra: str = "") -> str:
+    return f"""
+name: {name}
+storage: {{root: "{root}"}}
+engines: {{spark: {{master: "local[2]"}}, ray: {{num_cpus: 2}}}}
+stages:
+  - {{name: lines, uses: "pipeline_stages:LINES", input: {{files: ["{inputs}"]}}, engine: {lines_engine}}}
+  - {{name: filt, uses: "pipeline_stages:SLOW_FILTER", input: lines, engine: {filt_engine}, params: {{min_chars: {min_chars}, seconds: {seconds}}}}}
+  - {{name: dedup, uses: dedup.exact, input: filt, engine: {dedup_engine}}}
+{extra}"""

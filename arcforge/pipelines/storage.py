@@ -42,14 +42,16 @@ def is_s3(uri: str) -> bool:
 def filesystem(uri: str, s3: S3Options | None = None) -> tuple[pafs.FileSystem, str]:
     """Return the filesystem for a URI and the path inside it."""
     if is_s3(uri):
-        opts = s3 or S3Options.from_env()
+        env = S3Options.from_env()
+        endpoint = (s3.endpoint_url if s3 else None) or env.endpoint_url
+        region = (s3.region if s3 else None) or env.region
         kw: dict[str, Any] = {}
-        if opts.endpoint_url:
-            scheme, _, host = opts.endpoint_url.partition("://")
+        if endpoint:
+            scheme, _, host = endpoint.partition("://")
             kw["endpoint_override"] = host.rstrip("/")
             kw["scheme"] = scheme
-        if opts.region:
-            kw["region"] = opts.region
+        if region:
+            kw["region"] = region
         return pafs.S3FileSystem(**kw), uri[len("s3://") :].rstrip("/")
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -50,7 +51,10 @@ def build_session(cfg: SparkConfig) -> Any:
         "spark.sql.shuffle.partitions": "8",
         "spark.python.worker.reuse": "true",
     }
+    quiet = Path(__file__).with_name("log4j2-quiet.properties")
+    defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={quiet.as_uri()}"
     if cfg.master.startswith("local"):
+        os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
         defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
     for key, value in {**defaults, **cfg.conf}.items():
         builder = builder.config(key, value)

@@ -67,7 +67,7 @@ def _exit_when_orphaned(parent_pid: int) -> None:
     """A SIGKILLed parent runs no cleanup; the child notices it was re-parented and exits.
 
     Runs in a thread so that it also fires while a call is busy (unless that call
-    holds the GIL in C code for good; the pipe EOF check covers the idle case).
+    holds the GIL in C code for good; socket EOF covers the idle case).
     """
     while True:
         time.sleep(_PARENT_POLL_S)
@@ -90,7 +90,7 @@ def _child_main(fd: int, parent_pid: int) -> None:
             except BaseException as e:  # report everything, SystemExit included, and keep serving
                 reply = pickle.dumps((False, type(e).__name__, str(e), traceback.format_exc()))
             conn.send_bytes(reply)
-    except (EOFError, OSError):  # parent closed the pipe or went away
+    except (EOFError, OSError):  # parent closed the socket or went away
         return
 
 
@@ -157,6 +157,8 @@ class TimeoutSandbox:
 
     def _ensure_started(self) -> None:
         if self._owner_pid != os.getpid():  # never started, or inherited through a fork: not ours
+            if self._conn is not None:
+                self._conn.close()  # our copy of the parent's socket only; its child is left alone
             self._proc = self._conn = None
         elif self._proc is not None and self._proc.poll() is not None:  # died between calls
             self._stop()
@@ -164,11 +166,8 @@ class TimeoutSandbox:
             return
         ours, theirs = socket.socketpair()
         with ours, theirs:
-            proc = subprocess.Popen(
-                [sys.executable, "-c", _CHILD_BOOT, json.dumps(sys.path), str(theirs.fileno()), str(os.getpid())],
-                stdin=subprocess.DEVNULL,
-                pass_fds=(theirs.fileno(),),
-            )
+            argv = [sys.executable, "-c", _CHILD_BOOT, json.dumps(sys.path), str(theirs.fileno()), str(os.getpid())]
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, pass_fds=(theirs.fileno(),))
             conn = Connection(ours.detach())  # `theirs` closes here, so the child's death reads as EOF
         self._proc, self._conn, self._owner_pid = proc, conn, os.getpid()
         try:
@@ -185,7 +184,7 @@ class TimeoutSandbox:
         self._proc = self._conn = None
         if conn is not None:
             conn.close()
-        if proc is None:
+        if proc is None or self._owner_pid != os.getpid():  # a forked copy must not reap its parent's child
             return None
         if grace:  # let a child that is exiting anyway report its own exit code
             try:

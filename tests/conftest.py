@@ -1,0 +1,76 @@
+"""Shared fixtures: one real Spark session and one real local Ray per test session.
+
+Environment that workers must inherit (the interpreter, the test-stage module
+path, S3 credentials for the loopback server) is set here at import time,
+before any engine starts, because Spark's and Ray's workers copy the driver's
+environment when they are launched.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+
+TESTS = Path(__file__).resolve().parent
+os.environ["PYSPARK_PYTHON"] = sys.executable
+os.environ["PYSPARK_DRIVER_PYTHON"] = sys.executable
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (str(TESTS), os.environ.get("PYTHONPATH")) if p)
+os.environ.setdefault("AWS_ACCESS_KEY_ID", "arcforge-test-key")
+os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "arcforge-test-secret-DO-NOT-LOG")
+os.environ.setdefault("AWS_REGION", "us-east-1")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+sys.path.insert(0, str(TESTS))
+
+
+@pytest.fixture(scope="session")
+def spark():
+    from arcforge.pipelines.config import SparkConfig
+    from arcforge.pipelines.engines.spark_engine import build_session
+
+    session = build_session(SparkConfig(master="local[2]"))
+    yield session
+    session.stop()
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, object_store_memory=512 * 1024 * 1024, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def demo_corpus() -> Path:
+    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
+
+    return fetch_demo_corpus(quiet=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A real S3-compatible server (moto) on loopback; yields its endpoint URL."""
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()
+
+
+def write_config(path: Path, text: str) -> Path:
+    path.write_text(text)
+    return path
