@@ -126,11 +126,19 @@ class Plan:
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
+def builtin_variables() -> dict[str, str]:
+    """Variables every config may use without setting them (the environment overrides)."""
+    from arcforge.pipelines.demo_corpus import demo_corpus_dir
+
+    return {"ARCFORGE_DEMO_CORPUS": str(demo_corpus_dir())}
+
+
 def expand_env(text: str) -> str:
     """``${VAR}`` and ``${VAR:-default}``, so configs can point at caches and buckets."""
+    builtins = builtin_variables() if "${ARCFORGE_" in text else {}
 
     def sub(m: re.Match[str]) -> str:
-        val = os.environ.get(m.group(1))
+        val = os.environ.get(m.group(1), builtins.get(m.group(1)))
         if val is None:
             if m.group(2) is None:
                 raise KeyError(m.group(1))
@@ -230,7 +238,8 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                 raise ConfigError(f"{path}: {key}.input: {stage.name} reads files; expected {{files: [glob, ...]}}")
             files = expand_inputs(sc.input.files, s3)
             if not files:
-                raise ConfigError(f"{path}: {key}.input.files: no file matches {sc.input.files}")
+                hint = " (run `arcforge corpus` to fetch the demo corpus)" if "demo-corpus" in str(sc.input.files) else ""
+                raise ConfigError(f"{path}: {key}.input.files: no file matches {sc.input.files}{hint}")
         else:
             if isinstance(sc.input, FilesInput):
                 raise ConfigError(f"{path}: {key}.input: {stage.name} reads datasets; expected a stage name or list")

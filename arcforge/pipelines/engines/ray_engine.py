@@ -83,9 +83,8 @@ class RayEngine:
         res = {"num_cpus": stage.resources.cpus, "num_gpus": stage.resources.gpus or None}
         res = {k: v for k, v in res.items() if v}
         if getattr(stage, "setup", None) is not None:
-            ds = ds.map_batches(
-                _PartitionActor, batch_size=1, concurrency=self._pool_size(stage, len(tasks)), **res
-            )
+            pool = ray.data.ActorPoolStrategy(size=self._pool_size(stage, len(tasks)))
+            ds = ds.map_batches(_PartitionActor, batch_size=1, compute=pool, **res)
         else:
             ds = ds.map_batches(_run_tasks_batch, batch_size=1, **res)
         records = []

@@ -332,7 +332,7 @@ def read_wikipedia_dump(path: str, fs: pafs.FileSystem, params: WikiParams, ctx:
         except (ET.ParseError, EOFError, OSError) as exc:
             # A truncated or corrupt dump: keep what was read, report the file, go on.
             stats.update("wiki.corrupt_files")
-            ctx.errors.append(f"{path}: {type(exc).__name__}: {exc}")
+            ctx.errors.append(f"{type(exc).__name__}: {exc}")
         finally:
             if stream is not raw:
                 stream.close()

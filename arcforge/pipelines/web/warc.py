@@ -296,6 +296,7 @@ def read_warc(path: str, fs: pafs.FileSystem, params: ExtractParams, ctx: TaskCo
 
     if corrupt is not None:
         stats.update("warc.corrupt_files")
+        ctx.errors.append(f"corrupt after offset {last_good}: {type(corrupt).__name__}: {' '.join(str(corrupt).split())[:300]}")
         batch.rejected.append(
             {
                 "id": doc_id(name, "corrupt", str(last_good)),
