@@ -115,7 +115,7 @@ def test_wikipedia_truncated_dump_keeps_what_was_read(wiki_dump: Path, tmp_path:
     ctx = TaskContext()
     kept, _ = _collect(list(read_wikipedia_dump(str(cut), FS, WikiParams(), ctx)))
     assert 0 < kept.num_rows < 90
-    assert len(ctx.errors) == 1 and str(cut) in ctx.errors[0]
+    assert len(ctx.errors) == 1 and ctx.errors[0].split(":")[0] in {"EOFError", "ParseError", "OSError"}, ctx.errors
 
 
 def test_wikipedia_plain_xml_namespaces_and_short_pages(tmp_path: Path) -> None:
