@@ -89,7 +89,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     console.print(summary_table(rows, f"run {plan.config.name}"))
     for r in results:
         for e in r.manifest.get("errors", []):
-            console.print(f"[yellow]reported[/yellow] {r.name}: {e}")
+            short = e if len(e) <= 200 else e[:200] + "… (full text in the stage manifest)"
+            console.print(f"[yellow]reported[/yellow] {r.name}: {short}", markup=True, highlight=False)
     console.print(f"outputs: {plan.run_uri}")
     return 0
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 import pyarrow as pa
 
 from arcforge.pipelines.documents import doc_id, docs_table
-from arcforge.pipelines.stage import MapStage, Output, SourceStage, StageParams, TaskContext, split_rejected
+from arcforge.pipelines.stage import MapStage, NoParams, Output, SourceStage, StageParams, TaskContext, split_rejected
 
 
 class LinesParams(StageParams):
@@ -82,3 +82,57 @@ stages:
   - {{name: filt, uses: "pipeline_stages:SLOW_FILTER", input: lines, engine: {filt_engine}, params: {{min_chars: {min_chars}, seconds: {seconds}}}}}
   - {{name: dedup, uses: dedup.exact, input: filt, engine: {dedup_engine}}}
 {extra}"""
+
+
+# An artifact stage and a partition stage that uses it: a word list, then one side file per part.
+class VocabParams(StageParams):
+    top: int = 3
+
+
+def build_vocab(params: VocabParams, ctx) -> dict:  # noqa: ANN001
+    import collections
+    import json as _json
+
+    from arcforge.pipelines import storage
+    from arcforge.pipelines.dataset import read_dataset
+
+    counts = collections.Counter()
+    for ref in ctx.inputs:
+        for text in read_dataset(ref, ["text"]).column("text").to_pylist():
+            counts.update(text.split())
+    words = [w for w, _ in counts.most_common(params.top)]
+    fs, base = ctx.output.fs()
+    storage.write_json_atomic(fs, storage.join(base, "vocab.json"), words)
+    ctx.stats.update("vocab.words", len(words))
+    return {"files": [{"name": "vocab.json"}], "meta": {"words": words}}
+
+
+from arcforge.pipelines.stage import ArtifactStage, PartitionStage  # noqa: E402
+
+VOCAB = ArtifactStage("test.vocab", VocabParams, build_vocab)
+
+
+def load_vocab(params, artifacts):  # noqa: ANN001, ANN201
+    from arcforge.pipelines import storage
+
+    fs, base = storage.filesystem(artifacts["vocab"])
+    return storage.read_json(fs, storage.join(base, "vocab.json"))
+
+
+COUNT_SCHEMA = pa.schema([("part", pa.string()), ("hits", pa.int64())])
+
+
+def count_vocab(path, fs, params, ctx):  # noqa: ANN001, ANN201
+    import tempfile
+
+    from arcforge.pipelines import storage
+
+    texts = storage.read_parquet(fs, path, ["text"]).column("text").to_pylist()
+    hits = sum(w in ctx.state for t in texts for w in t.split())
+    with tempfile.NamedTemporaryFile("w", delete=False, suffix=".txt") as f:
+        f.write(f"{hits}\n")
+    ctx.publish_file(f.name, f"hits/part-{ctx.partition:05d}.txt")
+    yield Output(kept=pa.table({"part": [path.rsplit("/", 1)[-1]], "hits": [hits]}, schema=COUNT_SCHEMA))
+
+
+COUNT_VOCAB = PartitionStage("test.count_vocab", NoParams, count_vocab, schema=COUNT_SCHEMA, setup=load_vocab)

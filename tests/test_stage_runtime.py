@@ -126,3 +126,34 @@ def test_only_and_from_select_stages(tmp_path):
     assert forced[0].status == "ran"
     with pytest.raises(ValueError, match="no stage named"):
         Runner(load_plan(cfg)).run(only="nope")
+
+
+def test_artifact_stage_feeds_a_partition_stage_and_invalidates_it(tmp_path):
+    extra = """  - {name: vocab, uses: "pipeline_stages:VOCAB", input: [filt], params: {top: TOP}}
+  - {name: counts, uses: "pipeline_stages:COUNT_VOCAB", input: filt, artifacts: {vocab: vocab}}
+"""
+    results, run = _run(tmp_path, extra=extra.replace("TOP", "3"))
+    by = {r.name: r for r in results}
+    assert by["vocab"].manifest["kind"] == "artifact"
+    words = by["vocab"].manifest["meta"]["words"]
+    assert json.loads((run / "vocab" / "vocab.json").read_text()) == words and len(words) == 3
+    counts = by["counts"].manifest
+    assert counts["rows"] == 4 and counts["stats"]["docs_in"] == by["filt"].manifest["rows"]
+    files = [f for p in counts["parts"] for f in p["files"]]
+    assert sorted(f["name"] for f in files) == [f"hits/part-{i:05d}.txt" for i in range(4)]
+    total = sum(int((run / "counts" / f["name"]).read_text()) for f in files)
+    table = dataset.read_dataset(DatasetRef(str(run / "counts")))
+    assert sum(table.column("hits").to_pylist()) == total > 0
+    # a different artifact (more words) invalidates its users, and only them
+    results, _ = _run(tmp_path, extra=extra.replace("TOP", "5"))
+    assert [r.status for r in results] == ["skipped", "skipped", "skipped", "ran", "ran"]
+    total5 = sum(dataset.read_dataset(DatasetRef(str(run / "counts"))).column("hits").to_pylist())
+    assert total5 > total
+
+
+def test_artifact_reference_must_be_an_earlier_stage(tmp_path):
+    from arcforge.pipelines.config import ConfigError
+
+    extra = '  - {name: counts, uses: "pipeline_stages:COUNT_VOCAB", input: filt, artifacts: {vocab: later}}\n'
+    with pytest.raises(ConfigError, match=r"stages\[counts\]\.artifacts\.vocab: 'later' is not an earlier stage"):
+        _run(tmp_path, extra=extra)

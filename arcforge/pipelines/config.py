@@ -67,6 +67,7 @@ class StageConfig(_Strict):
     input: str | list[str] | FilesInput
     engine: Literal["local", "spark", "ray"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
+    artifacts: dict[str, str] = Field(default_factory=dict)  # name -> an earlier stage (a tokenizer, a model)
 
     @field_validator("input")
     @classmethod
@@ -233,7 +234,10 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                 f"{path}: {key}.engine: {stage.name} runs on {', '.join(stage.supported_engines())}, not {engine!r}"
             )
         files: list[str] = []
-        if isinstance(stage, SourceStage):
+        for art_name, dep in sc.artifacts.items():
+            if dep not in seen:
+                raise ConfigError(f"{path}: {key}.artifacts.{art_name}: {dep!r} is not an earlier stage of this run")
+        if isinstance(stage, SourceStage) and stage.reads_files:
             if not isinstance(sc.input, FilesInput):
                 raise ConfigError(f"{path}: {key}.input: {stage.name} reads files; expected {{files: [glob, ...]}}")
             files = expand_inputs(sc.input.files, s3)

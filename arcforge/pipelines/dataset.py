@@ -143,7 +143,7 @@ def write_manifests(
     }
     storage.write_json_atomic(fs, storage.join(base, REJECTED, MANIFEST), rej_manifest)
     parts = [
-        {k: r[k] for k in ("partition", "name", "rows", "bytes", "sha256", "fingerprint", "input")}
+        {k: r.get(k, []) for k in ("partition", "name", "rows", "bytes", "sha256", "fingerprint", "input", "files")}
         for r in records
     ]
     errors = [e for r in records for e in r.get("errors", [])]
@@ -161,6 +161,38 @@ def write_manifests(
         "parts": parts,
         "stats": sum_stats(records),
         "errors": errors,
+        "created": time.time(),
+    }
+    storage.write_json_atomic(fs, storage.join(base, MANIFEST), manifest)
+    return manifest
+
+
+def write_artifact_manifest(
+    ref: DatasetRef,
+    *,
+    stage: str,
+    stage_fingerprint: str,
+    params: dict[str, Any],
+    inputs: list[str],
+    files: list[dict[str, Any]],
+    meta: dict[str, Any],
+    stats: dict[str, Any],
+) -> dict[str, Any]:
+    """The commit of an artifact stage: its files (name, bytes, sha256) and metadata."""
+    fs, base = ref.fs()
+    manifest = {
+        "format": FORMAT,
+        "stage": stage,
+        "kind": "artifact",
+        "fingerprint": stage_fingerprint,
+        "params": params,
+        "inputs": inputs,
+        "files": files,
+        "meta": meta,
+        "rows": 0,
+        "parts": [],
+        "stats": stats,
+        "errors": [],
         "created": time.time(),
     }
     storage.write_json_atomic(fs, storage.join(base, MANIFEST), manifest)

@@ -20,7 +20,7 @@ from arcforge.pipelines import dataset, storage
 from arcforge.pipelines.config import Plan, ResolvedStage
 from arcforge.pipelines.dataset import DatasetRef
 from arcforge.pipelines.engines import EngineSet
-from arcforge.pipelines.stage import GlobalStage, SourceStage
+from arcforge.pipelines.stage import ArtifactContext, ArtifactStage, GlobalStage, SourceStage
 from arcforge.pipelines.dataset import schema_from_b64, schema_to_b64
 from arcforge.pipelines.tasks import PartitionTask
 
@@ -109,7 +109,7 @@ class Runner:
 
     def _partitions(self, rs: ResolvedStage) -> tuple[list[tuple[str, str]], pa.Schema, list[DatasetRef]]:
         """(input uri, input fingerprint) per partition, the output schema, the input datasets."""
-        if isinstance(rs.stage, SourceStage):
+        if isinstance(rs.stage, SourceStage) and rs.stage.reads_files:
             parts = []
             for uri in rs.files:
                 fs, path = storage.filesystem(uri, self.plan.s3)
@@ -122,15 +122,29 @@ class Runner:
             if manifest is None:
                 raise RuntimeError(f"stage {rs.name}: input stage {dep!r} is not committed; run it first")
             refs.append(ref)
+            if manifest.get("kind") == "artifact":
+                raise RuntimeError(f"stage {rs.name}: input {dep!r} is an artifact; name it under `artifacts:`")
             schemas.append(schema_from_b64(manifest["schema_ipc"]))
             parts += [(ref.part_uri(p["name"]), p["fingerprint"]) for p in manifest["parts"]]
         schema = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
         return parts, rs.stage.output_schema(schema), refs
 
+    def _artifacts(self, rs: ResolvedStage) -> tuple[dict[str, str], dict[str, str]]:
+        """URIs and fingerprints of the committed stages a stage uses as artifacts."""
+        uris, fps = {}, {}
+        for name, dep in sorted(rs.cfg.artifacts.items()):
+            ref = self.stage_ref(dep)
+            manifest = dataset.read_manifest(ref)
+            if manifest is None:
+                raise RuntimeError(f"stage {rs.name}: artifact {name!r} (stage {dep!r}) is not committed; run it first")
+            uris[name], fps[name] = ref.uri, manifest["fingerprint"]
+        return uris, fps
+
     def build_tasks(self, rs: ResolvedStage) -> tuple[list[PartitionTask], str, pa.Schema, list[DatasetRef]]:
         parts, schema, refs = self._partitions(rs)
         params = rs.params.model_dump(mode="json")
-        identity = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params)
+        art_uris, art_fps = self._artifacts(rs)
+        identity = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params, art_fps)
         if isinstance(rs.stage, GlobalStage):
             global_fp = dataset.fingerprint(identity, [fp for _, fp in parts])
             fps = [dataset.fingerprint(global_fp, i) for i in range(len(parts))]
@@ -140,14 +154,48 @@ class Runner:
         schema_b64 = schema_to_b64(schema)
         s3 = {"endpoint_url": self.plan.s3.endpoint_url, "region": self.plan.s3.region}
         tasks = [
-            PartitionTask(rs.cfg.uses, params, i, uri, out.uri, fp, schema_b64, s3)
+            PartitionTask(rs.cfg.uses, params, i, uri, out.uri, fp, schema_b64, s3, art_uris, art_fps)
             for i, ((uri, _), fp) in enumerate(zip(parts, fps))
         ]
         return tasks, dataset.fingerprint(identity, fps), schema, refs
 
     # -- one stage -------------------------------------------------------------------------
 
+    def run_artifact_stage(self, rs: ResolvedStage, force: bool) -> StageResult:
+        """Artifact stages are atomic: redone as a whole when params or inputs change."""
+        started = time.time()
+        out = self.stage_ref(rs.name)
+        refs, input_fps = [], []
+        for dep in rs.cfg.input_stages():
+            manifest = dataset.read_manifest(self.stage_ref(dep))
+            if manifest is None:
+                raise RuntimeError(f"stage {rs.name}: input stage {dep!r} is not committed; run it first")
+            refs.append(self.stage_ref(dep))
+            input_fps.append(manifest["fingerprint"])
+        params = rs.params.model_dump(mode="json")
+        art_uris, art_fps = self._artifacts(rs)
+        stage_fp = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params, art_fps, input_fps)
+        manifest = None if force else dataset.read_manifest(out)
+        if manifest is not None and manifest.get("fingerprint") == stage_fp:
+            result = StageResult(rs.name, rs.engine, "skipped", 1, 0, 0.0, manifest)
+            self.progress.end_stage(result)
+            return result
+        self.progress.start_stage(rs.name, 1, 0)
+        ctx = ArtifactContext(refs, out, art_uris, self.engines.get(rs.engine))
+        built = rs.stage.build(rs.params, ctx)
+        ctx.stats.update("seconds", time.time() - started)
+        manifest = dataset.write_artifact_manifest(
+            out, stage=rs.name, stage_fingerprint=stage_fp, params=params, inputs=[r.uri for r in refs],
+            files=built.get("files", []), meta=built.get("meta", {}), stats=ctx.stats.as_dict(),
+        )
+        self.progress.advance({})
+        result = StageResult(rs.name, rs.engine, "ran", 1, 1, time.time() - started, manifest)
+        self.progress.end_stage(result)
+        return result
+
     def run_stage(self, rs: ResolvedStage, force: bool = False) -> StageResult:
+        if isinstance(rs.stage, ArtifactStage):
+            return self.run_artifact_stage(rs, force)
         started = time.time()
         out = self.stage_ref(rs.name)
         tasks, stage_fp, schema, refs = self.build_tasks(rs)

@@ -22,7 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict
 
-from arcforge.pipelines.documents import DOC_SCHEMA, REJECT_FIELDS, conform, with_columns
+from arcforge.pipelines.documents import DOC_SCHEMA, REJECT_FIELDS, with_columns
 
 ENGINES = ("local", "spark", "ray")
 
@@ -95,13 +95,28 @@ def split_rejected(
 
 @dataclass
 class TaskContext:
-    """Handed to batch functions: the worker's setup state, the task's counters, and
-    file-level errors (a corrupt input) that the run reports without stopping."""
+    """Handed to batch functions: the worker's setup state, the task's counters,
+    file-level errors (a corrupt input) that the run reports without stopping, the
+    artifacts the stage declared (name -> URI of a committed artifact stage), and
+    side files the task published next to its part (Megatron shards, say)."""
 
     state: Any = None
     stats: Stats = field(default_factory=Stats)
     partition: int = 0
     errors: list[str] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+    output_uri: str = ""
+    s3: Any = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+
+    def publish_file(self, local_path: str, name: str) -> dict[str, Any]:
+        """Move a finished local file into the stage's output directory and record it
+        in the partition's commit record. Locally a rename; on S3 one upload."""
+        from arcforge.pipelines.storage import publish_file
+
+        info = publish_file(local_path, self.output_uri, name, self.s3)
+        self.files.append(info)
+        return info
 
 
 class Stage(Generic[P]):
@@ -139,6 +154,7 @@ class SourceStage(Stage[P]):
     """Reads one input file per partition and yields (kept, rejected) tables."""
 
     kind = "source"
+    reads_files = True
 
     def __init__(
         self,
@@ -147,7 +163,7 @@ class SourceStage(Stage[P]):
         read: Callable[[str, Any, P, TaskContext], Iterator[Output]],
         *,
         schema: pa.Schema = DOC_SCHEMA,
-        setup: Callable[[P], Any] | None = None,
+        setup: Callable[[P, dict[str, str]], Any] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(name, params, **kw)
@@ -157,6 +173,15 @@ class SourceStage(Stage[P]):
 
     def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
         return self.schema
+
+
+class PartitionStage(SourceStage[P]):
+    """Like a source stage, but its partitions are the parts of input datasets: the
+    function sees a whole part at once (to write one shard per part, say) and emits
+    rows of its own ``schema`` (often a small table describing what it wrote)."""
+
+    kind = "partition"
+    reads_files = False
 
 
 class MapStage(Stage[P]):
@@ -172,7 +197,7 @@ class MapStage(Stage[P]):
         *,
         requires: tuple[str, ...] = ("text",),
         adds: tuple[pa.Field, ...] = (),
-        setup: Callable[[P], Any] | None = None,
+        setup: Callable[[P, dict[str, str]], Any] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(name, params, **kw)
@@ -183,11 +208,6 @@ class MapStage(Stage[P]):
 
     def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
         return with_columns(input_schema or DOC_SCHEMA, self.adds)
-
-    def apply(self, batch: pa.RecordBatch, params: P, ctx: TaskContext, schema: pa.Schema) -> Output:
-        out = self.fn(batch, params, ctx)
-        rejected = out.rejected
-        return Output(kept=conform(out.kept, schema), rejected=rejected)
 
 
 class GlobalStage(Stage[P]):
@@ -205,6 +225,35 @@ class GlobalStage(Stage[P]):
 
     def supported_engines(self) -> tuple[str, ...]:
         return tuple(e for e in ENGINES if hasattr(self, f"run_{e}"))
+
+
+@dataclass
+class ArtifactContext:
+    """What an artifact stage's ``build`` gets: its inputs, where to write, the engines."""
+
+    inputs: list[Any]  # DatasetRef of each input stage
+    output: Any  # DatasetRef of this stage's directory
+    artifacts: dict[str, str]
+    engine: Any
+    stats: Stats = field(default_factory=Stats)
+
+
+class ArtifactStage(Stage[P]):
+    """Produces files rather than a partitioned dataset (a tokenizer, a classifier).
+
+    ``build(params, ctx) -> dict`` writes its files under ``ctx.output`` and returns
+    ``{"files": [...], "meta": {...}}``; the runner commits that as the manifest. It
+    is redone as a whole when its params or inputs change.
+    """
+
+    kind = "artifact"
+
+    def __init__(self, name: str, params: type[P], build: Callable[[P, ArtifactContext], dict[str, Any]], **kw: Any):
+        super().__init__(name, params, **kw)
+        self.build = build
+
+    def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        return pa.schema([])
 
 
 _REGISTRY: dict[str, Stage[Any]] = {}

@@ -136,3 +136,36 @@ def expand_inputs(patterns: list[str], s3: S3Options | None = None) -> list[str]
             expanded = os.path.abspath(os.path.expanduser(pat))
             out += [p for p in globlib.glob(expanded, recursive=True) if os.path.isfile(p)]
     return sorted(dict.fromkeys(out))
+
+
+def publish_file(local_path: str, dest_uri: str, name: str, s3: S3Options | None = None) -> dict[str, Any]:
+    """Put a finished local file at ``dest_uri/name`` all at once and describe it.
+
+    The sha256 is computed while reading, so large shards are never held in memory.
+    """
+    h = hashlib.sha256()
+    size = 0
+    fs, base = filesystem(dest_uri, s3)
+    dest = join(base, name)
+    fs.create_dir(dest.rsplit("/", 1)[0], recursive=True)
+    with open(local_path, "rb") as src:
+        while chunk := src.read(8 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    if isinstance(fs, pafs.LocalFileSystem):
+        os.replace(local_path, dest) if os.stat(local_path).st_dev == os.stat(base).st_dev else _copy(local_path, dest)
+    else:
+        with open(local_path, "rb") as src, fs.open_output_stream(dest, compression=None) as out:
+            while chunk := src.read(8 << 20):
+                out.write(chunk)
+        os.remove(local_path)
+    return {"name": name, "bytes": size, "sha256": h.hexdigest()}
+
+
+def _copy(src: str, dest: str) -> None:
+    import shutil
+
+    tmp = f"{dest}.tmp-{uuid.uuid4().hex}"
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dest)
+    os.remove(src)

@@ -22,6 +22,7 @@ from arcforge.pipelines.stage import (
     GlobalStage,
     MapStage,
     Output,
+    PartitionStage,
     SourceStage,
     Stage,
     StageParams,
@@ -45,6 +46,8 @@ class PartitionTask:
     fingerprint: str
     schema_b64: str
     s3: dict[str, Any] = field(default_factory=dict)
+    artifacts: dict[str, str] = field(default_factory=dict)  # name -> URI of a committed artifact stage
+    artifact_fps: dict[str, str] = field(default_factory=dict)  # name -> its fingerprint (setup cache key)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -67,13 +70,14 @@ class PartitionTask:
 _SETUP_CACHE: dict[tuple[str, str], Any] = {}
 
 
-def worker_state(stage: Stage[Any], stage_ref: str, params: StageParams) -> Any:
+def worker_state(task: PartitionTask, stage: Stage[Any], params: StageParams) -> Any:
+    """The stage's setup result for this worker; a rebuilt artifact (new fingerprint) reloads."""
     setup = getattr(stage, "setup", None)
     if setup is None:
         return None
-    key = (stage_ref, params.model_dump_json())
+    key = (task.stage_ref, params.model_dump_json(), json.dumps([task.artifacts, task.artifact_fps], sort_keys=True))
     if key not in _SETUP_CACHE:
-        _SETUP_CACHE[key] = setup(params)
+        _SETUP_CACHE[key] = setup(params, task.artifacts)
     return _SETUP_CACHE[key]
 
 
@@ -96,7 +100,13 @@ def _map_batches(stage: MapStage[Any], table: pa.Table, params: StageParams, ctx
 
 def _outputs(task: PartitionTask, stage: Stage[Any], params: StageParams, ctx: TaskContext) -> Iterator[Output]:
     fs, path = storage.filesystem(task.input_uri, S3Options(**task.s3))
-    if isinstance(stage, SourceStage):
+    if isinstance(stage, PartitionStage):
+        import pyarrow.parquet as pq
+
+        with fs.open_input_file(path) as f:
+            ctx.stats.update("docs_in", pq.read_metadata(f).num_rows)
+        yield from stage.read(path, fs, params, ctx)
+    elif isinstance(stage, SourceStage):
         yield from stage.read(path, fs, params, ctx)
     elif isinstance(stage, MapStage):
         table = storage.read_parquet(fs, path)
@@ -114,6 +124,7 @@ def commit_partition(
     stats: Stats,
     started: float,
     errors: list[str] | None = None,
+    files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """Write the part, its rejected rows, then the commit record (the partition's commit)."""
     name = part_name(task.partition)
@@ -135,6 +146,7 @@ def commit_partition(
         "rejected": rej,
         "stats": stats.as_dict(),
         "errors": errors or [],
+        "files": files or [],
     }
     write_commit(out, record)
     return record
@@ -145,7 +157,14 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
     started = time.time()
     stage = resolve_stage(task.stage_ref)
     params = stage.params.model_validate(task.params)
-    ctx = TaskContext(state=worker_state(stage, task.stage_ref, params), partition=task.partition)
+    s3 = S3Options(**task.s3)
+    ctx = TaskContext(
+        state=worker_state(task, stage, params),
+        partition=task.partition,
+        artifacts=task.artifacts,
+        output_uri=task.output_uri,
+        s3=s3,
+    )
     schema = task.schema
     kept_parts: list[pa.Table] = []
     rejected_parts: list[pa.Table] = []
@@ -154,12 +173,12 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
         kept_parts.append(conform(out.kept, schema))
         if out.rejected is not None and out.rejected.num_rows:
             rejected_parts.append(conform(out.rejected, rej_schema))
-    if isinstance(stage, SourceStage):
+    if isinstance(stage, SourceStage) and not isinstance(stage, PartitionStage):
         ctx.stats.update("docs_in", sum(t.num_rows for t in kept_parts + rejected_parts))
     kept = pa.concat_tables(kept_parts) if kept_parts else schema.empty_table()
     rejected = pa.concat_tables(rejected_parts) if rejected_parts else None
     errors = [f"{task.input_uri}: {e}" for e in ctx.errors]
-    return commit_partition(task, kept, rejected, ctx.stats, started, errors)
+    return commit_partition(task, kept, rejected, ctx.stats, started, errors, ctx.files)
 
 
 def execute_task_json(task_json: str) -> str:

@@ -58,6 +58,7 @@ class RayEngine:
                 kwargs["object_store_memory"] = self.cfg.object_store_memory_mb * 1024 * 1024
             ray.init(**kwargs)
             self._owned = True
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # per-dataset INFO lines drown the progress bars
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False

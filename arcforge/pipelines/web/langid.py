@@ -32,7 +32,7 @@ def bundled_lid_model() -> Path:
     return path
 
 
-def load_lid_model(params: LangIdParams):  # noqa: ANN201 - fasttext has no type stubs
+def load_lid_model(params: LangIdParams, artifacts: dict[str, str] | None = None):  # noqa: ANN201 - no stubs
     import fasttext
 
     fasttext.FastText.eprint = lambda *a, **k: None  # silence the load-time deprecation notice
