@@ -136,3 +136,14 @@ def count_vocab(path, fs, params, ctx):  # noqa: ANN001, ANN201
 
 
 COUNT_VOCAB = PartitionStage("test.count_vocab", NoParams, count_vocab, schema=COUNT_SCHEMA, setup=load_vocab)
+
+
+from arcforge.pipelines.stage import GlobalStage  # noqa: E402
+
+
+class _LocalOnly(GlobalStage):
+    def run_local(self, ctx):  # noqa: ANN001, ANN201
+        return []
+
+
+LOCAL_ONLY = _LocalOnly("test.local_only", NoParams)

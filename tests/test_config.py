@@ -55,7 +55,7 @@ def test_good_config_resolves(tmp_path, env):
         (lambda t: t.replace("/*.txt", "/*.warc"), "stages[lines].input.files: no file matches"),
         (lambda t: t.replace('storage: {root: "', 'storage: {rot: "'), "storage.rot: unknown key"),
         (lambda t: t.replace("  - {name: filt", "  - {engine: spark, name: filt").replace("engine: spark", "engine: flink"), "stages[filt].engine: Input should be 'local', 'spark' or 'ray'"),
-        (lambda t: t + "  - {name: d, uses: dedup.exact, input: lines, engine: ray}\n", "stages[d].engine: dedup.exact runs on local, spark, not 'ray'"),
+        (lambda t: t + '  - {name: d, uses: "pipeline_stages:LOCAL_ONLY", input: lines, engine: spark}\n', "stages[d].engine: test.local_only runs on local, not 'spark'"),
         (lambda t: t.replace('root: "', 'root: "${ARCFORGE_UNSET_VAR_FOR_TEST}'), "environment variable ${ARCFORGE_UNSET_VAR_FOR_TEST} is not set"),
         (lambda t: t.replace("stages:", "stages: ["), "not valid YAML at line"),
         (lambda t: t.replace("name: t\n", ""), "name: required key is missing"),

@@ -25,7 +25,7 @@ def test_spark_ray_and_local_agree(tmp_path, spark, ray_local):
                 f"{tmp_path}/in/*.txt",
                 lines_engine=engine,
                 filt_engine=engine,
-                dedup_engine="local" if engine == "ray" else engine,
+                dedup_engine=engine,
             )
         )
         results = Runner(load_plan(cfg)).run()
