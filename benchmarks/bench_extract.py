@@ -6,7 +6,12 @@ the WARC, decodes HTTP payloads, runs every page through the timeout sandbox (a 
 process, one IPC round trip per page) and builds Arrow tables. The ratio is the price of
 those guarantees.
 
-    .venv/bin/python benchmarks/bench_extract.py [--copies 8]
+    .venv/bin/python benchmarks/bench_extract.py [--copies 8] [--datatrove-python /path/to/venv/bin/python]
+
+With --datatrove-python, datatrove's WarcReader + Trafilatura extractor (which also runs
+each page in a subprocess under a timeout) reads the same WARC in a subprocess using
+that interpreter; datatrove is kept out of the project's own environment. The figure
+for datatrove includes its WARC reading, like arcforge's.
 
 Pages come from the demo corpus's WARC samples (HTML responses with status 200),
 repeated --copies times into one WARC file.
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -77,6 +83,7 @@ def bench_arcforge(warc: Path) -> tuple[float, int]:
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--copies", type=int, default=8)
+    ap.add_argument("--datatrove-python", help="python of a venv with datatrove installed")
     args = ap.parse_args()
     pages = collect_pages(fetch_demo_corpus(quiet=True)) * args.copies
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,6 +93,13 @@ def main() -> None:
         bench_raw(pages[:5])
         raw_s, raw_n = bench_raw(pages)
         arc_s, arc_n = bench_arcforge(warc)
+        peer = None
+        if args.datatrove_python:
+            script = Path(__file__).with_name("peers") / "datatrove_extract.py"
+            out = subprocess.run(
+                [args.datatrove_python, str(script), tmp, "*.warc.gz"], capture_output=True, text=True, check=True
+            )
+            peer = json.loads(out.stdout.strip().splitlines()[-1])
     result = {
         "pages": len(pages),
         "raw_trafilatura_pages_per_s": round(len(pages) / raw_s, 1),
@@ -94,6 +108,10 @@ def main() -> None:
         "docs_raw": raw_n,
         "docs_arcforge": arc_n,
     }
+    if peer:
+        result["datatrove_pages_per_s"] = round(peer["pages"] / peer["seconds"], 1)
+        result["ratio_arcforge_vs_datatrove"] = round(peer["seconds"] / arc_s, 3)
+        result["docs_datatrove"] = peer["kept"]
     print(json.dumps(result, indent=1))
 
 
