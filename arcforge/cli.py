@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from arcforge.model.cli import add_model_parser
 from arcforge.pipelines.config import ConfigError
 
 console = Console(stderr=False)
@@ -156,6 +157,23 @@ def cmd_corpus(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_mix(args: argparse.Namespace) -> int:
+    from arcforge.tokenize.mixture import load_mixture, write_mixture
+
+    plan = load_mixture(args.config)  # every budget, weight, epoch cap and shard checked first
+    for st in plan.stages:
+        table = Table(title=f"{st.name}: {st.tokens:,} tokens, seq_length {st.seq_length}, cap {st.max_epochs:g} epochs")
+        for col in ("source", "bucket", "asked", "available", "tokens", "share", "epochs"):
+            table.add_column(col, justify="left" if col in ("source", "bucket", "asked") else "right")
+        for r in st.table():
+            table.add_row(r["source"], r["bucket"] or "-", r["asked"], f"{r['available_tokens']:,}", f"{r['tokens']:,}",
+                          f"{r['share']:.1%}", f"{r['epochs']:.2f}")
+        console.print(table)
+    for path in write_mixture(plan, args.out):
+        console.print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arcforge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -173,9 +191,14 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("-n", "--rows", type=int, default=3)
     i.add_argument("--width", type=int, default=160, help="truncate strings to this many characters")
     i.set_defaults(fn=cmd_inspect)
+    m = sub.add_parser("mix", help="turn a mixture config into Megatron data blends and an epochs table")
+    m.add_argument("config")
+    m.add_argument("--out", metavar="DIR", help="where to write the blends (default: the mixture's output)")
+    m.set_defaults(fn=cmd_mix)
     c = sub.add_parser("corpus", help="fetch the pinned demo corpus into the cache and print its path")
     c.add_argument("--dest")
     c.set_defaults(fn=cmd_corpus)
+    add_model_parser(sub)
     return p
 
 
