@@ -32,6 +32,7 @@ demo: setup
 	$(BIN)/arcforge run configs/demo.yaml
 	$(BIN)/arcforge status runs/demo
 	$(BIN)/arcforge inspect runs/demo/langid -n 2
+	$(BIN)/arcforge mix configs/mixture.demo.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

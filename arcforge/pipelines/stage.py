@@ -266,6 +266,8 @@ BUILTIN_STAGES = {
     "text.wikipedia_dump": "arcforge.pipelines.web.sources",
     "text.plain_files": "arcforge.pipelines.web.sources",
     "dedup.exact": "arcforge.dedup.exact",
+    "tokenize.train_spm": "arcforge.tokenize.spm",
+    "tokenize.megatron_shards": "arcforge.tokenize.shards",
 }
 
 

@@ -1,0 +1,474 @@
+"""Training mixtures: token budgets, weights and epochs -> Megatron data blends.
+
+A mixture YAML names committed ``tokenize.megatron_shards`` stages and, per training
+stage, a token budget and the sources (optionally one quality bucket) to draw from,
+each with a ``weight`` (a share of what the epoch targets leave of the budget) or a
+target number of ``epochs`` over what is available. For every stage,
+``arcforge mix CONFIG`` writes:
+
+* ``<stage>.blend.json``: ``data_path`` (the flat ``weight prefix ...`` list that
+  Megatron's ``--data-path`` takes), ``blend`` (``(prefixes, weights)`` for
+  ``BlendedMegatronDatasetConfig(blend=...)``), ``train_samples``, ``split`` and the table;
+* ``<stage>.per-split.json``: ``{"train": [...], "valid": [...], "test": [...]}`` for
+  ``--per-split-data-args-path`` (valid and test repeat the training blend; point them
+  at held-out shards, or use ``data_path`` with ``--split``);
+
+and ``mixture.json`` / ``mixture.md`` with every stage's table and the cumulative epochs
+each source gets over all stages.
+
+Epochs: a source with ``T`` tokens in its shards that is allotted ``A`` tokens of a
+stage is seen ``A / T`` times (Megatron's ``GPTDataset`` repeats its shuffled epochs
+until it has drawn its share). A stage whose allotment would exceed the epoch cap, or
+that names a source with no shards or a shard whose files are missing, is a one-line
+``ConfigError``: ``FILE: key: expectation``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from arcforge.pipelines import storage
+from arcforge.pipelines.config import ConfigError, _first_error, expand_env
+from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
+
+_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
+_TOKENS = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
+
+
+def parse_tokens(value: Any) -> int:
+    """``4096``, ``"2.5M"``, ``"500B"``, ``"15T"`` -> an int."""
+    if isinstance(value, bool):
+        raise ValueError("expected a token count such as 2000000, '2M', '500B' or '15T'")
+    if isinstance(value, int | float):
+        if value <= 0:
+            raise ValueError("must be positive")
+        return int(value)
+    m = _TOKENS.match(str(value))
+    if not m:
+        raise ValueError("expected a token count such as 2000000, '2M', '500B' or '15T'")
+    n = int(float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).upper()])
+    if n <= 0:
+        raise ValueError("must be positive")
+    return n
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SourceSpec(_Strict):
+    source: str
+    bucket: str | None = None  # null: every bucket of the source
+    weight: float | None = Field(None, gt=0)
+    epochs: float | None = Field(None, gt=0)
+
+    @model_validator(mode="after")
+    def _one(self) -> SourceSpec:
+        if (self.weight is None) == (self.epochs is None):
+            raise ValueError("give exactly one of weight or epochs")
+        return self
+
+    @field_validator("bucket", mode="before")
+    @classmethod
+    def _bucket_str(cls, v: Any) -> Any:
+        return None if v is None else str(v)
+
+
+class MixStageSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    tokens: int | None = None  # budget; may be left out when every source gives epochs
+    seq_length: int = Field(4096, ge=16)
+    shards: str | list[str] | None = None  # overrides the mixture's shards
+    max_epochs: float | None = Field(None, gt=0)
+    split: str = "99,1,0"
+    sources: list[SourceSpec] = Field(min_length=1)
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _tokens(cls, v: Any) -> Any:
+        return None if v is None else parse_tokens(v)
+
+
+class MixtureSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    shards: str | list[str] | None = None
+    output: str | None = None
+    max_epochs: float = Field(4.0, gt=0)
+    stages: list[MixStageSpec] = Field(min_length=1)
+
+
+# -- resolved plan --------------------------------------------------------------------------
+
+
+@dataclass
+class Shard:
+    prefix: str  # absolute prefix (path or s3:// URI), no extension
+    tokens: int
+    documents: int
+    sequences: int
+    pack_seq_length: int | None
+
+
+@dataclass
+class Group:
+    """One (source, bucket) of one shards stage: every partition's shard of it."""
+
+    shards_uri: str
+    group: str
+    source: str
+    bucket: str | None
+    shards: list[Shard] = field(default_factory=list)
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.shards)
+
+    @property
+    def documents(self) -> int:
+        return sum(s.documents for s in self.shards)
+
+
+@dataclass
+class Allocation:
+    source: str
+    bucket: str | None
+    groups: list[Group]
+    available: int  # tokens in the shards
+    tokens: int  # tokens the stage draws from them
+    share: float  # tokens / stage budget
+    epochs: float  # tokens / available
+    asked: str  # "weight 0.5" or "3.2 epochs"
+
+    @property
+    def label(self) -> str:
+        return self.source + (f"/{self.bucket}" if self.bucket else "")
+
+
+@dataclass
+class StagePlan:
+    name: str
+    tokens: int
+    seq_length: int
+    split: str
+    max_epochs: float
+    allocations: list[Allocation]
+
+    @property
+    def train_samples(self) -> int:
+        return math.ceil(self.tokens / self.seq_length)
+
+    def prefixes_and_weights(self) -> list[tuple[str, float]]:
+        out = []
+        for a in self.allocations:
+            for g in a.groups:
+                for s in g.shards:
+                    if s.tokens:
+                        out.append((s.prefix, a.share * s.tokens / a.available))
+        return out
+
+    @property
+    def blend(self) -> tuple[list[str], list[float]]:
+        """What ``BlendedMegatronDatasetConfig(blend=...)`` takes."""
+        pw = self.prefixes_and_weights()
+        return [p for p, _ in pw], [round(w, 12) for _, w in pw]
+
+    @property
+    def data_path(self) -> list[str]:
+        """The flat ``weight prefix weight prefix ...`` list of Megatron's ``--data-path``."""
+        return [x for p, w in self.prefixes_and_weights() for x in (f"{w:.10g}", p)]
+
+    def table(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "source": a.source,
+                "bucket": a.bucket,
+                "asked": a.asked,
+                "available_tokens": a.available,
+                "tokens": a.tokens,
+                "share": round(a.share, 6),
+                "epochs": round(a.epochs, 4),
+                "shards": sum(len(g.shards) for g in a.groups),
+            }
+            for a in self.allocations
+        ]
+
+
+@dataclass
+class MixturePlan:
+    path: str
+    name: str
+    output: str
+    stages: list[StagePlan]
+
+    def totals(self) -> list[dict[str, Any]]:
+        """Cumulative tokens and epochs per source and bucket over all stages."""
+        acc: dict[tuple[str, str | None], dict[str, Any]] = {}
+        for st in self.stages:
+            for a in st.allocations:
+                for g in a.groups:
+                    key = (g.source, g.bucket)
+                    row = acc.setdefault(
+                        key, {"source": g.source, "bucket": g.bucket, "tokens": 0, "epochs": 0.0, "by_stage": {}}
+                    )
+                    part = a.tokens * g.tokens / a.available if a.available else 0
+                    row["tokens"] += round(part)
+                    epochs = part / g.tokens if g.tokens else 0.0
+                    row["by_stage"][st.name] = round(row["by_stage"].get(st.name, 0.0) + epochs, 4)
+        for row in acc.values():
+            row["epochs"] = round(sum(row["by_stage"].values()), 4)
+        return sorted(acc.values(), key=lambda r: (r["source"], r["bucket"] or ""))
+
+
+# -- loading --------------------------------------------------------------------------------
+
+
+def _read_spec(path: str) -> tuple[MixtureSpec, dict[str, Any]]:
+    try:
+        raw = Path(path).read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read mixture ({exc.strerror})") from None
+    try:
+        raw = expand_env(raw)
+    except KeyError as exc:
+        raise ConfigError(f"{path}: environment variable ${{{exc.args[0]}}} is not set and has no default") from None
+    try:
+        data = yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        raise ConfigError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping with keys name, shards, stages")
+    try:
+        return MixtureSpec.model_validate(data), data
+    except ValidationError as exc:
+        raise _first_error(path, exc, data) from None
+
+
+GroupKey = tuple[str, str | None]  # (source, bucket)
+
+
+def _load_groups(
+    path: str, key: str, uri: str, cache: dict[str, dict[GroupKey, Group]], check_files: bool
+) -> dict[GroupKey, Group]:
+    """The shard sets of a committed shards stage, by (source, bucket), every file checked."""
+    if uri in cache:
+        return cache[uri]
+    ref = DatasetRef(uri)
+    try:
+        manifest = read_manifest(ref)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {key}: cannot read {uri} ({exc})") from None
+    if manifest is None:
+        raise ConfigError(
+            f"{path}: {key}: {uri} is not a committed dataset (run its tokenize.megatron_shards stage first)"
+        )
+    table = read_dataset(ref)
+    needed = {"group", "source", "bucket", "prefix", "tokens", "documents", "sequences", "pack_seq_length"}
+    if not needed <= set(table.column_names) and table.num_rows:
+        missing = ", ".join(sorted(needed - set(table.column_names)))
+        raise ConfigError(f"{path}: {key}: {uri} is not a tokenize.megatron_shards dataset (no {missing})")
+    files = {f["name"] for p in manifest["parts"] for f in p.get("files", [])}
+    fs, base = ref.fs()
+    groups: dict[tuple[str, str | None], Group] = {}
+    for row in table.to_pylist():
+        for ext in (".bin", ".idx"):
+            name = row["prefix"] + ext
+            if name not in files or (check_files and not storage.exists(fs, storage.join(base, name))):
+                raise ConfigError(f"{path}: {key}: shard {storage.join(uri, name)} is missing")
+        g = groups.setdefault((row["source"], row["bucket"]), Group(uri, row["group"], row["source"], row["bucket"]))
+        prefix = storage.join(uri if storage.is_s3(uri) else base, row["prefix"])
+        g.shards.append(Shard(prefix, row["tokens"], row["documents"], row["sequences"], row["pack_seq_length"]))
+    cache[uri] = groups
+    return groups
+
+
+def _fmt_tokens(n: float) -> str:
+    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
+        if abs(n) >= div:
+            return f"{n / div:.3g}{unit}"
+    return str(int(n))
+
+
+def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
+    """Validate a mixture against the committed shards and allot every stage's budget."""
+    path = str(path)
+    spec, data = _read_spec(path)
+    cache: dict[str, dict[GroupKey, Group]] = {}
+    stages = []
+    for st in spec.stages:
+        key = f"stages[{st.name}]"
+        shards = st.shards if st.shards is not None else spec.shards
+        if shards is None:
+            raise ConfigError(f"{path}: {key}.shards: required key is missing (here or at the top level)")
+        uris = [shards] if isinstance(shards, str) else shards
+        where = f"{key}.shards" if st.shards is not None else "shards"
+        available: dict[GroupKey, Group] = {}
+        for uri in uris:
+            for k, g in _load_groups(path, where, uri, cache, check_files).items():
+                if k in available:
+                    raise ConfigError(
+                        f"{path}: {where}: {k[0]} appears in more than one shards dataset ({available[k].shards_uri}, {uri})"
+                    )
+                available[k] = g
+        cap = st.max_epochs or spec.max_epochs
+        claimed: dict[GroupKey, int] = {}
+        chosen: list[tuple[SourceSpec, list[Group], int]] = []
+        for i, src in enumerate(st.sources):
+            skey = f"{key}.sources[{i}]"
+            groups = [
+                g
+                for (s, b), g in sorted(available.items(), key=lambda kv: (kv[0][0], kv[0][1] or ""))
+                if s == src.source and (src.bucket is None or b == src.bucket)
+            ]
+            if not groups:
+                have = sorted({f"{s}/{b}" if b else s for s, b in available})
+                what = f"source {src.source!r}" + (f" bucket {src.bucket!r}" if src.bucket else "")
+                raise ConfigError(
+                    f"{path}: {skey}: no shards for {what} in {', '.join(uris)} (have: {', '.join(have) or 'none'})"
+                )
+            for g in groups:
+                if (g.source, g.bucket) in claimed:
+                    other = claimed[(g.source, g.bucket)]
+                    raise ConfigError(f"{path}: {skey}: {g.source}/{g.bucket or '*'} is already drawn by sources[{other}]")
+                claimed[(g.source, g.bucket)] = i
+                for s in g.shards:
+                    if s.pack_seq_length is not None and s.pack_seq_length != st.seq_length:
+                        raise ConfigError(
+                            f"{path}: {skey}: shards of {src.source} are packed for {s.pack_seq_length} tokens, "
+                            f"but the stage trains at seq_length {st.seq_length}"
+                        )
+            total = sum(g.tokens for g in groups)
+            if total == 0:
+                raise ConfigError(f"{path}: {skey}: the shards for {src.source!r} hold no tokens")
+            chosen.append((src, groups, total))
+        fixed = sum(src.epochs * total for src, _, total in chosen if src.epochs is not None)
+        weights = sum(src.weight for src, _, _ in chosen if src.weight is not None)
+        if st.tokens is None:
+            if weights:
+                raise ConfigError(f"{path}: {key}.tokens: required when a source is given a weight")
+            budget = round(fixed)
+        else:
+            budget = st.tokens
+            if fixed > budget * (1 + 1e-9):
+                raise ConfigError(
+                    f"{path}: {key}.tokens: the epoch targets alone need {_fmt_tokens(fixed)} tokens, "
+                    f"over the budget of {_fmt_tokens(budget)}"
+                )
+            if not weights and abs(fixed - budget) > 0.001 * budget:
+                raise ConfigError(
+                    f"{path}: {key}.tokens: the epoch targets add up to {_fmt_tokens(fixed)} tokens, "
+                    f"not {_fmt_tokens(budget)}; give a source a weight to fill the rest, or leave tokens out"
+                )
+            if weights and budget - fixed <= 0:
+                raise ConfigError(
+                    f"{path}: {key}.tokens: the epoch targets use the whole budget; weighted sources get nothing"
+                )
+        rest = budget - fixed
+        allocations = []
+        for i, (src, groups, total) in enumerate(chosen):
+            tokens = src.epochs * total if src.epochs is not None else rest * src.weight / weights
+            epochs = tokens / total
+            if epochs > cap * (1 + 1e-9):
+                label = src.source + (f"/{src.bucket}" if src.bucket else "")
+                raise ConfigError(
+                    f"{path}: {key}.sources[{i}]: {label} would be repeated {epochs:.2f} epochs "
+                    f"({_fmt_tokens(tokens)} of {_fmt_tokens(total)} tokens), over the cap max_epochs={cap:g}"
+                )
+            asked = f"{src.epochs:g} epochs" if src.epochs is not None else f"weight {src.weight:g}"
+            allocations.append(
+                Allocation(src.source, src.bucket, groups, total, round(tokens), tokens / budget, epochs, asked)
+            )
+        stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
+    output = spec.output or str(Path(path).with_suffix("")) + "-blends"
+    return MixturePlan(path, spec.name, output, stages)
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+def stage_blend(st: StagePlan) -> dict[str, Any]:
+    prefixes, weights = st.blend
+    return {
+        "stage": st.name,
+        "seq_length": st.seq_length,
+        "tokens": st.tokens,
+        "train_samples": st.train_samples,
+        "split": st.split,
+        "max_epochs": st.max_epochs,
+        "data_path": st.data_path,
+        "blend": [prefixes, weights],
+        "sources": st.table(),
+    }
+
+
+def markdown(plan: MixturePlan) -> str:
+    lines = [f"# mixture {plan.name}", ""]
+    for st in plan.stages:
+        lines += [
+            f"## {st.name}: {_fmt_tokens(st.tokens)} tokens at seq_length {st.seq_length} "
+            f"({st.train_samples:,} samples), cap {st.max_epochs:g} epochs",
+            "",
+            "| source | bucket | asked | available tokens | tokens | share | epochs |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for r in st.table():
+            lines.append(
+                f"| {r['source']} | {r['bucket'] or '-'} | {r['asked']} | {r['available_tokens']:,} "
+                f"| {r['tokens']:,} | {r['share']:.1%} | {r['epochs']:.2f} |"
+            )
+        lines.append("")
+    lines += ["## all stages", "", "| source | bucket | tokens | epochs | by stage |", "|---|---|---|---|---|"]
+    for r in plan.totals():
+        by = ", ".join(f"{k} {v:.2f}" for k, v in r["by_stage"].items())
+        lines.append(f"| {r['source']} | {r['bucket'] or '-'} | {r['tokens']:,} | {r['epochs']:.2f} | {by} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
+    """Write every stage's blend files, ``mixture.json`` and ``mixture.md``; return their URIs."""
+    out = output or plan.output
+    fs, base = storage.filesystem(out)
+    written = []
+
+    def put(name: str, data: bytes) -> None:
+        storage.write_bytes_atomic(fs, storage.join(base, name), data)
+        written.append(storage.join(out, name))
+
+    summary = {"name": plan.name, "config": plan.path, "stages": [], "totals": plan.totals()}
+    for st in plan.stages:
+        blend = stage_blend(st)
+        summary["stages"].append(blend)
+        put(f"{st.name}.blend.json", json.dumps(blend, indent=1).encode())
+        per_split = {"train": st.data_path, "valid": st.data_path, "test": st.data_path}
+        put(f"{st.name}.per-split.json", json.dumps(per_split, indent=1).encode())
+    put("mixture.json", json.dumps(summary, indent=1).encode())
+    put("mixture.md", markdown(plan).encode())
+    return written
+
+
+def load_blend(path: str) -> tuple[list[str], list[float]]:
+    """The ``blend`` of a written ``<stage>.blend.json`` as Megatron's config wants it."""
+    fs, p = storage.filesystem(path)
+    prefixes, weights = storage.read_json(fs, p)["blend"]
+    return list(prefixes), [float(w) for w in weights]
+
+
+__all__ = [
+    "ConfigError",
+    "MixturePlan",
+    "StagePlan",
+    "load_blend",
+    "load_mixture",
+    "markdown",
+    "parse_tokens",
+    "stage_blend",
+    "write_mixture",
+]

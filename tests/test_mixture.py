@@ -1,0 +1,244 @@
+"""Mixtures: budgets, weights and epochs over real shards -> Megatron blends; one-line errors."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from test_shards import gloo  # noqa: F401 - a fixture: torch.distributed on gloo, world size 1
+from test_tokenizer import shared_run
+
+from arcforge.cli import main
+from arcforge.pipelines.config import ConfigError
+from arcforge.pipelines.dataset import DatasetRef, read_dataset
+from arcforge.tokenize.mixture import load_blend, load_mixture, parse_tokens, write_mixture
+from arcforge.tokenize.spm import Tokenizer
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, demo_corpus):
+    _, run, _ = shared_run(tmp_path_factory, demo_corpus, ["shards", "shards_packed"])
+    rows = read_dataset(DatasetRef(str(run / "shards"))).to_pylist()
+    tokens = Counter()
+    for r in rows:
+        tokens[r["group"]] += r["tokens"]
+    return run, rows, tokens
+
+
+def mixture_yaml(run: Path, out: Path, sources: str, *, tokens: str = "1.5M", extra: str = "", cap: float = 4) -> str:
+    return f"""
+name: m
+shards: {run / "shards"}
+output: {out}
+max_epochs: {cap}
+stages:
+  - name: s1
+    seq_length: 1024
+    tokens: {tokens}
+    sources:
+{sources}
+{extra}"""
+
+
+GOOD = """      - {source: web, epochs: 3.2}
+      - {source: wikipedia, bucket: high, weight: 3}
+      - {source: wikipedia, bucket: low, weight: 1}
+      - {source: code, epochs: 2}
+      - {source: books, weight: 1}"""
+
+
+def _write(tmp_path: Path, text: str) -> Path:
+    p = tmp_path / "mix.yaml"
+    p.write_text(text)
+    return p
+
+
+def test_parse_tokens():
+    assert parse_tokens(4096) == 4096
+    assert parse_tokens("2.5M") == 2_500_000
+    assert parse_tokens("500B") == 500 * 10**9
+    assert parse_tokens("15T") == 15 * 10**12
+    assert parse_tokens("1_000k") == 1_000_000
+    for bad in ("lots", "-3", 0, True):
+        with pytest.raises(ValueError):
+            parse_tokens(bad)
+
+
+def test_budget_is_allotted_by_epochs_then_weights(shards, tmp_path):
+    run, rows, tok = shards
+    plan = load_mixture(_write(tmp_path, mixture_yaml(run, tmp_path / "out", GOOD)))
+    (st,) = plan.stages
+    assert st.tokens == 1_500_000 and st.train_samples == math.ceil(1_500_000 / 1024)
+    by = {(a.source, a.bucket): a for a in st.allocations}
+    fixed = 3.2 * tok["web"] + 2 * tok["code"]
+    rest = 1_500_000 - fixed
+    expect = {
+        ("web", None): 3.2 * tok["web"],
+        ("code", None): 2 * tok["code"],
+        ("wikipedia", "high"): rest * 3 / 5,
+        ("wikipedia", "low"): rest / 5,
+        ("books", None): rest / 5,
+    }
+    for key, tokens in expect.items():
+        a = by[key]
+        group = key[0] + (f"__{key[1]}" if key[1] else "")
+        assert a.available == tok[group]
+        assert abs(a.tokens - tokens) <= 1
+        assert a.epochs == pytest.approx(tokens / tok[group])
+        assert a.share == pytest.approx(tokens / 1_500_000)
+    assert by[("web", None)].epochs == pytest.approx(3.2)
+    assert sum(a.share for a in st.allocations) == pytest.approx(1.0)
+    prefixes, weights = st.blend
+    assert sum(weights) == pytest.approx(1.0)
+    # within a source, each partition's shard is weighted by its tokens
+    shard_tokens = {str(run / "shards" / r["prefix"]): r["tokens"] for r in rows}
+    for p, w in zip(prefixes, weights):
+        group = Path(p).parent.name
+        src = next(a for a in st.allocations if any(g.group == group for g in a.groups))
+        assert w == pytest.approx(src.share * shard_tokens[p] / src.available, rel=1e-6)
+    # the --data-path list is what megatron-core parses back into the same blend
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    parsed_prefixes, parsed_weights = get_blend_from_list(st.data_path)
+    assert parsed_prefixes == prefixes
+    assert parsed_weights == pytest.approx(weights, rel=1e-8)
+
+
+def test_writes_blends_tables_and_cumulative_epochs(shards, tmp_path):
+    run, _, tok = shards
+    two_stages = mixture_yaml(
+        run, tmp_path / "out", GOOD,
+        extra=f"""  - name: mid
+    shards: {run / "shards_packed"}
+    seq_length: 2048
+    sources:
+      - {{source: books, epochs: 2.5}}
+      - {{source: web, epochs: 0.5}}""",
+    )
+    plan = load_mixture(_write(tmp_path, two_stages))
+    written = write_mixture(plan)
+    names = sorted(Path(p).name for p in written)
+    assert names == ["mid.blend.json", "mid.per-split.json", "mixture.json", "mixture.md", "s1.blend.json", "s1.per-split.json"]
+    blend = json.loads((tmp_path / "out" / "s1.blend.json").read_text())
+    assert blend["tokens"] == 1_500_000 and blend["seq_length"] == 1024 and blend["split"] == "99,1,0"
+    assert load_blend(str(tmp_path / "out" / "s1.blend.json")) == (blend["blend"][0], blend["blend"][1])
+    assert all(Path(p + ".bin").exists() and Path(p + ".idx").exists() for p in blend["blend"][0])
+    per_split = json.loads((tmp_path / "out" / "s1.per-split.json").read_text())
+    assert set(per_split) == {"train", "valid", "test"} and per_split["train"] == blend["data_path"]
+    mid = json.loads((tmp_path / "out" / "mid.blend.json").read_text())
+    assert all("/shards_packed/" in p for p in mid["blend"][0])
+    # a budget left out is what the epoch targets add up to
+    assert mid["tokens"] == pytest.approx(2.5 * plan.stages[1].allocations[0].available + 0.5 * plan.stages[1].allocations[1].available, abs=1)
+    totals = {(r["source"], r["bucket"]): r for r in json.loads((tmp_path / "out" / "mixture.json").read_text())["totals"]}
+    assert totals[("web", None)]["epochs"] == pytest.approx(3.7, abs=1e-3)
+    assert totals[("web", None)]["by_stage"] == {"s1": 3.2, "mid": 0.5}
+    md = (tmp_path / "out" / "mixture.md").read_text()
+    assert "| web | - | 3.2 epochs |" in md and "## all stages" in md
+
+
+def _error(tmp_path: Path, text: str) -> str:
+    path = _write(tmp_path, text)
+    with pytest.raises(ConfigError) as exc:
+        load_mixture(path)
+    msg = str(exc.value)
+    assert msg.startswith(f"{path}: ") and "\n" not in msg
+    return msg.removeprefix(f"{path}: ")
+
+
+def test_epoch_cap_and_budget_errors_are_one_line(shards, tmp_path):
+    run, _, tok = shards
+    out = tmp_path / "out"
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: web, epochs: 5}\n      - {source: books, weight: 1}"))
+    assert msg.startswith("stages[s1].sources[0]: web would be repeated 5.00 epochs (")
+    assert msg.endswith("over the cap max_epochs=4")
+    # a weight can break the cap too: almost the whole budget on the smallest source
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: zh, weight: 1}\n      - {source: books, weight: 1}"))
+    assert msg.startswith("stages[s1].sources[0]: zh would be repeated ") and "max_epochs=4" in msg
+    # the stage's own cap overrides the mixture's
+    text = mixture_yaml(run, out, "      - {source: web, epochs: 3.2}\n      - {source: books, weight: 1}", cap=10).replace("    seq_length: 1024", "    seq_length: 1024\n    max_epochs: 3")
+    assert _error(tmp_path, text).endswith("over the cap max_epochs=3")
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: wikipedia, epochs: 1.5}\n      - {source: books, weight: 1}", tokens="100K"))
+    assert msg.startswith("stages[s1].tokens: the epoch targets alone need ") and "over the budget of 100K" in msg
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: web, epochs: 1}", tokens="10M"))
+    assert msg.startswith("stages[s1].tokens: the epoch targets add up to ")
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: web, weight: 1, epochs: 2}"))
+    assert msg.startswith("stages[s1].sources[0]: Value error, give exactly one of weight or epochs")
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: web, wieght: 1}"))
+    assert msg == "stages[s1].sources[0].wieght: unknown key"
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: web, weight: 1}", tokens="many"))
+    assert msg.startswith("stages[s1].tokens: Value error, expected a token count")
+    assert tok["web"] > 0
+
+
+def test_missing_sources_and_shards_are_one_line_errors(shards, tmp_path):
+    run, rows, _ = shards
+    out = tmp_path / "out"
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: math, weight: 1}"))
+    assert msg.startswith("stages[s1].sources[0]: no shards for source 'math' in ")
+    assert msg.endswith("(have: books, code, web, wikipedia/high, wikipedia/low, zh)")
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: wikipedia, bucket: top, weight: 1}"))
+    assert "no shards for source 'wikipedia' bucket 'top'" in msg
+    msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: wikipedia, weight: 1}\n      - {source: wikipedia, bucket: high, weight: 1}"))
+    assert msg == "stages[s1].sources[1]: wikipedia/high is already drawn by sources[0]"
+    # packed shards must be drawn at their own sequence length
+    text = mixture_yaml(run, out, "      - {source: books, weight: 1}").replace(f"shards: {run / 'shards'}", f"shards: {run / 'shards_packed'}")
+    msg = _error(tmp_path, text)
+    assert msg == "stages[s1].sources[0]: shards of books are packed for 2048 tokens, but the stage trains at seq_length 1024"
+    # a shards stage that is not committed, and a shard file that went missing
+    msg = _error(tmp_path, mixture_yaml(run, out, GOOD).replace(f"shards: {run / 'shards'}", f"shards: {run / 'nope'}"))
+    assert msg.startswith(f"shards: {run / 'nope'} is not a committed dataset")
+    copy = tmp_path / "copy" / "shards"
+    shutil.copytree(run / "shards", copy)
+    victim = next(r for r in rows if r["group"] == "code")["prefix"] + ".idx"
+    (copy / victim).unlink()
+    msg = _error(tmp_path, mixture_yaml(run, out, GOOD).replace(f"shards: {run / 'shards'}", f"shards: {copy}"))
+    assert msg == f"shards: shard {copy / victim} is missing"
+
+
+def test_cli_mix_prints_the_table_and_fails_in_one_line(shards, tmp_path, capsys):
+    run, _, _ = shards
+    path = _write(tmp_path, mixture_yaml(run, tmp_path / "out", GOOD))
+    assert main(["mix", str(path), "--out", str(tmp_path / "elsewhere")]) == 0
+    out = capsys.readouterr().out
+    assert "s1: 1,500,000 tokens, seq_length 1024" in out and "3.20" in out and "3.2 epochs" in out
+    assert (tmp_path / "elsewhere" / "s1.blend.json").exists() and not (tmp_path / "out").exists()
+    bad = _write(tmp_path, mixture_yaml(run, tmp_path / "out", "      - {source: web, epochs: 9}\n      - {source: books, weight: 1}"))
+    assert main(["mix", str(bad)]) == 2
+    captured = capsys.readouterr()
+    lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "web would be repeated 9.00 epochs" in lines[0]
+
+
+def test_the_demo_mixture_draws_megatron_samples_in_its_shares(shards, tmp_path, monkeypatch, gloo):  # noqa: F811
+    from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
+    from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
+
+    run, _, _ = shards
+    monkeypatch.setenv("ARCFORGE_RUNS", str(run.parent))
+    plan = load_mixture(REPO / "configs" / "mixture.demo.yaml")
+    assert [s.name for s in plan.stages] == ["pretrain_1_general", "pretrain_2_upsampled", "mid_packed_2k"]
+    web = next(a for a in plan.stages[0].allocations if a.source == "web")
+    assert web.epochs == pytest.approx(3.2)
+    write_mixture(plan, str(tmp_path / "blends"))
+    tok = Tokenizer.load(str(run / "tokenizer"))
+    for st in (plan.stages[0], plan.stages[2]):
+        blend = load_blend(str(tmp_path / "blends" / f"{st.name}.blend.json"))
+        cfg = GPTDatasetConfig(
+            random_seed=7, sequence_length=st.seq_length, blend=blend, split="100,0,0",
+            tokenizer=tok.megatron_tokenizer(), reset_position_ids=True, reset_attention_mask=True,
+            eod_mask_loss=True, path_to_cache=str(tmp_path / "cache"),
+        )
+        train, _, _ = BlendedMegatronDatasetBuilder(GPTDataset, [st.train_samples, 0, 0], lambda: True, cfg).build()
+        assert len(train) >= st.train_samples
+        drawn = Counter()
+        for i in range(len(train)):
+            drawn[Path(blend[0][int(train.dataset_index[i])]).parent.name.split("__")[0]] += 1
+        for a in st.allocations:
+            assert drawn[a.source] / len(train) == pytest.approx(a.share, abs=0.01), (st.name, a.source)
+        assert train[len(train) - 1]["tokens"].shape == (st.seq_length,)
