@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from arcforge.model.cli import add_model_parser
+from arcforge.model.train_cli import add_train_parser
 from arcforge.pipelines.config import ConfigError
 
 console = Console(stderr=False)
@@ -199,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--dest")
     c.set_defaults(fn=cmd_corpus)
     add_model_parser(sub)
+    add_train_parser(sub)
     return p
 
 
