@@ -33,6 +33,7 @@ demo: setup
 	$(BIN)/arcforge status runs/demo
 	$(BIN)/arcforge inspect runs/demo/langid -n 2
 	$(BIN)/arcforge mix configs/mixture.demo.yaml
+	$(BIN)/arcforge train configs/train.tiny.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider
