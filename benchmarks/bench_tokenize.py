@@ -36,7 +36,6 @@ import os
 import resource
 import statistics
 import subprocess
-import sys
 import tempfile
 import textwrap
 import time
@@ -240,7 +239,7 @@ def main() -> None:
     best = {name: min(runs, key=lambda r: r["cpu_s"]) for name, runs in results.items()}
     dt = best["datatrove"]["tokens"] / best["datatrove"]["cpu_s"]
     raw = best["raw sentencepiece"]["tokens"] / best["raw sentencepiece"]["cpu_s"]
-    print(f"\n| system | tokens | CPU s (best) | CPU s (median) | wall s (best) | tokens / CPU-s | MB text / CPU-s | vs datatrove | vs raw sentencepiece |")
+    print("\n| system | tokens | CPU s (best) | CPU s (median) | wall s (best) | tokens / CPU-s | MB text / CPU-s | vs datatrove | vs raw sentencepiece |")
     print("|---|---|---|---|---|---|---|---|---|")
     for name in ("raw sentencepiece", "arcforge", "datatrove"):
         r = best[name]

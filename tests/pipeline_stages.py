@@ -91,7 +91,6 @@ class VocabParams(StageParams):
 
 def build_vocab(params: VocabParams, ctx) -> dict:  # noqa: ANN001
     import collections
-    import json as _json
 
     from arcforge.pipelines import storage
     from arcforge.pipelines.dataset import read_dataset

@@ -386,7 +386,7 @@ def test_shipped_configs_parse():
     assert cfg.model.preset == "proxy-tiny" and cfg.device == "cpu"
     assert 12 <= len(step_batch_sizes(cfg)) <= 100
     from arcforge.model.ablate import AblateConfig
-    from arcforge.model.train import _read_yaml
+    from arcforge.pipelines.config import read_yaml as _read_yaml
 
     ab = AblateConfig(**_read_yaml(str(REPO / "configs" / "ablate.tiny.yaml")))
     assert len(ab.runs) >= 2 and "data" in ab.eval

@@ -35,10 +35,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from arcforge.model.train import TrainResult, _read_yaml, parse_train_config, train
-from arcforge.pipelines.config import ConfigError, _first_error
+from arcforge.model.train import TrainResult, parse_train_config, train
+from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
 
 
 class _Strict(BaseModel):
@@ -73,20 +73,15 @@ def run_configs(path: str | os.PathLike) -> tuple[AblateConfig, list[tuple[str, 
     """The ablation config and each run's validated ``TrainConfig`` (all checked before any
     training starts; one-line ``ConfigError``)."""
     path = str(path)
-    data = _read_yaml(path)
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys output_dir, base, eval, runs")
-    try:
-        cfg = AblateConfig(**data)
-    except ValidationError as exc:
-        raise _first_error(path, exc, data) from None
+    data = read_yaml(path)
+    cfg = validate_mapping(AblateConfig, data, path, "output_dir, base, eval, runs")
     names = [r.name for r in cfg.runs]
     if len(set(names)) != len(names):
         raise ConfigError(f"{path}: runs: run names must be unique")
     if "data" not in cfg.eval:
         raise ConfigError(f"{path}: eval.data: required: the common validation set every run is scored on")
     base_path = cfg.base if os.path.isabs(cfg.base) else os.path.join(os.path.dirname(path) or ".", cfg.base)
-    base = _read_yaml(base_path)
+    base = read_yaml(base_path)
     if not isinstance(base, dict):
         raise ConfigError(f"{base_path}: expected a training config mapping")
     for k in ("eval", "output_dir", "name"):

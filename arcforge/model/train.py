@@ -35,10 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from arcforge.pipelines.config import ConfigError, _first_error, expand_env
+from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
 
 TRAINER_FORMAT = "arcforge.train/1"
 CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
@@ -253,32 +252,10 @@ class TrainConfig(_Strict):
         return get_preset(self.model.preset).with_overrides(**changes)
 
 
-def _read_yaml(path: str) -> Any:
-    try:
-        raw = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
-    try:
-        raw = expand_env(raw)
-    except KeyError as exc:
-        raise ConfigError(f"{path}: environment variable ${{{exc.args[0]}}} is not set and has no default") from None
-    try:
-        return yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
-
-
 def parse_train_config(data: Any, path: str = "<config>", *, check_data: bool = True) -> TrainConfig:
     """Validate a config mapping (one-line ``ConfigError``), then check the model and the data
     on disk: shards exist, the vocabulary matches the tokenizer or covers every token id."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys output_dir, model, data, batch, train")
-    try:
-        cfg = TrainConfig(**data)
-    except ValidationError as exc:
-        raise _first_error(path, exc, data) from None
+    cfg = validate_mapping(TrainConfig, data, path, "output_dir, model, data, batch, train")
     cfg._path = path
     check_config(cfg, path)
     if check_data:
@@ -288,7 +265,7 @@ def parse_train_config(data: Any, path: str = "<config>", *, check_data: bool = 
 
 def load_train_config(path: str | os.PathLike, *, check_data: bool = True) -> TrainConfig:
     path = str(path)
-    return parse_train_config(_read_yaml(path), path, check_data=check_data)
+    return parse_train_config(read_yaml(path), path, check_data=check_data)
 
 
 def check_config(cfg: TrainConfig, path: str) -> None:
@@ -1005,7 +982,6 @@ def _gpu_build(t: Trainer) -> None:
 def _gpu_batch_iter(t: Trainer, batches, start: int, n_micro: int):
     """This data-parallel rank's micro-batches: micro-batch j of the step takes samples
     ``start + (j * dp + dp_rank) * mbs ...``, so the global order is independent of dp."""
-    import torch
     from megatron.core import parallel_state
 
     mbs = t.cfg.batch.micro_batch_size

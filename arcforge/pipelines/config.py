@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -181,29 +181,45 @@ def _first_error(path: str, exc: ValidationError, data: Any, prefix: str = "") -
     return ConfigError(f"{path}: {key}: {msg}{suffix}")
 
 
-def load_plan(path: str | Path) -> Plan:
-    """Read, expand, validate and resolve a run config; raise ConfigError with one line."""
+def read_yaml(path: str | Path, what: str = "config") -> Any:
+    """Read a YAML file with ``${VAR}`` expansion; every problem is one ConfigError line.
+
+    Shared by run configs, mixtures, training and ablation configs."""
     path = str(path)
     try:
         raw = Path(path).read_text()
     except OSError as exc:
-        raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+        raise ConfigError(f"{path}: cannot read {what} ({exc.strerror})") from None
     try:
         raw = expand_env(raw)
     except KeyError as exc:
         raise ConfigError(f"{path}: environment variable ${{{exc.args[0]}}} is not set and has no default") from None
     try:
-        data = yaml.safe_load(raw)
+        return yaml.safe_load(raw)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
         raise ConfigError(f"{path}: not valid YAML{where}: {getattr(exc, 'problem', exc)}") from None
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validate_mapping(model: type[M], data: Any, path: str, keys: str) -> M:
+    """Validate a parsed YAML mapping into ``model``; the first problem becomes one line."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys name, storage, stages")
+        raise ConfigError(f"{path}: expected a mapping with keys {keys}")
     try:
-        cfg = RunConfig.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise _first_error(path, exc, data) from None
+
+
+def load_plan(path: str | Path) -> Plan:
+    """Read, expand, validate and resolve a run config; raise ConfigError with one line."""
+    path = str(path)
+    data = read_yaml(path)
+    cfg = validate_mapping(RunConfig, data, path, "name, storage, stages")
     return Plan(path, cfg, _resolve_stages(path, cfg, data))
 
 

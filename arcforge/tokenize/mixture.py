@@ -32,11 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from arcforge.pipelines import storage
-from arcforge.pipelines.config import ConfigError, _first_error, expand_env
+from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
 from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -231,25 +230,8 @@ class MixturePlan:
 
 
 def _read_spec(path: str) -> tuple[MixtureSpec, dict[str, Any]]:
-    try:
-        raw = Path(path).read_text()
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read mixture ({exc.strerror})") from None
-    try:
-        raw = expand_env(raw)
-    except KeyError as exc:
-        raise ConfigError(f"{path}: environment variable ${{{exc.args[0]}}} is not set and has no default") from None
-    try:
-        data = yaml.safe_load(raw)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        raise ConfigError(f"{path}: not valid YAML{f' at line {mark.line + 1}' if mark else ''}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: expected a mapping with keys name, shards, stages")
-    try:
-        return MixtureSpec.model_validate(data), data
-    except ValidationError as exc:
-        raise _first_error(path, exc, data) from None
+    data = read_yaml(path, "mixture")
+    return validate_mapping(MixtureSpec, data, path, "name, shards, stages"), data
 
 
 GroupKey = tuple[str, str | None]  # (source, bucket)
