@@ -199,10 +199,6 @@ def write_artifact_manifest(
     return manifest
 
 
-def manifest_part_uris(ref: DatasetRef, manifest: dict[str, Any]) -> list[str]:
-    return [ref.part_uri(p["name"]) for p in manifest["parts"]]
-
-
 def read_dataset(ref: DatasetRef, columns: list[str] | None = None) -> pa.Table:
     """Read every committed part listed in the manifest (never a directory listing)."""
     manifest = read_manifest(ref)

@@ -71,10 +71,6 @@ def docs_table(rows: list[dict[str, Any]], schema: pa.Schema = DOC_SCHEMA) -> pa
     return pa.table(cols, schema=schema)
 
 
-def empty_table(schema: pa.Schema) -> pa.Table:
-    return schema.empty_table()
-
-
 def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     """Select and cast columns to `schema` so every part of a dataset is identical in shape."""
     if isinstance(table, pa.RecordBatch):

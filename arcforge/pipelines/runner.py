@@ -127,6 +127,9 @@ class Runner:
             schemas.append(schema_from_b64(manifest["schema_ipc"]))
             parts += [(ref.part_uri(p["name"]), p["fingerprint"]) for p in manifest["parts"]]
         schema = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
+        missing = [c for c in getattr(rs.stage, "requires", ()) if c not in schema.names]
+        if missing:
+            raise RuntimeError(f"stage {rs.name}: its inputs lack the column(s) {missing} that {rs.cfg.uses} requires")
         return parts, rs.stage.output_schema(schema), refs
 
     def _artifacts(self, rs: ResolvedStage) -> tuple[dict[str, str], dict[str, str]]:

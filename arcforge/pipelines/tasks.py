@@ -19,7 +19,6 @@ from arcforge.pipelines import storage
 from arcforge.pipelines.dataset import DatasetRef, part_name, schema_from_b64, write_commit, write_part
 from arcforge.pipelines.documents import conform, rejected_schema, text_bytes
 from arcforge.pipelines.stage import (
-    GlobalStage,
     MapStage,
     Output,
     PartitionStage,
@@ -188,5 +187,3 @@ def execute_task_json(task_json: str) -> str:
     except Exception as exc:
         raise RuntimeError(f"partition task failed: {exc}\n{traceback.format_exc()}") from exc
 
-
-__all__ = ["GlobalStage", "PartitionTask", "commit_partition", "execute_task", "execute_task_json"]
