@@ -15,6 +15,7 @@ from rich.table import Table
 from arcforge.model.cli import add_model_parser
 from arcforge.model.train_cli import add_train_parser
 from arcforge.pipelines.config import ConfigError
+from arcforge.run_cli import add_run_parser
 
 console = Console(stderr=False)
 err = Console(stderr=True)
@@ -80,21 +81,12 @@ def summary_table(rows: list[list[str]], title: str) -> Table:
     return table
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from arcforge.pipelines.config import load_plan
-    from arcforge.pipelines.runner import Runner
-
-    plan = load_plan(args.config)  # validates fully before any engine starts
-    runner = Runner(plan, progress=RichProgress())
-    results = runner.run(only=args.only, start=getattr(args, "from"), force=args.force)
-    rows = [_stats_row(r.name, r.manifest, r.status) for r in results]
-    console.print(summary_table(rows, f"run {plan.config.name}"))
+def report_errors(results: list[Any]) -> None:
+    """Files a stage reported (corrupt, unreadable) without stopping the run."""
     for r in results:
         for e in r.manifest.get("errors", []):
             short = e if len(e) <= 200 else e[:200] + "… (full text in the stage manifest)"
             console.print(f"[yellow]reported[/yellow] {r.name}: {short}", markup=True, highlight=False)
-    console.print(f"outputs: {plan.run_uri}")
-    return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -148,6 +140,19 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from arcforge.pipelines.export import export
+
+    columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
+    try:
+        rows = export(args.path, args.output, args.format, columns)
+    except (FileNotFoundError, ValueError) as exc:
+        err.print(f"arcforge export: {exc}", markup=False, highlight=False, soft_wrap=True)
+        return 2
+    console.print(f"wrote {rows:,} rows to {args.output}", highlight=False)
+    return 0
+
+
 def cmd_corpus(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -178,12 +183,7 @@ def cmd_mix(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arcforge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
-    r = sub.add_parser("run", help="run a pipeline config; committed stages and partitions are skipped")
-    r.add_argument("config")
-    r.add_argument("--only", metavar="STAGE", help="run just this stage (its inputs must be committed)")
-    r.add_argument("--from", metavar="STAGE", help="run this stage and every stage after it")
-    r.add_argument("--force", action="store_true", help="forget the selected stages' commits and redo them")
-    r.set_defaults(fn=cmd_run)
+    add_run_parser(sub)
     s = sub.add_parser("status", help="show each stage of a run: committed or not, rows in and out")
     s.add_argument("run_dir")
     s.set_defaults(fn=cmd_status)
@@ -196,6 +196,12 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("config")
     m.add_argument("--out", metavar="DIR", help="where to write the blends (default: the mixture's output)")
     m.set_defaults(fn=cmd_mix)
+    e = sub.add_parser("export", help="write a committed dataset as JSONL (one file) or Parquet (one file per part)")
+    e.add_argument("path", help="a committed dataset: a stage directory of a run, or its rejected/")
+    e.add_argument("--format", choices=("jsonl", "parquet"), required=True)
+    e.add_argument("-o", "--output", required=True, help="a .jsonl[.gz|.zst] file, or a folder for Parquet")
+    e.add_argument("--columns", help="comma-separated columns to keep (default: all)")
+    e.set_defaults(fn=cmd_export)
     c = sub.add_parser("corpus", help="fetch the pinned demo corpus into the cache and print its path")
     c.add_argument("--dest")
     c.set_defaults(fn=cmd_corpus)

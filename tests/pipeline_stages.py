@@ -35,6 +35,17 @@ def read_lines(path: str, fs, params: LinesParams, ctx: TaskContext) -> Iterator
 LINES = SourceStage("test.lines", LinesParams, read_lines)
 
 
+def read_lines_strict(path: str, fs, params: LinesParams, ctx: TaskContext) -> Iterator[Output]:  # noqa: ANN001
+    """Like read_lines, but a file holding the line POISON is a bug in the reader: it raises."""
+    for out in read_lines(path, fs, params, ctx):
+        if "POISON" in out.kept.column("text").to_pylist():
+            raise ValueError("the reader cannot handle POISON")
+        yield out
+
+
+STRICT_LINES = SourceStage("test.strict_lines", LinesParams, read_lines_strict)
+
+
 class SlowParams(StageParams):
     seconds: float = 0.0
     min_chars: int = 0

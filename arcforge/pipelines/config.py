@@ -11,6 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -30,6 +31,7 @@ class SparkConfig(_Strict):
     master: str = "local[*]"
     app_name: str = "arcforge"
     conf: dict[str, str] = Field(default_factory=dict)
+    task_retries: int = Field(1, ge=0)  # Spark re-runs a failed partition this many times before the run fails
 
 
 class RayConfig(_Strict):
@@ -46,10 +48,23 @@ class EnginesConfig(_Strict):
 class S3Config(_Strict):
     endpoint_url: str | None = None
     region: str | None = None
+    connect_timeout_s: float = Field(10.0, gt=0)
+    request_timeout_s: float = Field(60.0, gt=0)
+    retries: int = Field(6, ge=0)  # retries of an operation or task that failed transiently, with backoff
+    backoff_s: float = Field(0.5, ge=0)  # first wait; doubled each retry up to max_backoff_s
+    max_backoff_s: float = Field(16.0, ge=0)
 
     def options(self) -> S3Options:
         env = S3Options.from_env()
-        return S3Options(endpoint_url=self.endpoint_url or env.endpoint_url, region=self.region or env.region)
+        return S3Options(
+            endpoint_url=self.endpoint_url or env.endpoint_url,
+            region=self.region or env.region,
+            connect_timeout_s=self.connect_timeout_s,
+            request_timeout_s=self.request_timeout_s,
+            retries=self.retries,
+            backoff_s=self.backoff_s,
+            max_backoff_s=self.max_backoff_s,
+        )
 
 
 class StorageConfig(_Strict):
@@ -61,10 +76,20 @@ class FilesInput(_Strict):
     files: list[str] = Field(min_length=1)
 
 
+class DatasetInput(_Strict):
+    """A committed arcforge dataset of another run (its directory), or external Parquet
+    (a file, a directory of ``*.parquet`` or a glob), local or ``s3://``."""
+
+    dataset: str | list[str] = Field(min_length=1)
+
+    def uris(self) -> list[str]:
+        return [self.dataset] if isinstance(self.dataset, str) else list(self.dataset)
+
+
 class StageConfig(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     uses: str
-    input: str | list[str] | FilesInput
+    input: str | list[str] | FilesInput | DatasetInput
     engine: Literal["local", "spark", "ray"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)  # name -> an earlier stage (a tokenizer, a model)
@@ -77,7 +102,7 @@ class StageConfig(_Strict):
         return v
 
     def input_stages(self) -> list[str]:
-        if isinstance(self.input, FilesInput):
+        if isinstance(self.input, (FilesInput, DatasetInput)):
             return []
         return [self.input] if isinstance(self.input, str) else list(self.input)
 
@@ -90,14 +115,28 @@ class RunConfig(_Strict):
 
 
 class ResolvedStage:
-    """A configured stage with its declaration and validated params."""
+    """A configured stage with its declaration and validated params.
 
-    def __init__(self, cfg: StageConfig, stage: Stage[Any], params: Any, engine: str, files: list[str]):
+    ``files`` are a source's expanded inputs, ``schema`` its output schema read at
+    plan time; ``datasets`` are the URIs of an ``input: {dataset: ...}``."""
+
+    def __init__(
+        self,
+        cfg: StageConfig,
+        stage: Stage[Any],
+        params: Any,
+        engine: str,
+        files: list[str],
+        schema: pa.Schema | None = None,
+        datasets: list[str] | None = None,
+    ):
         self.cfg = cfg
         self.stage = stage
         self.params = params
         self.engine = engine
         self.files = files
+        self.schema = schema
+        self.datasets = datasets or []
 
     @property
     def name(self) -> str:
@@ -169,7 +208,7 @@ def _loc(loc: tuple[Any, ...], data: Any) -> str:
 def _first_error(path: str, exc: ValidationError, data: Any, prefix: str = "") -> ConfigError:
     # An unknown key is usually a typo that also explains any "missing" error: report it first.
     err = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
-    loc = _loc(tuple(x for x in err["loc"] if x not in ("FilesInput", "str", "list[str]")), data)
+    loc = _loc(tuple(x for x in err["loc"] if x not in ("FilesInput", "DatasetInput", "str", "list[str]")), data)
     key = f"{prefix}.{loc}" if prefix and loc else (prefix or loc or "<top>")
     msg = err["msg"]
     if err["type"] == "extra_forbidden":
@@ -250,26 +289,49 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                 f"{path}: {key}.engine: {stage.name} runs on {', '.join(stage.supported_engines())}, not {engine!r}"
             )
         files: list[str] = []
+        schema = None
         for art_name, dep in sc.artifacts.items():
             if dep not in seen:
                 raise ConfigError(f"{path}: {key}.artifacts.{art_name}: {dep!r} is not an earlier stage of this run")
         if isinstance(stage, SourceStage) and stage.reads_files:
             if not isinstance(sc.input, FilesInput):
                 raise ConfigError(f"{path}: {key}.input: {stage.name} reads files; expected {{files: [glob, ...]}}")
-            files = expand_inputs(sc.input.files, s3)
-            if not files:
-                hint = " (run `arcforge corpus` to fetch the demo corpus)" if "demo-corpus" in str(sc.input.files) else ""
-                raise ConfigError(f"{path}: {key}.input.files: no file matches {sc.input.files}{hint}")
+            files = _expand_files(path, key, sc.input.files, s3, stage.reads_dirs)
+            try:
+                schema = stage.source_schema(files, s3, params)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {key}.params: {' '.join(str(exc).split())}") from None
+            except OSError as exc:
+                raise ConfigError(f"{path}: {key}.input.files: cannot read the input's schema ({' '.join(str(exc).split())[:300]})") from None
+        elif isinstance(sc.input, DatasetInput):
+            from arcforge.pipelines.external import resolve_dataset_inputs
+
+            try:
+                resolve_dataset_inputs(sc.input.uris(), s3)
+            except (ValueError, OSError) as exc:
+                raise ConfigError(f"{path}: {key}.input.dataset: {' '.join(str(exc).split())[:400]}") from None
         else:
             if isinstance(sc.input, FilesInput):
-                raise ConfigError(f"{path}: {key}.input: {stage.name} reads datasets; expected a stage name or list")
+                raise ConfigError(f"{path}: {key}.input: {stage.name} reads datasets; expected a stage name, a list, or {{dataset: URI}}")
             for dep in sc.input_stages():
                 if dep not in seen:
                     later = any(s.name == dep for s in cfg.stages)
                     why = "must be declared before it" if later else "is not a stage of this run"
                     raise ConfigError(f"{path}: {key}.input: {dep!r} {why}")
-        rs = ResolvedStage(sc, stage, params, engine, files)
+        datasets = sc.input.uris() if isinstance(sc.input, DatasetInput) else []
+        rs = ResolvedStage(sc, stage, params, engine, files, schema, datasets)
         seen[sc.name] = rs
         out.append(rs)
     assert all(e in ENGINES for e in (s.engine for s in out))
     return out
+
+
+def _expand_files(path: str, key: str, patterns: list[str], s3: S3Options, dirs: bool) -> list[str]:
+    try:
+        files = expand_inputs(patterns, s3, dirs=dirs)
+    except OSError as exc:
+        raise ConfigError(f"{path}: {key}.input.files: cannot list {patterns} ({' '.join(str(exc).split())[:300]})") from None
+    if not files:
+        hint = " (run `arcforge corpus` to fetch the demo corpus)" if "demo-corpus" in str(patterns) else ""
+        raise ConfigError(f"{path}: {key}.input.files: no file matches {patterns}{hint}")
+    return files

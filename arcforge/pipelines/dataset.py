@@ -19,15 +19,22 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
+import tempfile
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from arcforge.pipelines import storage
+from arcforge.pipelines.documents import text_bytes
 from arcforge.pipelines.storage import S3Options
 
 MANIFEST = "_manifest.json"
@@ -76,6 +83,98 @@ class DatasetRef:
 
     def part_uri(self, name: str) -> str:
         return storage.join(self.uri, name)
+
+
+class PartWriter:
+    """Stream one Parquet part: rows arrive in batches, row groups are written as they fill.
+
+    A task's memory is then bounded by one row group, not by its partition. Row
+    groups are cut at fixed row counts and text-byte totals computed from the rows
+    themselves, so the same rows give the same bytes however the batches arrived.
+    The file is written under a temporary name and made final by ``close``: a
+    rename in the dataset directory locally, one streamed upload on S3.
+    """
+
+    def __init__(
+        self,
+        ref: DatasetRef,
+        name: str,
+        schema: pa.Schema,
+        *,
+        row_group_rows: int = 64 * 1024,
+        row_group_bytes: int = 32 << 20,
+    ) -> None:
+        self.ref, self.name, self.schema = ref, name, schema
+        self.row_group_rows, self.row_group_bytes = row_group_rows, row_group_bytes
+        self.rows = 0
+        self._buffer: list[pa.Table] = []
+        self._buffered_rows = 0
+        self._buffered_bytes = 0
+        self._writer: pq.ParquetWriter | None = None
+        self._tmp: str | None = None
+
+    def _open(self) -> None:
+        fs, base = self.ref.fs()
+        if isinstance(fs, pafs.LocalFileSystem):
+            os.makedirs(base, exist_ok=True)
+            self._tmp = os.path.join(base, f".tmp-{uuid.uuid4().hex}-{self.name}")
+        else:
+            fd, self._tmp = tempfile.mkstemp(prefix="arcforge-part-", suffix=".parquet")
+            os.close(fd)
+        self._writer = pq.ParquetWriter(self._tmp, self.schema, **storage.PARQUET_OPTIONS)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        self._buffer.append(table)
+        self._buffered_rows += table.num_rows
+        self._buffered_bytes += text_bytes(table)
+        while self._buffered_rows >= self.row_group_rows or self._buffered_bytes >= self.row_group_bytes:
+            self._flush_group()
+
+    def _flush_group(self) -> None:
+        """Write one row group: the first rows of the buffer up to the row or text-byte limit."""
+        buffered = pa.concat_tables(self._buffer)
+        cut = min(self.row_group_rows, buffered.num_rows)
+        if "text" in buffered.column_names:
+            sizes = pc.binary_length(buffered.column("text").slice(0, cut)).fill_null(0).to_numpy(zero_copy_only=False)
+            over = np.nonzero(np.cumsum(sizes) >= self.row_group_bytes)[0]
+            if len(over):
+                cut = int(over[0]) + 1
+        if self._writer is None:
+            self._open()
+        self._writer.write_table(buffered.slice(0, cut), row_group_size=cut)
+        self.rows += cut
+        rest = buffered.slice(cut)
+        self._buffer = [rest] if rest.num_rows else []
+        self._buffered_rows = rest.num_rows
+        self._buffered_bytes = text_bytes(rest)
+
+    def close(self, *, keep_empty: bool = True) -> dict[str, Any] | None:
+        """Finish the file and publish it; an empty part is written only with ``keep_empty``."""
+        while self._buffered_rows:
+            self._flush_group()
+        if self._writer is None:
+            if not keep_empty:
+                return None
+            self._open()
+        self._writer.close()
+        self._writer = None
+        tmp, self._tmp = self._tmp, None
+        info = storage.publish_file(tmp, self.ref.uri, self.name, self.ref.s3)
+        return {"name": self.name, "rows": self.rows, "bytes": info["bytes"], "sha256": info["sha256"]}
+
+    def abort(self) -> None:
+        """Drop the temporary file of a failed task."""
+        if self._writer is not None:
+            try:
+                self._writer.close()
+            except Exception:  # noqa: BLE001 - already failing; the temp file goes anyway
+                pass
+            self._writer = None
+        if self._tmp and os.path.exists(self._tmp):
+            os.remove(self._tmp)
+        self._tmp = None
 
 
 def write_part(ref: DatasetRef, name: str, table: pa.Table) -> dict[str, Any]:

@@ -9,6 +9,7 @@ of params invalidates that stage and everything after it.
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,9 +18,10 @@ from typing import Any
 import pyarrow as pa
 
 from arcforge.pipelines import dataset, storage
-from arcforge.pipelines.config import Plan, ResolvedStage
+from arcforge.pipelines.config import ConfigError, Plan, ResolvedStage
 from arcforge.pipelines.dataset import DatasetRef
 from arcforge.pipelines.engines import EngineSet
+from arcforge.pipelines.external import resolve_dataset_inputs
 from arcforge.pipelines.stage import ArtifactContext, ArtifactStage, GlobalStage, SourceStage
 from arcforge.pipelines.dataset import schema_from_b64, schema_to_b64
 from arcforge.pipelines.tasks import PartitionTask
@@ -66,6 +68,23 @@ class Runner:
         self.engines = engines or EngineSet(plan.config.engines)
         self._owns_engines = engines is None
         self.run_ref = DatasetRef(plan.run_uri, plan.s3)
+        self.current: str | None = None  # the stage running now, for failure and interrupt messages
+        storage.configure(plan.s3)  # every filesystem of this process now uses the run's settings
+
+    def check_writable(self) -> None:
+        """Create the run directory and write a probe file there, before any engine starts.
+
+        A root under /proc, under a regular file, without permission or on a bucket
+        that refuses writes is then one config error line, not a traceback mid-run."""
+        fs, base = self.run_ref.fs()
+        probe = storage.join(base, f".arcforge-probe-{os.getpid()}")
+        try:
+            fs.create_dir(base, recursive=True)
+            storage.write_bytes_atomic(fs, probe, b"probe")
+            fs.delete_file(probe)
+        except (OSError, ValueError) as exc:
+            cause = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"{self.plan.path}: storage.root: cannot write to {self.plan.run_uri} ({cause})") from None
 
     def stage_ref(self, name: str) -> DatasetRef:
         return self.run_ref.child(name)
@@ -107,15 +126,17 @@ class Runner:
 
     # -- partitions and fingerprints -------------------------------------------------------
 
-    def _partitions(self, rs: ResolvedStage) -> tuple[list[tuple[str, str]], pa.Schema, list[DatasetRef]]:
-        """(input uri, input fingerprint) per partition, the output schema, the input datasets."""
+    def _partitions(self, rs: ResolvedStage) -> tuple[list[tuple[str, str, dict]], pa.Schema, list[DatasetRef]]:
+        """(input uri, input fingerprint, split spec) per partition, the output schema, the input datasets."""
         if isinstance(rs.stage, SourceStage) and rs.stage.reads_files:
-            parts = []
-            for uri in rs.files:
-                fs, path = storage.filesystem(uri, self.plan.s3)
-                parts.append((uri, f"{uri}:{fs.get_file_info(path).size}"))
-            return parts, rs.stage.output_schema(None), []
-        parts, schemas, refs = [], [], []
+            splits = rs.stage.plan(rs.files, self.plan.s3, rs.params)
+            schema = rs.schema if rs.schema is not None else rs.stage.output_schema(None)
+            return [(sp.uri, sp.key(), sp.spec) for sp in splits], schema, []
+        parts: list[tuple[str, str, dict]] = []
+        schemas, refs = [], []
+        if rs.datasets:
+            ext = resolve_dataset_inputs(rs.datasets, self.plan.s3)
+            parts, schemas, refs = [(u, fp, {}) for u, fp in ext.parts], [ext.schema], ext.refs
         for dep in rs.cfg.input_stages():
             ref = self.stage_ref(dep)
             manifest = dataset.read_manifest(ref)
@@ -125,7 +146,7 @@ class Runner:
             if manifest.get("kind") == "artifact":
                 raise RuntimeError(f"stage {rs.name}: input {dep!r} is an artifact; name it under `artifacts:`")
             schemas.append(schema_from_b64(manifest["schema_ipc"]))
-            parts += [(ref.part_uri(p["name"]), p["fingerprint"]) for p in manifest["parts"]]
+            parts += [(ref.part_uri(p["name"]), p["fingerprint"], {}) for p in manifest["parts"]]
         schema = pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
         missing = [c for c in getattr(rs.stage, "requires", ()) if c not in schema.names]
         if missing:
@@ -149,25 +170,23 @@ class Runner:
         art_uris, art_fps = self._artifacts(rs)
         identity = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params, art_fps)
         if isinstance(rs.stage, GlobalStage):
-            global_fp = dataset.fingerprint(identity, [fp for _, fp in parts])
+            global_fp = dataset.fingerprint(identity, [fp for _, fp, _ in parts])
             fps = [dataset.fingerprint(global_fp, i) for i in range(len(parts))]
         else:
-            fps = [dataset.fingerprint(identity, fp) for _, fp in parts]
+            fps = [dataset.fingerprint(identity, fp) for _, fp, _ in parts]
         out = self.stage_ref(rs.name)
         schema_b64 = schema_to_b64(schema)
-        s3 = {"endpoint_url": self.plan.s3.endpoint_url, "region": self.plan.s3.region}
+        s3 = self.plan.s3.to_dict()
         tasks = [
-            PartitionTask(rs.cfg.uses, params, i, uri, out.uri, fp, schema_b64, s3, art_uris, art_fps)
-            for i, ((uri, _), fp) in enumerate(zip(parts, fps))
+            PartitionTask(rs.cfg.uses, params, i, uri, out.uri, fp, schema_b64, s3, art_uris, art_fps, spec)
+            for i, ((uri, _, spec), fp) in enumerate(zip(parts, fps))
         ]
         return tasks, dataset.fingerprint(identity, fps), schema, refs
 
     # -- one stage -------------------------------------------------------------------------
 
-    def run_artifact_stage(self, rs: ResolvedStage, force: bool) -> StageResult:
-        """Artifact stages are atomic: redone as a whole when params or inputs change."""
-        started = time.time()
-        out = self.stage_ref(rs.name)
+    def _artifact_plan(self, rs: ResolvedStage) -> tuple[list[DatasetRef], dict[str, str], str]:
+        """Input datasets, artifact URIs and the fingerprint of an artifact stage."""
         refs, input_fps = [], []
         for dep in rs.cfg.input_stages():
             manifest = dataset.read_manifest(self.stage_ref(dep))
@@ -178,6 +197,46 @@ class Runner:
         params = rs.params.model_dump(mode="json")
         art_uris, art_fps = self._artifacts(rs)
         stage_fp = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params, art_fps, input_fps)
+        return refs, art_uris, stage_fp
+
+    def dry_run(self) -> list[dict[str, Any]]:
+        """What a run would do, stage by stage, without starting an engine or writing data.
+
+        A stage whose inputs are not committed yet cannot be planned further: its
+        partitions depend on what the stages before it will write."""
+        rows = []
+        for rs in self.plan.stages:
+            row: dict[str, Any] = {"stage": rs.name, "uses": rs.cfg.uses, "engine": rs.engine}
+            committed = dataset.read_manifest(self.stage_ref(rs.name))
+            try:
+                if isinstance(rs.stage, ArtifactStage):
+                    _, _, fp = self._artifact_plan(rs)
+                    total, done = 1, int(committed is not None and committed.get("fingerprint") == fp)
+                else:
+                    tasks, fp, _, _ = self.build_tasks(rs)
+                    commits = dataset.read_commits(self.stage_ref(rs.name))
+                    total = len(tasks)
+                    done = sum(commits.get(t.partition, {}).get("fingerprint") == t.fingerprint for t in tasks)
+            except RuntimeError:
+                row.update(partitions=None, committed=0, action="runs after its inputs")
+                rows.append(row)
+                continue
+            if committed is not None and committed.get("fingerprint") == fp:
+                action = "committed, skipped"
+            elif done:
+                action = f"resumes: {total - done} of {total} partitions to run"
+            else:
+                action = f"runs {total} partition{'s' if total != 1 else ''}"
+            row.update(partitions=total, committed=done, action=action)
+            rows.append(row)
+        return rows
+
+    def run_artifact_stage(self, rs: ResolvedStage, force: bool) -> StageResult:
+        """Artifact stages are atomic: redone as a whole when params or inputs change."""
+        started = time.time()
+        out = self.stage_ref(rs.name)
+        refs, art_uris, stage_fp = self._artifact_plan(rs)
+        params = rs.params.model_dump(mode="json")
         manifest = None if force else dataset.read_manifest(out)
         if manifest is not None and manifest.get("fingerprint") == stage_fp:
             result = StageResult(rs.name, rs.engine, "skipped", 1, 0, 0.0, manifest)
@@ -197,6 +256,7 @@ class Runner:
         return result
 
     def run_stage(self, rs: ResolvedStage, force: bool = False) -> StageResult:
+        self.current = rs.name
         if isinstance(rs.stage, ArtifactStage):
             return self.run_artifact_stage(rs, force)
         started = time.time()
@@ -228,7 +288,7 @@ class Runner:
             records=records,
             schema=schema,
             params=rs.params.model_dump(mode="json"),
-            inputs=[r.uri for r in refs] or rs.files,
+            inputs=[r.uri for r in refs] or rs.datasets or rs.files,
         )
         status = "resumed" if done and pending else "ran"
         result = StageResult(rs.name, rs.engine, status, len(tasks), len(pending), time.time() - started, manifest)

@@ -108,6 +108,7 @@ class TaskContext:
     output_uri: str = ""
     s3: Any = None
     files: list[dict[str, Any]] = field(default_factory=list)
+    split: dict[str, Any] = field(default_factory=dict)  # which piece of the input file (see Split)
 
     def publish_file(self, local_path: str, name: str) -> dict[str, Any]:
         """Move a finished local file into the stage's output directory and record it
@@ -150,11 +151,39 @@ class Stage(Generic[P]):
         return f"<{type(self).__name__} {self.name}>"
 
 
+@dataclass(frozen=True)
+class Split:
+    """One partition of a source stage: a file, or a piece of one.
+
+    ``spec`` tells the reader which piece (``{"byte_range": [start, end]}`` for line
+    formats, ``{"row_groups": [first, last]}`` for Parquet, ``{"files": [...]}`` for a
+    group of small files); it is JSON and part of the partition's fingerprint, so a
+    re-plan of the same input gives the same partitions and resume stays exact.
+    """
+
+    uri: str
+    size: int
+    spec: dict[str, Any] = field(default_factory=dict)
+
+    def key(self) -> str:
+        """The partition's identity for fingerprints: file, size and piece."""
+        import json
+
+        return f"{self.uri}:{self.size}" + (":" + json.dumps(self.spec, sort_keys=True) if self.spec else "")
+
+
 class SourceStage(Stage[P]):
-    """Reads one input file per partition and yields (kept, rejected) tables."""
+    """Reads input files and yields (kept, rejected) tables, one partition per Split.
+
+    ``plan(uris, s3, params)`` cuts the input into Splits (default: one per file);
+    ``infer_schema(uris, s3, params)`` reads the input's schema at plan time (default:
+    the fixed ``schema``), so a missing column is a config error before any engine
+    starts. ``read(path, fs, params, ctx)`` reads one Split (``ctx.split``).
+    """
 
     kind = "source"
     reads_files = True
+    reads_dirs = False  # True when an input pattern may name a directory (a dataset folder)
 
     def __init__(
         self,
@@ -164,14 +193,32 @@ class SourceStage(Stage[P]):
         *,
         schema: pa.Schema = DOC_SCHEMA,
         setup: Callable[[P, dict[str, str]], Any] | None = None,
+        plan: Callable[[list[str], Any, P], list[Split]] | None = None,
+        infer_schema: Callable[[list[str], Any, P], pa.Schema] | None = None,
+        reads_dirs: bool = False,
         **kw: Any,
     ) -> None:
         super().__init__(name, params, **kw)
         self.read = read
         self.schema = schema
         self.setup = setup
+        self._plan = plan
+        self._infer_schema = infer_schema
+        self.reads_dirs = reads_dirs
 
     def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
+        return self.schema
+
+    def plan(self, uris: list[str], s3: Any, params: P) -> list[Split]:
+        if self._plan is not None:
+            return self._plan(uris, s3, params)
+        from arcforge.pipelines import storage
+
+        return [Split(uri, storage.file_size(uri, s3)) for uri in uris]
+
+    def source_schema(self, uris: list[str], s3: Any, params: P) -> pa.Schema:
+        if self._infer_schema is not None:
+            return self._infer_schema(uris, s3, params)
         return self.schema
 
 
@@ -265,6 +312,7 @@ BUILTIN_STAGES = {
     "web.langid": "arcforge.pipelines.web.langid",
     "text.wikipedia_dump": "arcforge.pipelines.web.sources",
     "text.plain_files": "arcforge.pipelines.web.sources",
+    "io.read": "arcforge.pipelines.io.read",
     "dedup.exact": "arcforge.dedup.exact",
     "tokenize.train_spm": "arcforge.tokenize.spm",
     "tokenize.megatron_shards": "arcforge.tokenize.shards",

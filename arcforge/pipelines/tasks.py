@@ -14,10 +14,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from arcforge.pipelines import storage
-from arcforge.pipelines.dataset import DatasetRef, part_name, schema_from_b64, write_commit, write_part
-from arcforge.pipelines.documents import conform, rejected_schema, text_bytes
+from arcforge.pipelines.dataset import DatasetRef, PartWriter, part_name, schema_from_b64, write_commit, write_part
+from arcforge.pipelines.documents import DOC_SCHEMA, conform, doc_id, docs_table, rejected_schema, text_bytes
 from arcforge.pipelines.stage import (
     MapStage,
     Output,
@@ -47,6 +48,7 @@ class PartitionTask:
     s3: dict[str, Any] = field(default_factory=dict)
     artifacts: dict[str, str] = field(default_factory=dict)  # name -> URI of a committed artifact stage
     artifact_fps: dict[str, str] = field(default_factory=dict)  # name -> its fingerprint (setup cache key)
+    split: dict[str, Any] = field(default_factory=dict)  # the piece of the input file (a source's Split.spec)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -80,10 +82,15 @@ def worker_state(task: PartitionTask, stage: Stage[Any], params: StageParams) ->
     return _SETUP_CACHE[key]
 
 
-def _map_batches(stage: MapStage[Any], table: pa.Table, params: StageParams, ctx: TaskContext) -> Iterator[Output]:
+MAP_BATCH_ROWS = 1024  # rows per batch handed to a map function, and per read of its input
+
+
+def _map_batches(stage: MapStage[Any], batches: Iterator[pa.RecordBatch], params: StageParams, ctx: TaskContext) -> Iterator[Output]:
     """Apply the batch function; a batch that raises is retried row by row so one bad
     record is quarantined with its error instead of failing the partition."""
-    for batch in table.to_batches(max_chunksize=1024):
+    for batch in batches:
+        ctx.stats.update("docs_in", batch.num_rows)
+        ctx.stats.update("bytes_in", text_bytes(batch))
         try:
             yield stage.fn(batch, params, ctx)
         except Exception:
@@ -97,21 +104,48 @@ def _map_batches(stage: MapStage[Any], table: pa.Table, params: StageParams, ctx
                     yield split_rejected(row, [f"error:{type(exc).__name__}"], [detail])
 
 
-def _outputs(task: PartitionTask, stage: Stage[Any], params: StageParams, ctx: TaskContext) -> Iterator[Output]:
-    fs, path = storage.filesystem(task.input_uri, S3Options(**task.s3))
-    if isinstance(stage, PartitionStage):
-        import pyarrow.parquet as pq
+def _read_source(task: PartitionTask, stage: SourceStage[Any], params: StageParams, ctx: TaskContext) -> Iterator[Output]:
+    """A source's outputs; an input it cannot open or read becomes one quarantined row.
 
+    Errors that may pass are re-raised so the task is retried (``execute_task_json``);
+    anything else (no permission, a directory, a vanished file) is the input's fault,
+    so the run goes on without it and says so in the manifest.
+    """
+    fs, path = storage.filesystem(task.input_uri)
+    try:
+        yield from stage.read(path, fs, params, ctx)
+    except OSError as exc:
+        if storage.is_transient(exc):
+            raise
+        cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:1000]
+        ctx.stats.update("input.unreadable")
+        ctx.errors.append(f"unreadable: {cause}")
+        row = {
+            "id": doc_id(task.input_uri.rsplit("/", 1)[-1], "unreadable", str(task.partition)),
+            "text": "",
+            "source": getattr(params, "source", None) or "unknown",
+            "url": task.input_uri.rsplit("/", 1)[-1],
+            "reason": "unreadable_input",
+            "detail": cause,
+        }
+        yield Output(kept=task.schema.empty_table(), rejected=docs_table([row], rejected_schema(DOC_SCHEMA)))
+
+
+def _outputs(task: PartitionTask, stage: Stage[Any], params: StageParams, ctx: TaskContext) -> Iterator[Output]:
+    fs, path = storage.filesystem(task.input_uri)
+    if isinstance(stage, PartitionStage):
         with fs.open_input_file(path) as f:
             ctx.stats.update("docs_in", pq.read_metadata(f).num_rows)
         yield from stage.read(path, fs, params, ctx)
     elif isinstance(stage, SourceStage):
-        yield from stage.read(path, fs, params, ctx)
+        for out in _read_source(task, stage, params, ctx):
+            rejected = out.rejected.num_rows if out.rejected is not None else 0
+            ctx.stats.update("docs_in", out.kept.num_rows + rejected)
+            yield out
     elif isinstance(stage, MapStage):
-        table = storage.read_parquet(fs, path)
-        ctx.stats.update("docs_in", table.num_rows)
-        ctx.stats.update("bytes_in", text_bytes(table))
-        yield from _map_batches(stage, table, params, ctx)
+        with fs.open_input_file(path) as f:
+            batches = pq.ParquetFile(f).iter_batches(batch_size=MAP_BATCH_ROWS)
+            yield from _map_batches(stage, batches, params, ctx)
     else:
         raise TypeError(f"{stage.name}: {stage.kind} stages do not run as partition tasks")
 
@@ -125,17 +159,38 @@ def commit_partition(
     errors: list[str] | None = None,
     files: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
-    """Write the part, its rejected rows, then the commit record (the partition's commit)."""
+    """Write a part held in memory and its rejected rows, then the commit record.
+
+    Global stages use it; partition tasks stream through :func:`execute_task` instead."""
     name = part_name(task.partition)
     out = task.output
     part = write_part(out, name, kept)
     rej = write_part(out.rejected, name, rejected) if rejected is not None and rejected.num_rows else None
+    return _commit(task, part, rej, kept, rejected, stats, started, errors, files)
+
+
+def _count_outputs(stats: Stats, kept: pa.Table, rejected: pa.Table | None) -> None:
     stats.update("docs_out", kept.num_rows)
     stats.update("bytes_out", text_bytes(kept))
     if rejected is not None and rejected.num_rows:
         stats.update("dropped", rejected.num_rows)
         for row in rejected.group_by("reason").aggregate([("reason", "count")]).to_pylist():
             stats.update(f"dropped.{row['reason']}", row["reason_count"])
+
+
+def _commit(
+    task: PartitionTask,
+    part: dict[str, Any],
+    rej: dict[str, Any] | None,
+    kept: pa.Table | None,
+    rejected: pa.Table | None,
+    stats: Stats,
+    started: float,
+    errors: list[str] | None,
+    files: list[dict[str, Any]] | None,
+) -> dict[str, Any]:
+    if kept is not None:
+        _count_outputs(stats, kept, rejected)
     stats.update("seconds", time.time() - started)
     record = {
         **part,
@@ -147,43 +202,74 @@ def commit_partition(
         "errors": errors or [],
         "files": files or [],
     }
-    write_commit(out, record)
+    write_commit(task.output, record)
     return record
 
 
 def execute_task(task: PartitionTask) -> dict[str, Any]:
-    """Run one partition end to end in the current process and return its commit record."""
+    """Run one partition end to end in the current process and return its commit record.
+
+    Rows stream from the input through the stage into the part's row groups, so a
+    task holds one batch and one row group at a time, whatever the partition's size.
+    """
     started = time.time()
+    storage.configure(S3Options(**task.s3))
     stage = resolve_stage(task.stage_ref)
     params = stage.params.model_validate(task.params)
-    s3 = S3Options(**task.s3)
     ctx = TaskContext(
         state=worker_state(task, stage, params),
         partition=task.partition,
         artifacts=task.artifacts,
         output_uri=task.output_uri,
-        s3=s3,
+        s3=S3Options(**task.s3),
+        split=task.split,
     )
     schema = task.schema
-    kept_parts: list[pa.Table] = []
-    rejected_parts: list[pa.Table] = []
     rej_schema = rejected_schema(schema)
-    for out in _outputs(task, stage, params, ctx):
-        kept_parts.append(conform(out.kept, schema))
-        if out.rejected is not None and out.rejected.num_rows:
-            rejected_parts.append(conform(out.rejected, rej_schema))
-    if isinstance(stage, SourceStage) and not isinstance(stage, PartitionStage):
-        ctx.stats.update("docs_in", sum(t.num_rows for t in kept_parts + rejected_parts))
-    kept = pa.concat_tables(kept_parts) if kept_parts else schema.empty_table()
-    rejected = pa.concat_tables(rejected_parts) if rejected_parts else None
+    name = part_name(task.partition)
+    kept_writer = PartWriter(task.output, name, schema)
+    rej_writer = PartWriter(task.output.rejected, name, rej_schema)
+    try:
+        for out in _outputs(task, stage, params, ctx):
+            kept = conform(out.kept, schema)
+            rejected = conform(out.rejected, rej_schema) if out.rejected is not None and out.rejected.num_rows else None
+            _count_outputs(ctx.stats, kept, rejected)
+            kept_writer.write(kept)
+            if rejected is not None:
+                rej_writer.write(rejected)
+        part = kept_writer.close()
+        rej = rej_writer.close(keep_empty=False)
+    except BaseException:
+        kept_writer.abort()
+        rej_writer.abort()
+        raise
     errors = [f"{task.input_uri}: {e}" for e in ctx.errors]
-    return commit_partition(task, kept, rejected, ctx.stats, started, errors, ctx.files)
+    return _commit(task, part, rej, None, None, ctx.stats, started, errors, ctx.files)
+
+
+TASK_FAILED = "ARCFORGE_TASK_FAILED"
+
+
+def failure_line(task: PartitionTask, exc: BaseException) -> str:
+    """One JSON line that names the stage, partition, input and cause; the CLI finds it
+    inside whatever the engine wraps around it (py4j, Ray's RayTaskError)."""
+    cause = f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:500]
+    info = {"stage_ref": task.stage_ref, "output": task.output_uri, "partition": task.partition, "input": task.input_uri, "cause": cause}
+    return f"{TASK_FAILED} {json.dumps(info, sort_keys=True)}"
+
+
+def run_task(task: PartitionTask) -> dict[str, Any]:
+    """What every engine calls: ``execute_task`` with retries, and a findable failure line.
+
+    An error that may pass (an S3 outage, a timeout) re-runs the whole task with
+    backoff first: a task is a pure function that overwrites its own part.
+    """
+    try:
+        return storage.retry_transient(execute_task, task, options=S3Options(**task.s3), what=f"partition {task.partition}")
+    except Exception as exc:
+        raise RuntimeError(f"{failure_line(task, exc)}\n{traceback.format_exc()}") from exc
 
 
 def execute_task_json(task_json: str) -> str:
     """String in, string out: the shape Spark's and Ray's row-based APIs pass around."""
-    try:
-        return json.dumps(execute_task(PartitionTask.from_json(task_json)))
-    except Exception as exc:
-        raise RuntimeError(f"partition task failed: {exc}\n{traceback.format_exc()}") from exc
-
+    return json.dumps(run_task(PartitionTask.from_json(task_json)))

@@ -35,7 +35,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from arcforge.pipelines import storage
-from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
+from arcforge.pipelines.config import ConfigError, S3Config, read_yaml, validate_mapping
 from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -96,8 +96,13 @@ class MixStageSpec(_Strict):
         return None if v is None else parse_tokens(v)
 
 
+class MixStorage(_Strict):
+    s3: S3Config = Field(default_factory=S3Config)  # the same keys as a run config's storage.s3
+
+
 class MixtureSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    storage: MixStorage = Field(default_factory=MixStorage)
     shards: str | list[str] | None = None
     output: str | None = None
     max_epochs: float = Field(4.0, gt=0)
@@ -283,6 +288,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
     """Validate a mixture against the committed shards and allot every stage's budget."""
     path = str(path)
     spec, data = _read_spec(path)
+    storage.configure(spec.storage.s3.options())  # shards, blends and outputs on the mixture's endpoint
     cache: dict[str, dict[GroupKey, Group]] = {}
     stages = []
     for st in spec.stages:

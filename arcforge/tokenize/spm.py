@@ -303,7 +303,8 @@ def sample_documents(inputs: list[DatasetRef], params: TrainSpmParams) -> Sample
         if manifest is None:
             raise FileNotFoundError(f"{ref.uri}: input is not committed")
         described.append(
-            {"uri": ref.uri, "stage": manifest.get("stage"), "fingerprint": manifest["fingerprint"], "rows": manifest["rows"]}
+            # the stage, not its URI: the same input in another folder gives the same tokenizer bytes
+            {"stage": manifest.get("stage"), "fingerprint": manifest["fingerprint"], "rows": manifest["rows"]}
         )
         total += manifest["rows"]
         parts += [(ref, p["name"]) for p in manifest["parts"] if p["rows"]]

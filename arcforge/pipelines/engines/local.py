@@ -6,7 +6,7 @@ from typing import Any
 
 from arcforge.pipelines.engines.base import OnCommit
 from arcforge.pipelines.stage import Stage
-from arcforge.pipelines.tasks import PartitionTask, execute_task
+from arcforge.pipelines.tasks import PartitionTask, run_task
 
 
 class LocalEngine:
@@ -15,7 +15,7 @@ class LocalEngine:
     def run_tasks(self, stage: Stage[Any], tasks: list[PartitionTask], on_commit: OnCommit) -> list[dict[str, Any]]:
         records = []
         for task in tasks:
-            rec = execute_task(task)
+            rec = run_task(task)
             on_commit(rec)
             records.append(rec)
         return records

@@ -83,6 +83,9 @@ class RayEngine:
         ds = ray.data.from_items(items, override_num_blocks=len(items))
         res = {"num_cpus": stage.resources.cpus, "num_gpus": stage.resources.gpus or None}
         res = {k: v for k, v in res.items() if v}
+        # Retries: Ray Data re-runs the task of a lost worker or actor by itself (its
+        # default), and a storage error that may pass is retried inside the task with
+        # backoff (tasks.run_task); an error of the data or the code fails at once.
         if getattr(stage, "setup", None) is not None:
             pool = ray.data.ActorPoolStrategy(size=self._pool_size(stage, len(tasks)))
             ds = ds.map_batches(_PartitionActor, batch_size=1, compute=pool, **res)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import threading
 import uuid
@@ -37,19 +38,28 @@ def _run_partition_batches(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.Rec
         )
 
 
+def _with_retries(master: str, retries: int) -> str:
+    """Local mode ignores spark.task.maxFailures; its retries go in the master URL (local[N,F])."""
+    m = re.fullmatch(r"local(?:\[([^,\]]+)\])?", master.strip())
+    if m is None:
+        return master
+    return f"local[{m.group(1) or '1'},{retries + 1}]"
+
+
 def build_session(cfg: SparkConfig) -> Any:
     """Start (or join) a SparkSession; the embedded default binds to loopback with no UI."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     from pyspark.sql import SparkSession
 
-    builder = SparkSession.builder.master(cfg.master).appName(cfg.app_name)
+    builder = SparkSession.builder.master(_with_retries(cfg.master, cfg.task_retries)).appName(cfg.app_name)
     defaults = {
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.maxRecordsPerBatch": "1024",
         "spark.sql.shuffle.partitions": "8",
         "spark.python.worker.reuse": "true",
+        "spark.task.maxFailures": str(cfg.task_retries + 1),
     }
     quiet = Path(__file__).with_name("log4j2-quiet.properties")
     defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={quiet.as_uri()}"
