@@ -69,7 +69,7 @@ class DatasetRef:
     """Where a dataset lives; cheap to pickle into tasks (no credentials inside)."""
 
     uri: str
-    s3: S3Options = S3Options()
+    s3: S3Options | None = None  # None: the process's configured options (storage.configure)
 
     def fs(self) -> tuple[pafs.FileSystem, str]:
         return storage.filesystem(self.uri, self.s3)

@@ -89,6 +89,7 @@ def export_parquet(ref: DatasetRef, out: str, columns: list[str] | None = None) 
 def export(path: str, out: str, fmt: str, columns: list[str] | None = None) -> int:
     """Export the dataset at ``path`` to ``out``; return the number of rows written."""
     ref = DatasetRef(path.rstrip("/"))
+    next(iter_batches(ref, columns), None)  # a path that is not a committed dataset fails before anything is written
     if fmt == "jsonl":
         return export_jsonl(ref, out, columns)
     if fmt == "parquet":
