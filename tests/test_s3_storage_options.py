@@ -81,6 +81,26 @@ stages:
     keys = {o["Key"] for o in boto3.client("s3", endpoint_url=endpoint).list_objects_v2(Bucket="cfg-only")["Contents"]}
     assert {w.removeprefix("s3://cfg-only/") for w in written} <= keys
 
+    # the trainer's data: the blend and its shards on S3 are fetched into the data cache
+    from arcforge.model.train import load_train_config
+
+    (tmp_path / "train.yaml").write_text(f"""
+output_dir: {tmp_path / "train"}
+storage: {{s3: {{endpoint_url: "{endpoint}"}}}}
+model: {{preset: proxy-tiny, overrides: {{vocab_size: 320}}, seq_length: 32}}
+data: {{blend_file: "s3://cfg-only/runs/t/mixture/s1.blend.json", tokenizer: null}}
+batch: {{micro_batch_size: 2, global_batch_size: 2}}
+train: {{iters: 1}}
+""")
+    plan = load_train_config(tmp_path / "train.yaml")._data_plan
+    local = plan.train_blend[0]
+    assert local and all(p.startswith(str(tmp_path / "train" / "data_cache" / "shards")) for p in local)
+    s3 = boto3.client("s3", endpoint_url=endpoint)
+    for p in local:
+        name = p.rsplit("/", 1)[-1]
+        key = next(k for k in keys if k.endswith(f"/{name}.bin"))
+        assert open(p + ".bin", "rb").read() == s3.get_object(Bucket="cfg-only", Key=key)["Body"].read()
+
 
 def test_a_ten_second_server_outage_mid_stage_is_ridden_out(tmp_path, private_s3):
     endpoint = f"http://127.0.0.1:{private_s3['port']}"

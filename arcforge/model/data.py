@@ -21,6 +21,7 @@ exactly Megatron's. What this module adds:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import warnings
@@ -181,6 +182,43 @@ def inline_blend(pairs: Sequence[Sequence[Any]], base_dir: str | None = None) ->
         prefixes.append(prefix)
         weights.append(w)
     return prefixes, weights
+
+
+def localize_prefixes(prefixes: Sequence[str], cache_dir: str) -> list[str]:
+    """Local paths for every prefix: ``s3://`` shards are copied once into ``cache_dir``.
+
+    megatron-core's readers memory-map local files, so shards on object storage are
+    fetched through arcforge's storage layer (the run's endpoint and retries), each
+    to ``cache_dir/shards/<hash of its URI>/``; a copy of the same size is reused."""
+    from arcforge.pipelines import storage
+
+    out = []
+    for prefix in prefixes:
+        if not storage.is_s3(prefix):
+            out.append(prefix)
+            continue
+        digest = hashlib.sha256(prefix.encode()).hexdigest()[:16]
+        local = os.path.join(cache_dir, "shards", digest, prefix.rstrip("/").rsplit("/", 1)[-1])
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        for ext in (".idx", ".bin"):
+            fs, path = storage.filesystem(prefix + ext)
+            size = storage.file_size(prefix + ext)
+            if size < 0:
+                out_missing = prefix + ext
+                raise FileNotFoundError(f"{out_missing}: no such shard file")
+            if os.path.exists(local + ext) and os.path.getsize(local + ext) == size:
+                continue
+
+            def fetch(path: str = path, dest: str = local + ext) -> None:
+                tmp = f"{dest}.tmp-{os.getpid()}"
+                with fs.open_input_stream(path) as src, open(tmp, "wb") as dst:
+                    while chunk := src.read(8 << 20):
+                        dst.write(chunk)
+                os.replace(tmp, dest)
+
+            storage.retry_transient(fetch, what=prefix + ext)
+        out.append(local)
+    return out
 
 
 def missing_shards(prefixes: Sequence[str]) -> list[str]:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
+from arcforge.pipelines.config import ConfigError, S3Config, read_yaml, validate_mapping
 
 TRAINER_FORMAT = "arcforge.train/1"
 CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
@@ -207,6 +207,10 @@ class LogSection(_Strict):
     plot: bool = True
 
 
+class TrainStorage(_Strict):
+    s3: S3Config = Field(default_factory=S3Config)  # the same keys as a run config's storage.s3
+
+
 class TrainConfig(_Strict):
     name: str = Field("train", pattern=r"^[A-Za-z0-9_.-]+$")
     output_dir: str
@@ -225,6 +229,7 @@ class TrainConfig(_Strict):
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
     log: LogSection = Field(default_factory=LogSection)
+    storage: TrainStorage = Field(default_factory=lambda: TrainStorage())
 
     # where the YAML came from (for messages) and whether the data was checked; not config keys
     _path: str = "<config>"
@@ -312,6 +317,16 @@ def _blend_of(section: DataSection | EvalData, key: str, path: str):
     return inline_blend(items), {}
 
 
+def _local_blend(blend: Any, cfg: TrainConfig, path: str, key: str) -> Any:
+    """The blend with ``s3://`` shards copied into the data cache (megatron reads local files)."""
+    from arcforge.model.data import localize_prefixes
+
+    try:
+        return localize_prefixes(blend[0], cfg.cache_dir), blend[1]
+    except OSError as exc:
+        raise ConfigError(f"{path}: {key}: cannot fetch a shard ({' '.join(str(exc).split())[:300]})") from None
+
+
 @dataclass
 class DataPlan:
     train_blend: tuple[list[str], list[float] | None]
@@ -328,13 +343,18 @@ def resolve_data(cfg: TrainConfig, path: str | None = None) -> DataPlan:
     from arcforge.model.data import missing_shards, read_tokenizer_info
 
     path = path or cfg._path
+    from arcforge.pipelines import storage
+
+    storage.configure(cfg.storage.s3.options())  # blends and shards on object storage use the config's endpoint
     train_blend, meta = _blend_of(cfg.data, "data", path)
+    train_blend = _local_blend(train_blend, cfg, path, "data")
     split = cfg.data.split or meta.get("split") or "100,0,0"
     for p in missing_shards(train_blend[0]):
         raise ConfigError(f"{path}: data.blend: {p}: no Megatron shard (.bin and .idx) with this prefix")
     eval_blend = eval_split = None
     if cfg.eval.data is not None:
         eval_blend, _ = _blend_of(cfg.eval.data, "eval.data", path)
+        eval_blend = _local_blend(eval_blend, cfg, path, "eval.data")
         eval_split = cfg.eval.data.split
         for p in missing_shards(eval_blend[0]):
             raise ConfigError(f"{path}: eval.data.blend: {p}: no Megatron shard (.bin and .idx) with this prefix")
