@@ -63,6 +63,17 @@ def slow_filter(batch: pa.RecordBatch, params: SlowParams, ctx: TaskContext) -> 
 SLOW_FILTER = MapStage("test.slow_filter", SlowParams, slow_filter, engine="local")
 
 
+def signal_after_commits(proc, commits, n: int, sig: int, poll: float = 0.2, timeout: float = 240) -> None:  # noqa: ANN001
+    """Wait until ``n`` commit records exist under ``commits`` (a ``_commits`` folder), then send
+    ``sig`` to the CLI's process group, as a kill or a terminal's Ctrl-C would reach it."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(commits.glob("*.json"))) < n:
+        if proc.poll() is not None:
+            raise AssertionError(f"the run ended before the signal: {proc.communicate()}")
+        time.sleep(poll)
+    os.killpg(proc.pid, sig)
+
+
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
 
 

@@ -7,9 +7,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
-from pipeline_stages import make_line_files, pipeline_yaml
+from pipeline_stages import make_line_files, pipeline_yaml, signal_after_commits
 
 from arcforge.pipelines import dataset
 from arcforge.pipelines.dataset import DatasetRef
@@ -43,11 +42,7 @@ def test_kill_mid_stage_then_resume_matches_clean_run(tmp_path):
     run = tmp_path / "a" / "t"
     commits = run / "filt" / "_commits"
     proc = _cli(killed_cfg)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(commits.glob("*.json"))) < 2:
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGKILL)
+    signal_after_commits(proc, commits, 2, signal.SIGKILL)
     proc.wait()
     committed_before = {p.name: p.stat().st_mtime_ns for p in commits.glob("*.json")}
     assert 2 <= len(committed_before) < 8, "the kill must land in the middle of the stage"

@@ -13,9 +13,8 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
-from pipeline_stages import make_line_files, pipeline_yaml
+from pipeline_stages import make_line_files, pipeline_yaml, signal_after_commits
 
 from arcforge.pipelines import dataset
 from arcforge.pipelines.config import load_plan
@@ -88,11 +87,7 @@ def test_ctrl_c_mid_spark_stage_prints_one_line_and_resumes(tmp_path):
         [sys.executable, "-m", "arcforge.cli", "run", str(cfg)],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(commits.glob("*.json"))) < 2:
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.2)
-    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    signal_after_commits(proc, commits, 2, signal.SIGINT)
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout + stderr
     said = [ln for ln in _lines(stdout + stderr) if "arcforge:" in ln]

@@ -13,6 +13,8 @@ import time
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pipeline_stages import signal_after_commits
+
 from arcforge.pipelines import dataset
 from arcforge.pipelines.dataset import DatasetRef, PartWriter
 from arcforge.pipelines.documents import DOC_SCHEMA
@@ -99,11 +101,7 @@ stages:
     commits = tmp_path / "a" / "s" / "read" / "_commits"
     proc = subprocess.Popen([sys.executable, "-m", "arcforge.cli", "run", str(killed)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    deadline = time.time() + 240
-    while time.time() < deadline and len(list(commits.glob("*.json"))) < 3:
-        assert proc.poll() is None, proc.stdout.read()
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
+    signal_after_commits(proc, commits, 3, signal.SIGKILL, poll=0.05)
     proc.wait()
     n_before = len(list(commits.glob("*.json")))
     m = dataset.read_manifest(DatasetRef(str(tmp_path / "a" / "s" / "read")))
