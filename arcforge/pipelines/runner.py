@@ -188,11 +188,13 @@ class Runner:
     def _artifact_plan(self, rs: ResolvedStage) -> tuple[list[DatasetRef], dict[str, str], str]:
         """Input datasets, artifact URIs and the fingerprint of an artifact stage."""
         refs, input_fps = [], []
-        for dep in rs.cfg.input_stages():
-            manifest = dataset.read_manifest(self.stage_ref(dep))
+        deps = [(self.stage_ref(dep), f"input stage {dep!r}") for dep in rs.cfg.input_stages()]
+        deps += [(DatasetRef(uri.rstrip("/"), self.plan.s3), f"input dataset {uri}") for uri in rs.datasets]
+        for ref, what in deps:
+            manifest = dataset.read_manifest(ref)
             if manifest is None:
-                raise RuntimeError(f"stage {rs.name}: input stage {dep!r} is not committed; run it first")
-            refs.append(self.stage_ref(dep))
+                raise RuntimeError(f"stage {rs.name}: {what} is not a committed arcforge dataset; run it first")
+            refs.append(ref)
             input_fps.append(manifest["fingerprint"])
         params = rs.params.model_dump(mode="json")
         art_uris, art_fps = self._artifacts(rs)
