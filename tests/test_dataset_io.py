@@ -16,7 +16,7 @@ from pipeline_stages import make_line_files, pipeline_yaml
 from arcforge.pipelines import dataset
 from arcforge.pipelines.config import ConfigError, load_plan
 from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.documents import DOC_SCHEMA, docs_table
+from arcforge.pipelines.documents import docs_table
 from arcforge.pipelines.runner import Runner
 
 FILTER_ON = """

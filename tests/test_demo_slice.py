@@ -48,11 +48,16 @@ def test_extract_quarantines_bad_records_and_reports_the_corrupt_warc(demo_run):
     run, results = demo_run
     extract = results["extract"].manifest
     assert extract["rows"] >= 20
-    assert extract["stats"]["dropped.corrupt_file"] == 1
-    assert any("example-bad.warc.gz.bad" in e and "ArchiveLoadFailed" in e for e in extract["errors"])
+    # pywb's example.warc has a request record 2 bytes short, bad.arc two broken ARC lengths
+    assert extract["stats"]["dropped.damaged_range"] == 1
+    assert extract["stats"]["dropped.length_mismatch"] == 2
+    assert any("example.warc" in e and "damaged bytes 4061-4771" in e for e in extract["errors"])
     rejected = dataset.read_dataset(DatasetRef(str(run / "extract" / "rejected")))
     reasons = set(rejected.column("reason").to_pylist())
-    assert {"corrupt_file", "non_html", "http_status"} <= reasons
+    assert {"damaged_range", "length_mismatch", "no_http_headers", "non_html", "http_status"} <= reasons
+    # the whole-file-gzipped sample (example-bad.warc.gz.bad) is read to its end now
+    urls = {json.loads(m)["warc_file"] for m in dataset.read_dataset(DatasetRef(str(run / "extract")), ["metadata"]).column("metadata").to_pylist()}
+    assert "example-bad.warc.gz.bad" in urls
     kept = dataset.read_dataset(DatasetRef(str(run / "extract")))
     assert all(len(t) >= 20 for t in kept.column("text").to_pylist())
     assert all(u.startswith("http") for u in kept.column("url").to_pylist())
@@ -61,14 +66,14 @@ def test_extract_quarantines_bad_records_and_reports_the_corrupt_warc(demo_run):
 def test_dedup_unions_sources_and_drops_exact_copies(demo_run):
     run, results = demo_run
     dedup = results["dedup"].manifest
-    assert dedup["stats"]["docs_in"] == sum(results[s].manifest["rows"] for s in ("extract", "wiki", "books"))
+    assert dedup["stats"]["docs_in"] == sum(results[s].manifest["rows"] for s in ("extract", "wiki", "books", "docs"))
     assert dedup["stats"]["dropped.exact_duplicate"] >= 1  # pywb's samples repeat pages across files
     kept = dataset.read_dataset(DatasetRef(str(run / "dedup")))
     from arcforge.dedup.exact import normalize_text
 
     norm = [normalize_text(t) for t in kept.column("text").to_pylist()]
     assert len(norm) == len(set(norm))
-    assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books"}
+    assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books", "docs"}
 
 
 def test_langid_labels_every_kept_document(demo_run, spark):
@@ -93,7 +98,7 @@ def test_inspect_and_status_cli(demo_run):
     assert f"{results['langid'].manifest['rows']:,} rows" in out.stdout
     assert "language_score: float" in out.stdout
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "status", str(run)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 8
+    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 9
 
 
 def test_demo_ends_with_a_tokenizer_and_shards_megatron_can_read(demo_run):

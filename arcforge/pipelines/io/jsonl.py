@@ -240,7 +240,6 @@ def _rejected_lines(bad: list[tuple[int, str, str, str]], name: str, lay: Layout
 
 def _python_rows(objs: list[dict[str, Any]], offsets: list[int], name: str, lay: Layout, explicit: pa.Schema) -> Output:
     """Lines whose types disagree with each other: columns built value by value."""
-    n = len(objs)
     problems: dict[int, tuple[str, str]] = {}
     cols: dict[str, pa.Array] = {lay.text: pa.array([o[lay.text] for o in objs], pa.string())}
     for key in (lay.id, lay.url, lay.language):

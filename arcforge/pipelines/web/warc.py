@@ -1,25 +1,50 @@
 """``web.extract_warc``: WARC/ARC files in, one document per HTML response out.
 
 Every response record becomes either a kept document (trafilatura's main text)
-or a rejected row saying why (``http_status``, ``non_html``, ``extract_timeout``,
-``extract_error``, ``extract_empty``, ``too_short``, ``content_decode_error``), so
-nothing disappears without a count. Other record types (request, revisit,
-warcinfo, metadata, resource) are not documents and are only counted.
+or a rejected row saying why, and every byte range that holds no readable record
+becomes a ``damaged_range`` row, so nothing disappears without a count. Other
+record types (request, revisit, warcinfo, metadata, resource) are not documents
+and are only counted.
+
+Reasons, in the order they are checked:
+
+* ``damaged_range``: bytes that are no record (garbage, a header without a usable
+  Content-Length, a damaged or cut gzip member); detail ``start-end: cause``.
+  Reading goes on at the next record (``warc_framing.py``).
+* ``length_mismatch``: the block does not fit its Content-Length (cut short, runs
+  into the next record, no ``\\r\\n\\r\\n`` after it); never kept with cut text.
+* ``no_http_headers``: a response record for an HTTP URI without an HTTP message.
+* ``malformed_http``: an HTTP status line without a 3-digit code.
+* ``http_status``: a status code outside 2xx (detail: the code).
+* ``non_html``: another media type (detail: the MIME type, or ``missing``).
+* ``record_too_large``: a block over ``max_record_bytes``: it was not decompressed
+  or read past that bound.
+* ``content_decode_error``: chunking or content encoding that cannot be undone.
+* ``binary_content``: a PNG, PDF, ... (or mostly control bytes), whatever the
+  Content-Type said (detail: the kind).
+* ``html_too_large``: a payload over ``max_html_bytes`` after content decoding.
+* ``html_too_deep``: elements nested deeper than ``max_html_depth``.
+* ``extract_timeout``, ``extract_error``, ``extract_empty``, ``too_short``: extraction.
+
+The caps make the output a function of the input alone; the per-page timeout is
+a last resort, and a timeout (or a crashed extractor) is counted under
+``nondeterministic.*`` because the same page might pass on another machine.
+A rejected row keeps at most the first 64 KiB of its decoded payload as text;
+its metadata has the stored payload's length and sha256.
 
 Extraction runs in a per-worker child process (``sandbox.py``) so one pathological
 page costs at most ``timeout_s`` instead of hanging the partition.
 
-A file that warcio cannot read to the end (truncated or non-chunked gzip, garbage)
-keeps the documents read before the damage and adds one ``corrupt_file`` row: a
-bad file in a crawl of thousands must not fail the whole stage.
-
 Stats: ``warc.responses``, ``warc.html`` (responses with an HTML type),
-``warc.records.<type>`` (the skipped records), ``warc.corrupt_files`` and
-``warc.extract_seconds`` (wall time spent in the extractor).
+``warc.records.<type>`` (the skipped records), ``warc.damaged_ranges``,
+``warc.corrupt_files`` (files with a damaged range or a length mismatch),
+``warc.extract_seconds`` (wall time spent in the extractor) and
+``nondeterministic.extract_timeout`` / ``nondeterministic.extract_crash``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import posixpath
 import re
@@ -28,32 +53,35 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
-import pyarrow as pa
 import pyarrow.fs as pafs
 from pydantic import Field
-from warcio import ArchiveIterator
-from warcio.bufferedreaders import BufferedReader, ChunkedDataReader
+from warcio.statusandheaders import StatusAndHeaders, StatusAndHeadersParser
 
 from arcforge.pipelines.documents import DOC_SCHEMA, docs_table, doc_id, dump_metadata, rejected_schema
 from arcforge.pipelines.stage import Output, Resources, SourceStage, StageParams, TaskContext, register
 from arcforge.pipelines.web.sandbox import SandboxError, SandboxTimeout, get_sandbox
+from arcforge.pipelines.web.warc_content import (
+    REJECTED_TEXT_BYTES,
+    decode_html,
+    decode_payload,
+    html_depth,
+    sniff_binary,
+    text_prefix,
+)
+from arcforge.pipelines.web.warc_framing import Damage, Record, iter_arc, iter_warc
+
+__all__ = ["BATCH_RECORDS", "REJECTED_SCHEMA", "ExtractParams", "decode_html", "read_warc"]
 
 BATCH_RECORDS = 256  # rows (kept + rejected) per Output, so a worker holds at most one batch of pages
 HTML_MIMES = frozenset({"text/html", "application/xhtml+xml"})
 REJECTED_SCHEMA = rejected_schema(DOC_SCHEMA)
+MAX_ERRORS_PER_FILE = 20  # ctx.errors lines per file; the rest are counted in one more line
 
-_READ_BUFFER = 1 << 20  # warcio reads 16 KiB at a time: one ranged GET each on S3 without this
 _WARM_TIMEOUT_S = 120.0
 _CHARSET_RE = re.compile(r"""charset\s*=\s*["']?([^"';\s]+)""", re.IGNORECASE)
-
-
-class TruncatedRecord(Exception):
-    """A record shorter than its Content-Length.
-
-    warcio reports a zlib error inside a gzip member on stderr and then treats it
-    as the end of data, so a damaged ``.warc.gz`` would otherwise just end early
-    with no error; a truncated file likewise. The short record is how it shows.
-    """
+_HTTP_PARSER = StatusAndHeadersParser(["HTTP/"], verify=False)
+_STATUS_RE = re.compile(r"\d{3}")
+_STATUS_LINE_RE = re.compile(rb"[A-Z][A-Z0-9]*/\d+(?:\.\d+)?[ \t]")  # HTTP/1.1 (pywb's samples also have HTTPX/1.1)
 
 
 class ExtractParams(StageParams):
@@ -62,6 +90,9 @@ class ExtractParams(StageParams):
     include_tables: bool = True
     favor_precision: bool = False
     source: str = "web"
+    max_record_bytes: int = Field(16 << 20, ge=1)  # decompressed WARC block; larger: record_too_large
+    max_html_bytes: int = Field(4 << 20, ge=1)  # payload after content decoding; larger: html_too_large
+    max_html_depth: int = Field(512, ge=1)  # element nesting; deeper: html_too_deep
 
 
 # ---------------------------------------------------------------- in the sandbox
@@ -132,68 +163,163 @@ def _mime_and_charset(content_type: str | None) -> tuple[str, str | None]:
     return content_type.split(";", 1)[0].strip().lower(), (m.group(1) if m else None)
 
 
-def decode_html(payload: bytes, charset: str | None) -> str:
-    """The declared charset if Python knows it, else UTF-8, else cp1252; never raises."""
-    text = None
-    if charset:
+def _split_http(block: bytes) -> tuple[StatusAndHeaders | None, bytes]:
+    """(HTTP headers, payload) of a block that holds an HTTP message, else (None, block)."""
+    if not _STATUS_LINE_RE.match(block):
+        return None, block
+    http = _HTTP_PARSER.parse(io.BytesIO(block))
+    return http, block[http.total_len :]
+
+
+def _text_of(http: StatusAndHeaders | None, payload: bytes, charset: str | None) -> str:
+    """What a rejected row keeps: the first 64 KiB of the decoded payload, nothing for binary data."""
+    data, cut = payload[:REJECTED_TEXT_BYTES], len(payload) > REJECTED_TEXT_BYTES
+    if http is not None:
         try:
-            text = payload.decode(charset, errors="replace")
-        except LookupError:  # unknown or non-text codec name in the header
-            text = None
-    if text is None:
+            data, cut = decode_payload(http, payload, REJECTED_TEXT_BYTES)
+        except (ValueError, zlib.error):
+            pass  # the stored bytes, then
+    if not data.strip() or sniff_binary(data, charset):
+        return ""
+    return text_prefix(data, charset, cut)
+
+
+class _Reader:
+    """The rows of one file: records and damaged ranges in, documents and rejections out."""
+
+    def __init__(self, name: str, params: ExtractParams, ctx: TaskContext, is_arc: bool) -> None:
+        self.name, self.params, self.ctx, self.is_arc = name, params, ctx, is_arc
+        self.extract = _Extractor(params)
+        self.problems = 0
+
+    def _report(self, message: str) -> None:
+        if self.problems == 0:
+            self.ctx.stats.update("warc.corrupt_files")
+        self.problems += 1
+        if self.problems <= MAX_ERRORS_PER_FILE:
+            self.ctx.errors.append(message[:500])
+
+    def finish(self) -> None:
+        if self.problems > MAX_ERRORS_PER_FILE:
+            more = self.problems - MAX_ERRORS_PER_FILE
+            self.ctx.errors.append(f"{more} more damaged ranges or length mismatches in {self.name}")
+
+    def damage_row(self, d: Damage) -> dict[str, Any]:
+        self.ctx.stats.update("warc.damaged_ranges")
+        detail = f"{d.start}-{d.end}: {d.cause}"
+        self._report(f"damaged bytes {detail}")
+        return {
+            "id": doc_id(self.name, "damaged", d.start),
+            "text": "",
+            "source": self.params.source,
+            "url": d.url,
+            "language": None,
+            "metadata": dump_metadata({"warc_file": self.name, "offset": d.offset, "start": d.start, "end": d.end}),
+            "reason": "damaged_range",
+            "detail": detail[:1000],
+        }
+
+    def record_row(self, rec: Record) -> dict[str, Any] | None:
+        """The row of a response record (None for other record types)."""
+        stats, p = self.ctx.stats, self.params
+        if rec.rec_type != "response":
+            if rec.problem is None:
+                stats.update(f"warc.records.{rec.rec_type}")
+                return None
+            # a non-document record that does not fit its length: its bytes are a damaged range
+            return self.damage_row(Damage(rec.pos, rec.end, rec.offset, f"{rec.rec_type} record: {rec.cause}", rec.uri))
+
+        stats.update("warc.responses")
+        headers, url = rec.headers, rec.uri
         try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            text = payload.decode("cp1252", errors="replace")
-    return text.removeprefix("\ufeff")
+            http, payload = _split_http(rec.block)
+        except Exception:  # noqa: BLE001 - an HTTP header block warcio cannot read
+            http, payload = None, rec.block
+        mime, charset = _mime_and_charset((http or headers).get_header("Content-Type"))
+        is_html = mime in HTML_MIMES
+        if is_html:
+            stats.update("warc.html")
+        status = http.get_statuscode() if http is not None else ""
+        keep_text = is_html  # whether a rejected row shows the start of its payload
+        text = ""
+        reason = detail = None
+        if rec.problem:
+            reason, detail = rec.problem, rec.cause
+            self._report(f"length mismatch in the response record at {rec.pos} ({url}): {rec.cause}")
+        elif http is None and (mime == "application/http" or (not mime and (url or "").startswith(("http:", "https:")))):
+            # an HTTP exchange without its HTTP message (was "http_status: missing")
+            reason, keep_text = "no_http_headers", True
+            detail = "empty block" if not rec.block.strip() else f"block starts {rec.block[:24]!r}"
+        elif http is not None and not _STATUS_RE.fullmatch(status):
+            reason, detail = "malformed_http", f"status line {http.protocol} {http.statusline}"[:200]
+        elif http is not None and not 200 <= int(status) < 300:
+            reason, detail = "http_status", status
+        elif not is_html:
+            reason, detail = "non_html", mime or "missing"
+        elif not rec.complete:
+            reason, keep_text = "record_too_large", False
+            detail = f"Content-Length {rec.length} > max_record_bytes {p.max_record_bytes}"
+        else:
+            reason, detail, text = self._html(http, payload, charset, url)
+
+        meta = {
+            "warc_file": self.name,
+            "offset": rec.offset,
+            "date": headers.get_header("WARC-Date"),
+            "record_id": None if self.is_arc else headers.get_header("WARC-Record-ID"),
+            "content_type": mime or None,
+        }
+        if rec.inner:
+            meta["offset_in_member"] = rec.inner
+        row = {"id": doc_id(self.name, rec.pos), "text": text, "source": p.source, "url": url, "language": None}
+        if reason is None:
+            return {**row, "metadata": dump_metadata(meta)}
+        meta["content_length"] = rec.length
+        if rec.complete and not rec.problem:  # the stored payload, whole: what WARC-Payload-Digest covers
+            meta["payload_bytes"] = len(payload)
+            meta["payload_sha256"] = hashlib.sha256(payload).hexdigest()
+        row["text"] = _text_of(http, payload, charset) if keep_text else ""
+        return {**row, "metadata": dump_metadata(meta), "reason": reason, "detail": detail}
+
+    def _html(
+        self, http: StatusAndHeaders | None, payload: bytes, charset: str | None, url: str | None
+    ) -> tuple[str | None, str | None, str]:
+        """(reason, detail, text) of an HTML page: the caps, then extraction."""
+        p, stats = self.params, self.ctx.stats
+        data, over = payload[: p.max_html_bytes], len(payload) > p.max_html_bytes
+        if http is not None:
+            try:
+                data, over = decode_payload(http, payload, p.max_html_bytes)
+            except (ValueError, zlib.error) as e:  # bad chunking or gzip inside one HTTP payload
+                return "content_decode_error", f"{type(e).__name__}: {e}"[:1000], ""
+        if kind := sniff_binary(data, charset):
+            return "binary_content", kind, ""
+        if over:
+            return "html_too_large", f"over max_html_bytes {p.max_html_bytes} after content decoding", ""
+        if html_depth(data, p.max_html_depth) > p.max_html_depth:
+            return "html_too_deep", f"elements nested deeper than max_html_depth {p.max_html_depth}", ""
+        t0 = time.perf_counter()
+        extracted, reason, detail = self.extract(decode_html(data, charset), url)
+        stats.update("warc.extract_seconds", time.perf_counter() - t0)
+        if reason == "extract_timeout":
+            stats.update("nondeterministic.extract_timeout")
+        elif reason == "extract_error" and (detail or "").startswith("SandboxCrash"):
+            stats.update("nondeterministic.extract_crash")
+        return reason, detail, (extracted or "") if reason is None else ""
 
 
-def _http_payload(http_headers: Any, body: bytes) -> bytes:
-    """Undo chunked transfer and gzip/deflate/br content encoding, as warcio's content_stream does.
-
-    Done on bytes already read so that a bad payload encoding rejects one record
-    instead of reading as a corrupt file.
-    """
-    enc = (http_headers.get_header("content-encoding") or "").lower() or None
-    if enc not in BufferedReader.get_supported_decompressors():
-        enc = None
-    stream: Any = io.BytesIO(body)
-    if http_headers.get_header("transfer-encoding") == "chunked":
-        stream = ChunkedDataReader(stream, decomp_type=enc)
-    elif enc:
-        stream = BufferedReader(stream, decomp_type=enc)
-    return stream.read()
-
-
-def _triage(record: Any) -> tuple[str | None, str | None, str, str | None]:
-    """(reason, detail, mime, charset) of a response from its headers alone."""
-    http = record.http_headers
-    if not http:  # no HTTP message: a dns: record, or an ARC/WARC record with a bad length
-        mime, charset = _mime_and_charset(record.rec_headers.get_header("Content-Type"))
-        if mime == "application/http":
-            return "http_status", "missing", mime, None
-        if mime not in HTML_MIMES:
-            return "non_html", mime or "missing", mime, charset
-        return None, None, mime, charset
-    mime, charset = _mime_and_charset(http.get_header("Content-Type"))
-    status = http.get_statuscode() or ""
-    if not (status.isdigit() and 200 <= int(status) < 300):
-        return "http_status", status or "missing", mime, charset
-    if mime not in HTML_MIMES:
-        return "non_html", mime or "missing", mime, charset
-    return None, None, mime, charset
-
-
-def _looks_like_arc(fh: Any) -> bool:
-    """ARC files get random WARC-Record-IDs from warcio, so their metadata must not carry one."""
+def _is_arc(fh: Any, name: str) -> bool:
+    """ARC files (warcio reads those) start with a ``filedesc://`` record; everything else is framed as WARC."""
     head = fh.read_at(4096, 0)
-    fh.seek(0)
     if head[:2] == b"\x1f\x8b":
         try:
             head = zlib.decompressobj(16 + zlib.MAX_WBITS).decompress(head, 64)
         except zlib.error:
-            return False
-    return bool(head) and not head.lstrip().startswith(b"WARC/")
+            head = b""
+    head = head.lstrip()
+    if head.startswith(b"filedesc://"):
+        return True
+    return not head.startswith(b"WARC/") and bool(re.search(r"\.arc(\.gz)?$", name))
 
 
 class _Batch:
@@ -203,6 +329,9 @@ class _Batch:
 
     def __len__(self) -> int:
         return len(self.kept) + len(self.rejected)
+
+    def add(self, row: dict[str, Any]) -> None:
+        (self.rejected if "reason" in row else self.kept).append(row)
 
     def flush(self) -> Output:
         out = Output(
@@ -214,101 +343,29 @@ class _Batch:
 
 
 def read_warc(path: str, fs: pafs.FileSystem, params: ExtractParams, ctx: TaskContext) -> Iterator[Output]:
-    """Yield documents of one WARC/ARC file (plain or gzip), at most BATCH_RECORDS rows per Output."""
+    """Yield documents of one WARC/ARC file (plain or gzip), at most BATCH_RECORDS rows per Output.
+
+    An OSError (the file cannot be opened or read) propagates: the runtime decides
+    whether to retry or to quarantine the input.
+    """
     name = posixpath.basename(path.rstrip("/"))
-    stats = ctx.stats
-    extract = _Extractor(params)
     batch = _Batch()
     yielded = False
-    last_good = -1
-    corrupt: Exception | None = None
-
     # open_input_file, not open_input_stream: the latter would gunzip .gz itself,
-    # but warcio needs the per-record gzip members to find record boundaries.
+    # but gzip member boundaries are how damage is skipped and records are located.
     with fs.open_input_file(path) as raw:
-        is_arc = _looks_like_arc(raw)
-        archive = ArchiveIterator(pa.BufferedInputStream(raw, _READ_BUFFER), arc2warc=True)
-        records = iter(archive)
-        while True:
-            try:  # everything that reads the file: any failure here means the rest is unreadable
-                record = next(records)
-                reason, detail, mime, charset = (
-                    _triage(record) if record.rec_type == "response" else (None, None, "", None)
-                )
-                body = record.raw_stream.read() if mime in HTML_MIMES else b""
-                offset = archive.get_record_offset()  # reads the rest of the record
-                missing = getattr(record.raw_stream, "limit", 0)  # warcio's LimitReader: bytes left unread
-                if missing > 0:
-                    raise TruncatedRecord(f"record at offset {offset} ends {missing} bytes early")
-            except StopIteration:
-                break
-            except Exception as e:
-                corrupt = e
-                break
-            last_good = offset
-            if record.rec_type != "response":
-                stats.update(f"warc.records.{record.rec_type}")
+        is_arc = _is_arc(raw, name)
+        reader = _Reader(name, params, ctx, is_arc)
+        events = iter_arc(raw, params.max_record_bytes) if is_arc else iter_warc(raw, params.max_record_bytes)
+        for event in events:
+            row = reader.damage_row(event) if isinstance(event, Damage) else reader.record_row(event)
+            if row is None:
                 continue
-
-            stats.update("warc.responses")
-            headers = record.rec_headers
-            url = headers.get_header("WARC-Target-URI")
-            text = ""
-            if mime in HTML_MIMES:
-                stats.update("warc.html")
-                try:
-                    payload = _http_payload(record.http_headers, body) if record.http_headers else body
-                    text = decode_html(payload, charset)
-                except Exception as e:  # bad chunking or gzip inside one HTTP payload
-                    reason = reason or "content_decode_error"
-                    detail = detail or f"{type(e).__name__}: {e}"[:1000]
-                    text = decode_html(body, charset)
-                if reason is None:
-                    t0 = time.perf_counter()
-                    extracted, reason, detail = extract(text, url)
-                    stats.update("warc.extract_seconds", time.perf_counter() - t0)
-                    if reason is None:
-                        text = extracted or ""
-
-            row = {
-                "id": doc_id(name, str(offset)),
-                "text": text,
-                "source": params.source,
-                "url": url,
-                "language": None,
-                "metadata": dump_metadata(
-                    {
-                        "warc_file": name,
-                        "offset": offset,
-                        "date": headers.get_header("WARC-Date"),
-                        "record_id": None if is_arc else headers.get_header("WARC-Record-ID"),
-                        "content_type": mime or None,
-                    }
-                ),
-            }
-            if reason is None:
-                batch.kept.append(row)
-            else:
-                batch.rejected.append({**row, "reason": reason, "detail": detail})
+            batch.add(row)
             if len(batch) >= BATCH_RECORDS:
                 yield batch.flush()
                 yielded = True
-
-    if corrupt is not None:
-        stats.update("warc.corrupt_files")
-        ctx.errors.append(f"corrupt after offset {last_good}: {type(corrupt).__name__}: {' '.join(str(corrupt).split())[:300]}")
-        batch.rejected.append(
-            {
-                "id": doc_id(name, "corrupt", str(last_good)),
-                "text": "",
-                "source": params.source,
-                "url": path,
-                "language": None,
-                "metadata": dump_metadata({"warc_file": name, "offset": last_good}),
-                "reason": "corrupt_file",
-                "detail": f"{type(corrupt).__name__}: {' '.join(str(corrupt).split())}"[:1000],
-            }
-        )
+        reader.finish()
     if len(batch) or not yielded:  # an empty file still yields one (empty) table
         yield batch.flush()
 
