@@ -1,0 +1,144 @@
+"""What the demo corpus is made of: pinned packages, the files taken from them, and their sha256.
+
+Kept apart from the fetching code (``demo_corpus``) so the list reads as a table.
+Package versions are pinned and every extracted (or bundled) file is pinned by
+sha256; bump ``CORPUS_VERSION`` in ``demo_corpus`` when this table changes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class Package:
+    name: str
+    version: str
+    dist: Literal["sdist", "wheel"]
+    # Wheels are requested for one fixed target so the download does not depend on the
+    # host (only the extracted, platform-independent data files are pinned anyway).
+    wheel_target: tuple[str, ...] = ()
+
+    @property
+    def requirement(self) -> str:
+        return f"{self.name}=={self.version}"
+
+
+PACKAGES: dict[str, Package] = {
+    "pywb": Package("pywb", "2.10.0", "sdist"),
+    "gensim": Package(
+        "gensim",
+        "4.4.0",
+        "wheel",
+        wheel_target=(
+            "--platform", "manylinux_2_28_x86_64",
+            "--python-version", "3.11",
+            "--implementation", "cp",
+            "--abi", "cp311",
+        ),
+    ),
+    "sentencepiece": Package("sentencepiece", "0.2.1", "sdist"),
+    "docutils": Package("docutils", "0.21.2", "sdist"),
+}
+
+
+@dataclass(frozen=True)
+class CorpusFile:
+    path: str  # relative to the corpus directory
+    package: str  # key of PACKAGES
+    member: str  # inside the wheel, or inside the sdist below its top-level folder
+    sha256: str
+    size: int
+
+
+def _warc(name: str, sha256: str, size: int) -> CorpusFile:
+    return CorpusFile(f"warcs/{name}", "pywb", f"sample_archive/warcs/{name}", sha256, size)
+
+
+_ENWIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+
+FILES: tuple[CorpusFile, ...] = (
+    _warc("bad.arc", "e83988ef0e46f9b8eadd13278d18a3f4e5b8ab41cb0a51dc2764f0500028e196", 331),
+    _warc("dupes.warc.gz", "a1ace265d12b27dc62f6814e4b6646359799707dbcebb04ecf72ba07c56fae7f", 12905),
+    _warc("example-bad.warc.gz.bad", "1031dd5e89139b2195863a934aa2d27e2a525c675ad90bf3ccab470953f46e22", 1950),
+    _warc("example-extra.warc", "6c0a2c4eb9cd1e32bd9d27a1f139b0a206869ffed4eb89fd9c96546a1bc771a2", 6416),
+    _warc(
+        "example-url-agnostic-orig.warc.gz",
+        "60973fc3fbaf412fc077c703d98da0912eff9bec499776a0627c34bab73ba450",
+        1354,
+    ),
+    _warc(
+        "example-url-agnostic-revisit.warc.gz",
+        "9dcbc48c7efbd84e69291805328c388bb0153798061745845643aabaa5e99708",
+        946,
+    ),
+    _warc("example-wget-1-14.warc.gz", "566aa18cef0e0e0cf61ca229be43c21c1f9ae25701286be4b72c48b4896f88df", 3197),
+    _warc("example-wpull.warc.gz", "9affbf604dae57cf4f72eae1e5bfba56911b445414cf446c246019eb4ee04307", 3738),
+    _warc("example.arc", "433c37ee6dd684849ecde16d566f65545c93fd8d0b3297c1735eb76f0a0cf496", 1808),
+    _warc("example.arc.gz", "d6d0d772521e89dc461235ddbefae4888a20a47b1c0a45e69ec8ec086f4d3c7c", 1027),
+    _warc("example.warc", "1fdcd0428e9e4f918770117176630e15634cae3586bff3c73097fdedcd615e11", 5629),
+    _warc("example.warc.gz", "be21f99534ee305c9fc1666dfdb27580408bc00c5aee30e6a802d07d077e319a", 3484),
+    _warc("example2.warc.gz", "95925d5d7bf19e7131aa308a1846b58f8a10c364f354c370afb0c0aef4d979fc", 2272),
+    _warc("httpbin-resource.warc.gz", "de9dafd246c12725f8a07eacb8a5e3f6a36def1d5bbfbf68284d11f226ed908f", 465),
+    _warc("iana.warc.gz", "7c0c21511330bdec4ed58c9aeb1571ad54d7c63c571ba242763108152f880c72", 786828),
+    _warc("missing-status-text.warc", "4f393809b24263094a9ca2c326e54dfddd20c66969b0ae32619ab99b6e47c9e9", 491),
+    _warc("post-test.warc.gz", "4a889c4d15f5624557f5fad4026b4346f33c514f0aae1e18c7823b4c6943dce4", 3593),
+    CorpusFile(
+        f"wiki/{_ENWIKI}",
+        "gensim",
+        f"gensim/test/test_data/{_ENWIKI}",
+        "a53f4648dec40467ebdcbc7a1307eddb51fe6e28e9309f6ebde81ba0d04bea2d",
+        1695871,
+    ),
+    CorpusFile(
+        "books/botchan.txt",
+        "sentencepiece",
+        "test/botchan.txt",
+        "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
+        278779,
+    ),
+)
+
+
+@dataclass(frozen=True)
+class JsonlBundle:
+    """A JSONL file assembled from many members of one package: every member under
+    ``prefix`` ending in ``suffix``, in sorted order, one line each
+    (``{"id", "text", "url", "license"}``), gzipped with a zero timestamp so the
+    bytes, and so the pinned sha256, never change."""
+
+    path: str
+    package: str
+    prefix: str
+    suffix: str
+    license: str
+    sha256: str
+    size: int
+    member: str = ""  # for the manifest: what was bundled
+
+    def build(self, members: dict[str, bytes]) -> bytes:
+        import gzip
+
+        lines = []
+        version = PACKAGES[self.package].version
+        for name in sorted(members):
+            rel = name[len(self.prefix):]
+            lines.append(json.dumps(
+                {"id": rel, "text": members[name].decode("utf-8"), "url": f"{self.package}-{version}/{name}",
+                 "license": self.license},
+                ensure_ascii=False, sort_keys=True,
+            ))
+        return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
+
+    def wants(self, member: str) -> bool:
+        return member.startswith(self.prefix) and member.endswith(self.suffix)
+
+
+BUNDLES: tuple[JsonlBundle, ...] = (
+    JsonlBundle(
+        "jsonl/docutils-docs.jsonl.gz", "docutils", "docs/", ".txt", "public-domain",
+        "922d9edf76d110f45fdf425347d364954f02d571e87a570fa173b7cf3364f6ae", 395855, member="docs/**/*.txt",
+    ),
+)
