@@ -175,7 +175,16 @@ def test_a_split_whose_range_falls_inside_one_long_line_is_empty(tmp_path: Path)
     assert len(r.splits) > 3 and r.texts == ["short", "x" * 5000, "after"]
 
 
-def test_gzip_and_zstd_jsonl(tmp_path: Path) -> None:
+def small_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Outputs of at most 1,024 rows, so small files show the streaming in several Outputs."""
+    from arcforge.pipelines.io import formats, rows
+
+    monkeypatch.setattr(rows, "MAX_ROWS", 1024)
+    monkeypatch.setattr(formats, "MAX_ROWS", 1024)
+
+
+def test_gzip_and_zstd_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_outputs(monkeypatch)
     rows = fineweb_rows(3000)
     data = b"".join(json.dumps(x).encode() + b"\n" for x in rows)
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
@@ -489,7 +498,8 @@ def test_s3_inputs_read_like_local_ones(tmp_path: Path, s3_endpoint: str, monkey
 # ---------------------------------------------------------------------------- odds and ends
 
 
-def test_outputs_are_bounded(tmp_path: Path) -> None:
+def test_outputs_are_bounded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    small_outputs(monkeypatch)
     write_jsonl(tmp_path / "many.jsonl", [{"text": f"t{i}"} for i in range(5000)])
     r = read_all([tmp_path / "many.jsonl"])
     assert r.kept.num_rows == 5000 and r.outputs >= 5

@@ -80,6 +80,8 @@ def split_rejected(
 ) -> Output:
     """Split a batch by a per-row reason: ``None`` keeps the row, a string rejects it."""
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
+    if all(r is None for r in reasons):  # the common case: nothing to filter or copy
+        return Output(kept=table, rejected=None)
     reason_arr = pa.array(reasons, pa.string())
     keep_mask = pc.is_null(reason_arr)
     kept = table.filter(keep_mask)

@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 from arcforge.pipelines.documents import DOC_SCHEMA, doc_id, docs_table, rejected_schema, with_columns
 from arcforge.pipelines.stage import Output, split_rejected
 
-MAX_ROWS = 1024  # rows (kept + rejected) per Output
+MAX_ROWS = 64 * 1024  # rows (kept + rejected) per Output: few, large Outputs keep per-call costs low
 MAX_TEXT_BYTES = 16 << 20  # text bytes per Output (a single larger document still comes out alone)
 DOC_NAMES = frozenset(DOC_SCHEMA.names)
 
@@ -328,7 +328,7 @@ def assemble(
     out = {
         "id": ids,
         "text": text,
-        "source": pa.array([lay.source] * n, pa.string()),
+        "source": pa.repeat(pa.scalar(lay.source, pa.string()), n),
         "url": url,
         "language": lang,
         "metadata": metadata if metadata is not None else encode_metadata(table, lay, extra),
