@@ -30,7 +30,7 @@ from warcio.warcwriter import WARCWriter
 from arcforge.pipelines.documents import doc_id
 from arcforge.pipelines.stage import TaskContext
 from arcforge.pipelines.web.warc import REJECTED_SCHEMA, ExtractParams, read_warc
-from arcforge.pipelines.web.warc_content import html_depth
+from arcforge.pipelines.web.warc_content import html_depth, rough_depth, too_deep
 
 FS = pafs.LocalFileSystem()
 TOPICS = ["river", "harbour", "orchard", "library", "glacier", "market", "observatory", "vineyard", "lighthouse", "bakery"]
@@ -510,6 +510,16 @@ def test_deep_nesting_is_rejected_shallow_unclosed_markup_is_not(tmp_path: Path)
     assert (row["reason"], row["detail"]) == ("html_too_deep", "elements nested deeper than max_html_depth 512")
     assert "html_too_deep" not in run(path, max_html_depth=1000)[1].column("reason").to_pylist()
     assert html_depth(deep, 10_000) == 603 and html_depth(unclosed, 10_000) < 12
+
+
+def test_depth_estimate_gates_the_exact_walk() -> None:
+    page = b"<html><body>" + b"<div><p>text<br><img src=x></p></div>" * 2000 + b"</body></html>"
+    assert rough_depth(page) < 10 and not too_deep(page, 20)
+    deep = b"<div>" * 30 + b"x" + b"</div>" * 30
+    assert rough_depth(deep) == 30 and too_deep(deep, 20) and not too_deep(deep, 30)
+    # unclosed paragraphs run the estimate high; the exact walk then decides
+    paras = b"<body>" + b"<p>para" * 100
+    assert rough_depth(paras) == 101 and html_depth(paras, 1000) == 2 and not too_deep(paras, 100)
 
 
 def test_html_depth_model() -> None:

@@ -64,9 +64,9 @@ from arcforge.pipelines.web.warc_content import (
     REJECTED_TEXT_BYTES,
     decode_html,
     decode_payload,
-    html_depth,
     sniff_binary,
     text_prefix,
+    too_deep,
 )
 from arcforge.pipelines.web.warc_framing import Damage, Record, iter_arc, iter_warc
 
@@ -296,7 +296,7 @@ class _Reader:
             return "binary_content", kind, ""
         if over:
             return "html_too_large", f"over max_html_bytes {p.max_html_bytes} after content decoding", ""
-        if html_depth(data, p.max_html_depth) > p.max_html_depth:
+        if too_deep(data, p.max_html_depth):
             return "html_too_deep", f"elements nested deeper than max_html_depth {p.max_html_depth}", ""
         t0 = time.perf_counter()
         extracted, reason, detail = self.extract(decode_html(data, charset), url)
