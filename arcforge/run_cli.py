@@ -160,6 +160,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             return 130
         except Exception as exc:  # noqa: BLE001 - every run-time failure becomes one line
             logging.getLogger("arcforge").error("run failed", exc_info=exc, extra=FILE_ONLY)
+            if getattr(exc, "traceback", ""):  # the first failing row's traceback (runner.StageFailed)
+                logging.getLogger("arcforge").error("first failing row:\n%s", exc.traceback, extra=FILE_ONLY)
             say.print(failures.describe(exc, runner.current, log_path), markup=False, highlight=False)
             say.print(f"arcforge: committed: {committed_summary(runner)}; re-running resumes from there",
                       markup=False, highlight=False)

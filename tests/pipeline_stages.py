@@ -94,14 +94,14 @@ def make_line_files(directory, n_files: int = 4, n_lines: int = 50, seed: int = 
 
 def pipeline_yaml(root: str, inputs: str, *, name: str = "t", filt_engine: str = "local",
                   dedup_engine: str = "local", lines_engine: str = "local", min_chars: int = 12,
-                  seconds: float = 0.0, extra: str = "") -> str:
+                  seconds: float = 0.0, extra: str = "", max_error_fraction: float = 0.01) -> str:
     return f"""
 name: {name}
 storage: {{root: "{root}"}}
 engines: {{spark: {{master: "local[2]"}}, ray: {{num_cpus: 2}}}}
 stages:
   - {{name: lines, uses: "pipeline_stages:LINES", input: {{files: ["{inputs}"]}}, engine: {lines_engine}}}
-  - {{name: filt, uses: "pipeline_stages:SLOW_FILTER", input: lines, engine: {filt_engine}, params: {{min_chars: {min_chars}, seconds: {seconds}}}}}
+  - {{name: filt, uses: "pipeline_stages:SLOW_FILTER", input: lines, engine: {filt_engine}, params: {{min_chars: {min_chars}, seconds: {seconds}}}, max_error_fraction: {max_error_fraction}}}
   - {{name: dedup, uses: dedup.exact, input: filt, engine: {dedup_engine}}}
 {extra}"""
 

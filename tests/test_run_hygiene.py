@@ -141,3 +141,17 @@ def test_dry_run_plans_without_running(tmp_path):
     Runner(load_plan(cfg)).run(only="lines")
     out = _run("run", str(cfg), "--dry-run")
     assert "committed, skipped" in out.stdout and "runs 3 partitions" in out.stdout  # filt now plannable
+
+
+def test_a_stage_failing_on_many_rows_is_one_line(tmp_path):
+    make_line_files(tmp_path / "in", n_files=2, n_lines=20, seed=8)
+    poison = (tmp_path / "in" / "f00.txt").read_text().splitlines()[0]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(pipeline_yaml(str(tmp_path / "runs"), f"{tmp_path}/in/*.txt", min_chars=0))
+    out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True,
+                         timeout=300, env={**os.environ, "ARCFORGE_TEST_FAIL_ON": poison})
+    assert out.returncode == 1
+    said = [ln for ln in _lines(out.stderr) if ln.startswith("arcforge:")]
+    assert said[0].startswith("arcforge: stage filt failed: ") and "first error: ValueError: poisoned record" in said[0]
+    log = said[0].rsplit("traceback in ", 1)[1].rstrip(")")
+    assert "slow_filter" in open(log).read() and "Traceback" not in out.stderr

@@ -107,7 +107,7 @@ def test_a_poisoned_record_is_quarantined_and_the_run_goes_on(tmp_path, monkeypa
     make_line_files(inputs, n_files=2, n_lines=20)
     poison = (inputs / "f00.txt").read_text().splitlines()[3]
     monkeypatch.setenv("ARCFORGE_TEST_FAIL_ON", poison)
-    results, run = _run(tmp_path, min_chars=0)
+    results, run = _run(tmp_path, min_chars=0, max_error_fraction=0.2)  # a few of 40 rows: under 20%
     filt = {r.name: r for r in results}["filt"].manifest
     n_poison = sum(line == poison for f in inputs.glob("*.txt") for line in f.read_text().splitlines())
     assert filt["stats"]["dropped.error:ValueError"] == n_poison
@@ -157,3 +157,25 @@ def test_artifact_reference_must_be_an_earlier_stage(tmp_path):
     extra = '  - {name: counts, uses: "pipeline_stages:COUNT_VOCAB", input: filt, artifacts: {vocab: later}}\n'
     with pytest.raises(ConfigError, match=r"stages\[counts\]\.artifacts\.vocab: 'later' is not an earlier stage"):
         _run(tmp_path, extra=extra)
+
+
+def test_a_stage_that_raises_on_many_rows_fails_the_run(tmp_path, monkeypatch):
+    from arcforge.pipelines.runner import StageFailed
+
+    inputs = tmp_path / "in"
+    make_line_files(inputs, n_files=2, n_lines=20)
+    poison = (inputs / "f00.txt").read_text().splitlines()[3]
+    n_poison = sum(line == poison for f in inputs.glob("*.txt") for line in f.read_text().splitlines())
+    monkeypatch.setenv("ARCFORGE_TEST_FAIL_ON", poison)
+    with pytest.raises(StageFailed) as exc:
+        _run(tmp_path, min_chars=0)  # default max_error_fraction 1%: one poisoned row of 40 trips it
+    msg = str(exc.value)
+    assert msg.startswith(f"stage filt failed: {n_poison} of 40 rows") and "\n" not in msg
+    assert "over its max_error_fraction 0.01; first error: ValueError: poisoned record" in msg
+    assert "slow_filter" in exc.value.traceback  # the first failing row's traceback, for the log
+    run = tmp_path / "runs" / "t"
+    assert not (run / "filt" / "_manifest.json").exists() and not list((run / "filt" / "_commits").glob("*.json"))
+    # the fix (here: the poison gone) reruns the stage instead of skipping its partitions
+    monkeypatch.delenv("ARCFORGE_TEST_FAIL_ON")
+    results, _ = _run(tmp_path, min_chars=0)
+    assert {r.name: r for r in results}["filt"].manifest["rows"] == 40

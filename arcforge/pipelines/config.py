@@ -93,6 +93,9 @@ class StageConfig(_Strict):
     engine: Literal["local", "spark", "ray"] | None = None
     params: dict[str, Any] = Field(default_factory=dict)
     artifacts: dict[str, str] = Field(default_factory=dict)  # name -> an earlier stage (a tokenizer, a model)
+    # Rows quarantined because the stage raised on them, as a share of its input: above this the
+    # run fails (a bug is never a green run). Not part of the fingerprint: changing it reruns nothing.
+    max_error_fraction: float = Field(0.01, ge=0, le=1)
 
     @field_validator("input")
     @classmethod

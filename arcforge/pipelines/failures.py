@@ -61,6 +61,9 @@ def hint_for(cause: str) -> str:
 
 def describe(exc: BaseException, stage: str | None, log_path: str | None) -> str:
     """One line: where it failed (stage, partition, input), the cause, a hint, the log."""
+    log = f" (traceback in {log_path})" if log_path else ""
+    if type(exc).__name__ == "StageFailed":  # already one line (runner.StageFailed)
+        return f"arcforge: {exc}{log}"
     info = task_failure(exc)
     if info is not None:
         stage_name = info.get("output", "").rstrip("/").rsplit("/", 1)[-1] or stage or "?"
@@ -73,5 +76,4 @@ def describe(exc: BaseException, stage: str | None, log_path: str | None) -> str
             cause = cause[:300] + "…"
     hint = hint_for(cause)
     tail = f"; {hint}" if hint else ""
-    log = f" (traceback in {log_path})" if log_path else ""
     return f"arcforge: {where} failed: {cause}{tail}{log}"

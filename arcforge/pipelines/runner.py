@@ -29,6 +29,15 @@ from arcforge.pipelines.tasks import PartitionTask
 RUN_FILE = "_run.json"
 
 
+class StageFailed(RuntimeError):
+    """A stage whose own code failed on too many rows; ``str()`` is the one line for the user,
+    ``traceback`` the first failing row's, for the log."""
+
+    def __init__(self, message: str, traceback: str = "") -> None:
+        super().__init__(message)
+        self.traceback = traceback
+
+
 @dataclass
 class StageResult:
     name: str
@@ -201,6 +210,24 @@ class Runner:
         stage_fp = dataset.fingerprint(rs.cfg.uses, rs.stage.version, rs.stage.kind, params, art_fps, input_fps)
         return refs, art_uris, stage_fp
 
+    def _check_errors(self, rs: ResolvedStage, out: DatasetRef, records: list[dict[str, Any]]) -> None:
+        """Fail the stage when too many rows were quarantined because it raised on them.
+
+        Its commit records are forgotten, so the re-run after a fix redoes the stage
+        rather than skipping partitions whose output the bug decided."""
+        stats = dataset.sum_stats(records)
+        errors, rows = stats.get("quarantined", 0), stats.get("docs_in", 0)
+        if not errors or errors <= rs.cfg.max_error_fraction * rows:
+            return
+        first = next((r["first_error"] for r in records if r.get("first_error")), {"error": "?", "traceback": ""})
+        dataset.invalidate(out)
+        raise StageFailed(
+            f"stage {rs.name} failed: {errors:,} of {rows:,} rows ({errors / max(rows, 1):.1%}) raised in "
+            f"{rs.cfg.uses}, over its max_error_fraction {rs.cfg.max_error_fraction:g}; first error: "
+            f"{' '.join(first['error'].split())[:300]}",
+            first.get("traceback", ""),
+        )
+
     def dry_run(self) -> list[dict[str, Any]]:
         """What a run would do, stage by stage, without starting an engine or writing data.
 
@@ -283,6 +310,7 @@ class Runner:
         else:
             new = engine.run_tasks(rs.stage, pending, self.progress.advance)
         records = list(done.values()) + new
+        self._check_errors(rs, out, records)
         manifest = dataset.write_manifests(
             out,
             stage=rs.name,

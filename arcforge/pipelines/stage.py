@@ -111,6 +111,7 @@ class TaskContext:
     s3: Any = None
     files: list[dict[str, Any]] = field(default_factory=list)
     split: dict[str, Any] = field(default_factory=dict)  # which piece of the input file (see Split)
+    first_error: dict[str, str] | None = None  # the first quarantined row's error and traceback
 
     def publish_file(self, local_path: str, name: str) -> dict[str, Any]:
         """Move a finished local file into the stage's output directory and record it

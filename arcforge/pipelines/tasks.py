@@ -101,6 +101,8 @@ def _map_batches(stage: MapStage[Any], batches: Iterator[pa.RecordBatch], params
                 except Exception as exc:  # noqa: BLE001 - quarantine, whatever the error
                     ctx.stats.update("quarantined")
                     detail = f"{type(exc).__name__}: {exc}"[:2000]
+                    if ctx.first_error is None:  # kept for the failure threshold's message and the log
+                        ctx.first_error = {"error": detail, "traceback": traceback.format_exc()[-4000:]}
                     yield split_rejected(row, [f"error:{type(exc).__name__}"], [detail])
 
 
@@ -188,6 +190,7 @@ def _commit(
     started: float,
     errors: list[str] | None,
     files: list[dict[str, Any]] | None,
+    first_error: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     if kept is not None:
         _count_outputs(stats, kept, rejected)
@@ -202,6 +205,8 @@ def _commit(
         "errors": errors or [],
         "files": files or [],
     }
+    if first_error is not None:
+        record["first_error"] = first_error
     write_commit(task.output, record)
     return record
 
@@ -244,7 +249,8 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
         rej_writer.abort()
         raise
     errors = [f"{task.input_uri}: {e}" for e in ctx.errors]
-    return _commit(task, part, rej, None, None, ctx.stats, started, errors, ctx.files)
+    record = _commit(task, part, rej, None, None, ctx.stats, started, errors, ctx.files, ctx.first_error)
+    return record
 
 
 TASK_FAILED = "ARCFORGE_TASK_FAILED"
