@@ -181,7 +181,7 @@ def test_missing_sources_and_shards_are_one_line_errors(shards, tmp_path):
     out = tmp_path / "out"
     msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: math, weight: 1}"))
     assert msg.startswith("stages[s1].sources[0]: no shards for source 'math' in ")
-    assert msg.endswith("(have: books, code, web, wikipedia/high, wikipedia/low, zh)")
+    assert msg.endswith("(have: books, code, docs, web, wikipedia/high, wikipedia/low, zh)")
     msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: wikipedia, bucket: top, weight: 1}"))
     assert "no shards for source 'wikipedia' bucket 'top'" in msg
     msg = _error(tmp_path, mixture_yaml(run, out, "      - {source: wikipedia, weight: 1}\n      - {source: wikipedia, bucket: high, weight: 1}"))

@@ -71,7 +71,7 @@ def test_one_shard_set_per_source_and_bucket_per_partition(built):
     _, run, results, _ = built
     manifest = results["shards"].manifest
     rows = _rows(run, "shards")
-    assert {r["group"] for r in rows} == {"web", "wikipedia__high", "wikipedia__low", "books", "code", "zh"}
+    assert {r["group"] for r in rows} == {"web", "wikipedia__high", "wikipedia__low", "books", "code", "zh", "docs"}
     assert read_dataset(DatasetRef(str(run / "shards"))).schema == SHARD_SCHEMA
     for r in rows:
         assert r["prefix"] == f"shards/{r['group']}/part-{r['partition']:05d}"

@@ -74,7 +74,8 @@ SHARED_STAGES = """
   - {name: code, uses: text.plain_files, input: {files: ["INPUTS/code/*"]}, params: {source: code}}
   - {name: zh, uses: text.plain_files, input: {files: ["INPUTS/zh/*.txt"]}, params: {source: zh}}
   - {name: tokenizer, uses: tokenize.train_spm, input: [web, wiki, books, code, zh], params: {vocab_size: 4000, seed: 7}}
-  - {name: docs, uses: "test_shards:BUCKETS", input: [web, wiki, books, code, zh]}
+  - {name: jsonl, uses: io.read, input: {files: ["CORPUS/jsonl/*.jsonl.gz"]}, engine: local, params: {source: docs}}
+  - {name: docs, uses: "test_shards:BUCKETS", input: [web, wiki, books, code, zh, jsonl]}
   - {name: shards, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: local}
   - {name: split, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: local, params: {max_doc_tokens: 512}}
   - {name: shards_packed, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: local, params: {pack_seq_length: 2048}}
