@@ -63,6 +63,23 @@ def slow_filter(batch: pa.RecordBatch, params: SlowParams, ctx: TaskContext) -> 
 SLOW_FILTER = MapStage("test.slow_filter", SlowParams, slow_filter, engine="local")
 
 
+class ScoreParams(StageParams):
+    extra_column: bool = False  # return a column the stage does not declare
+    forget_score: bool = False  # leave out the column it declares
+
+
+def score_length(batch: pa.RecordBatch, params: ScoreParams, ctx: TaskContext) -> Output:
+    table = pa.Table.from_batches([batch])
+    if not params.forget_score:
+        table = table.append_column("length", pa.array([len(t) for t in batch.column("text").to_pylist()], pa.int64()))
+    if params.extra_column:
+        table = table.append_column("debug", pa.array(["x"] * batch.num_rows))
+    return Output(kept=table)
+
+
+SCORE_LENGTH = MapStage("test.score_length", ScoreParams, score_length, adds=(pa.field("length", pa.int64()),))
+
+
 def signal_after_commits(proc, commits, n: int, sig: int, poll: float = 0.2, timeout: float = 240) -> None:  # noqa: ANN001
     """Wait until ``n`` commit records exist under ``commits`` (a ``_commits`` folder), then send
     ``sig`` to the CLI's process group, as a kill or a terminal's Ctrl-C would reach it."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import pyarrow as pa
 import pytest
@@ -179,3 +180,23 @@ def test_a_stage_that_raises_on_many_rows_fails_the_run(tmp_path, monkeypatch):
     monkeypatch.delenv("ARCFORGE_TEST_FAIL_ON")
     results, _ = _run(tmp_path, min_chars=0)
     assert {r.name: r for r in results}["filt"].manifest["rows"] == 40
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ("{extra_column: true}", "stage test.score_length returned column(s) ['debug'] that it does not declare"),
+        ("{forget_score: true}", "stage test.score_length did not return the declared column(s) ['length']"),
+    ],
+)
+def test_undeclared_or_missing_columns_fail_the_stage(tmp_path, params, message):
+    extra = f'  - {{name: score, uses: "pipeline_stages:SCORE_LENGTH", input: filt, params: {params}}}\n'
+    with pytest.raises(RuntimeError, match=re.escape(message)):
+        _run(tmp_path, extra=extra)
+
+
+def test_a_declared_score_column_is_written(tmp_path):
+    extra = '  - {name: score, uses: "pipeline_stages:SCORE_LENGTH", input: filt}\n'
+    results, run = _run(tmp_path, extra=extra)
+    table = dataset.read_dataset(DatasetRef(str(run / "score")))
+    assert table.column("length").to_pylist() == [len(t) for t in table.column("text").to_pylist()]

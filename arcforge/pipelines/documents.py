@@ -71,6 +71,28 @@ def docs_table(rows: list[dict[str, Any]], schema: pa.Schema = DOC_SCHEMA) -> pa
     return pa.table(cols, schema=schema)
 
 
+class ColumnMismatch(ValueError):
+    """A stage returned a column it does not declare, or left out one it must return."""
+
+
+def check_columns(
+    table: pa.Table | pa.RecordBatch, schema: pa.Schema, stage: str, required: Iterable[str] = ()
+) -> None:
+    """Refuse what ``conform`` would otherwise hide: an undeclared column (it would be
+    dropped) or a missing column that is declared as added or not nullable (it would
+    be filled with nulls). The message names the stage and the column."""
+    names = set(table.column_names)
+    extra = sorted(names - set(schema.names))
+    if extra:
+        raise ColumnMismatch(
+            f"stage {stage} returned column(s) {extra} that it does not declare; add them to the stage's "
+            f"`adds` (or its schema) or drop them"
+        )
+    missing = [f.name for f in schema if f.name not in names and (not f.nullable or f.name in set(required))]
+    if missing:
+        raise ColumnMismatch(f"stage {stage} did not return the declared column(s) {missing}")
+
+
 def conform(table: pa.Table | pa.RecordBatch, schema: pa.Schema) -> pa.Table:
     """Select and cast columns to `schema` so every part of a dataset is identical in shape."""
     if isinstance(table, pa.RecordBatch):

@@ -18,7 +18,15 @@ import pyarrow.parquet as pq
 
 from arcforge.pipelines import storage
 from arcforge.pipelines.dataset import DatasetRef, PartWriter, part_name, schema_from_b64, write_commit, write_part
-from arcforge.pipelines.documents import DOC_SCHEMA, conform, doc_id, docs_table, rejected_schema, text_bytes
+from arcforge.pipelines.documents import (
+    DOC_SCHEMA,
+    check_columns,
+    conform,
+    doc_id,
+    docs_table,
+    rejected_schema,
+    text_bytes,
+)
 from arcforge.pipelines.stage import (
     MapStage,
     Output,
@@ -232,12 +240,17 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
     schema = task.schema
     rej_schema = rejected_schema(schema)
     name = part_name(task.partition)
+    declared = [f.name for f in getattr(stage, "adds", ())]  # a map stage must return what it adds
     kept_writer = PartWriter(task.output, name, schema)
     rej_writer = PartWriter(task.output.rejected, name, rej_schema)
     try:
         for out in _outputs(task, stage, params, ctx):
+            check_columns(out.kept, schema, stage.name, declared)
             kept = conform(out.kept, schema)
-            rejected = conform(out.rejected, rej_schema) if out.rejected is not None and out.rejected.num_rows else None
+            rejected = None
+            if out.rejected is not None and out.rejected.num_rows:
+                check_columns(out.rejected, rej_schema, stage.name)
+                rejected = conform(out.rejected, rej_schema)
             _count_outputs(ctx.stats, kept, rejected)
             kept_writer.write(kept)
             if rejected is not None:
