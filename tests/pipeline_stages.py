@@ -46,6 +46,22 @@ def read_lines_strict(path: str, fs, params: LinesParams, ctx: TaskContext) -> I
 STRICT_LINES = SourceStage("test.strict_lines", LinesParams, read_lines_strict)
 
 
+class FlakyParams(StageParams):
+    marker_dir: str  # a partition fails on its first attempt, recorded by a file here
+
+
+def read_lines_flaky(path: str, fs, params: FlakyParams, ctx: TaskContext) -> Iterator[Output]:  # noqa: ANN001
+    """Fails the first attempt of every partition (a lost worker, a bad node), then reads."""
+    marker = os.path.join(params.marker_dir, f"attempt-{ctx.partition}")
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        raise RuntimeError("first attempt fails")
+    yield from read_lines(path, fs, LinesParams(), ctx)
+
+
+FLAKY_LINES = SourceStage("test.flaky_lines", FlakyParams, read_lines_flaky)
+
+
 class SlowParams(StageParams):
     seconds: float = 0.0
     min_chars: int = 0

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 from pipeline_stages import make_line_files, pipeline_yaml
 
 from arcforge.pipelines import dataset
@@ -54,3 +57,30 @@ def test_spark_dedup_handles_duplicates_across_partitions(tmp_path, spark):
     from arcforge.dedup.exact import normalize_text
 
     assert sorted(normalize_text(t) for t in kept.column("text").to_pylist()) == ["same text here", "unique one", "unique two"]
+
+
+def test_spark_reruns_a_failed_partition(tmp_path):
+    """engines.spark.task_retries: a partition whose first attempt fails is re-run by Spark.
+    (The CLI runs in its own process, so it builds its own Spark session with the retries.)"""
+    make_line_files(tmp_path / "in", n_files=3, n_lines=10)
+    (tmp_path / "markers").mkdir()
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"""
+name: t
+storage: {{root: "{tmp_path / 'runs'}"}}
+engines: {{spark: {{master: "local[2]", task_retries: 1}}}}
+stages:
+  - {{name: lines, uses: "pipeline_stages:FLAKY_LINES", input: {{files: ["{tmp_path}/in/*.txt"]}}, engine: spark,
+     params: {{marker_dir: "{tmp_path / 'markers'}"}}}}
+""")
+    out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert sorted(p.name for p in (tmp_path / "markers").iterdir()) == ["attempt-0", "attempt-1", "attempt-2"]
+    assert dataset.read_manifest(DatasetRef(str(tmp_path / "runs" / "t" / "lines")))["rows"] == 30
+    # without retries the same failure stops the run, with one line naming the partition
+    for p in (tmp_path / "markers").iterdir():
+        p.unlink()
+    cfg.write_text(cfg.read_text().replace("task_retries: 1", "task_retries: 0").replace("name: t\n", "name: t0\n"))
+    out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1
+    assert "arcforge: stage lines, partition" in out.stderr and "RuntimeError: first attempt fails" in out.stderr
