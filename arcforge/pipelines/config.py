@@ -15,7 +15,7 @@ import pyarrow as pa
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from arcforge.pipelines.stage import ENGINES, GlobalStage, SourceStage, Stage, resolve_stage
+from arcforge.pipelines.stage import ENGINES, ArtifactStage, GlobalStage, SourceStage, Stage, resolve_stage
 from arcforge.pipelines.storage import S3Options, expand_inputs
 
 
@@ -292,7 +292,8 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                 f"{path}: {key}.engine: {stage.name} runs on {', '.join(stage.supported_engines())}, not {engine!r}"
             )
         files: list[str] = []
-        schema = None
+        schema = None  # the stage's output schema as far as the plan knows it
+        input_schema: pa.Schema | None = None
         for art_name, dep in sc.artifacts.items():
             if dep not in seen:
                 raise ConfigError(f"{path}: {key}.artifacts.{art_name}: {dep!r} is not an earlier stage of this run")
@@ -310,7 +311,7 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
             from arcforge.pipelines.external import resolve_dataset_inputs
 
             try:
-                resolve_dataset_inputs(sc.input.uris(), s3)
+                input_schema = resolve_dataset_inputs(sc.input.uris(), s3).schema
             except (ValueError, OSError) as exc:
                 raise ConfigError(f"{path}: {key}.input.dataset: {' '.join(str(exc).split())[:400]}") from None
         else:
@@ -322,11 +323,38 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                     why = "must be declared before it" if later else "is not a stage of this run"
                     raise ConfigError(f"{path}: {key}.input: {dep!r} {why}")
         datasets = sc.input.uris() if isinstance(sc.input, DatasetInput) else []
+        if not isinstance(sc.input, (FilesInput, DatasetInput)):
+            input_schema = _planned_input(sc.input_stages(), seen)
+        if schema is None and input_schema is not None and not isinstance(stage, ArtifactStage):
+            _check_reads(path, key, sc.uses, stage, params, input_schema)
+            schema = stage.output_schema(input_schema)
         rs = ResolvedStage(sc, stage, params, engine, files, schema, datasets)
         seen[sc.name] = rs
         out.append(rs)
     assert all(e in ENGINES for e in (s.engine for s in out))
     return out
+
+
+def _planned_input(deps: list[str], seen: dict[str, ResolvedStage]) -> pa.Schema | None:
+    """The union of the planned output schemas of a stage's input stages (None if unknown)."""
+    schemas = [seen[d].schema for d in deps if d in seen]
+    if not schemas or any(sch is None for sch in schemas):
+        return None
+    try:
+        return pa.unify_schemas(schemas) if len(schemas) > 1 else schemas[0]
+    except (pa.ArrowInvalid, pa.ArrowTypeError):
+        return None
+
+
+def _check_reads(path: str, key: str, uses: str, stage: Stage[Any], params: Any, schema: pa.Schema) -> None:
+    """A column a stage reads (a filter's rule, a scorer's text) must exist upstream."""
+    wanted = stage.required_columns(params) if hasattr(stage, "required_columns") else []
+    missing = [c for c in dict.fromkeys(wanted) if c not in schema.names]
+    if missing:
+        raise ConfigError(
+            f"{path}: {key}: {uses} reads column(s) {missing}, which no upstream stage declares "
+            f"(its input has: {', '.join(schema.names)})"
+        )
 
 
 def _expand_files(path: str, key: str, patterns: list[str], s3: S3Options, dirs: bool) -> list[str]:

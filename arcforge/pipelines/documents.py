@@ -61,6 +61,13 @@ def with_columns(schema: pa.Schema, fields: Iterable[pa.Field]) -> pa.Schema:
     return out
 
 
+def put_column(table: pa.Table, name: str, values: pa.Array) -> pa.Table:
+    """Set a column by name, appending it if absent: a stage that scores data it has
+    scored before replaces its attribute instead of adding a second one."""
+    idx = table.schema.get_field_index(name)
+    return table.set_column(idx, name, values) if idx >= 0 else table.append_column(name, values)
+
+
 def rejected_schema(schema: pa.Schema) -> pa.Schema:
     return with_columns(schema, REJECT_FIELDS)
 

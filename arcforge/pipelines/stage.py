@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -248,6 +248,7 @@ class MapStage(Stage[P]):
         requires: tuple[str, ...] = ("text",),
         adds: tuple[pa.Field, ...] = (),
         setup: Callable[[P, dict[str, str]], Any] | None = None,
+        reads: Callable[[P], Iterable[str]] | None = None,
         **kw: Any,
     ) -> None:
         super().__init__(name, params, **kw)
@@ -255,6 +256,11 @@ class MapStage(Stage[P]):
         self.requires = requires
         self.adds = adds
         self.setup = setup
+        self._reads = reads  # columns that depend on the params (a filter's rules)
+
+    def required_columns(self, params: P) -> list[str]:
+        """The input columns this configured stage reads: checked at plan time."""
+        return [*self.requires, *(self._reads(params) if self._reads else ())]
 
     def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
         return with_columns(input_schema or DOC_SCHEMA, self.adds)
@@ -316,6 +322,7 @@ BUILTIN_STAGES = {
     "text.wikipedia_dump": "arcforge.pipelines.web.sources",
     "text.plain_files": "arcforge.pipelines.web.sources",
     "io.read": "arcforge.pipelines.io.read",
+    "filter": "arcforge.pipelines.select",
     "dedup.exact": "arcforge.dedup.exact",
     "tokenize.train_spm": "arcforge.tokenize.spm",
     "tokenize.megatron_shards": "arcforge.tokenize.shards",

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
+from arcforge.pipelines.documents import put_column
 from arcforge.pipelines.stage import MapStage, Output, Resources, StageParams, TaskContext, register, split_rejected
 
 
@@ -52,8 +53,8 @@ def identify_language(batch: pa.RecordBatch, params: LangIdParams, ctx: TaskCont
     texts = batch.column("text").to_pylist()
     langs, scores = predict_languages(ctx.state, texts, params.max_chars) if texts else ([], [])
     table = pa.Table.from_batches([batch])
-    table = table.set_column(table.schema.get_field_index("language"), "language", pa.array(langs, pa.string()))
-    table = table.append_column("language_score", pa.array(scores, pa.float32()))
+    table = put_column(table, "language", pa.array(langs, pa.string()))
+    table = put_column(table, "language_score", pa.array(scores, pa.float32()))  # re-scoring replaces it
     reasons: list[str | None] = []
     for lang, score in zip(langs, scores):
         ctx.stats.update(f"language.{lang}")

@@ -1,0 +1,74 @@
+"""The filter stage: scores are attributes, selection is a separate, cheap step."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+from pipeline_stages import make_line_files, pipeline_yaml
+
+from arcforge.pipelines import dataset
+from arcforge.pipelines.config import ConfigError, load_plan
+from arcforge.pipelines.dataset import DatasetRef
+from arcforge.pipelines.runner import Runner
+from arcforge.pipelines.select import FilterParams, select_rows
+from arcforge.pipelines.stage import TaskContext
+
+
+def test_rules_give_a_reason_each_and_nulls_fail():
+    batch = pa.RecordBatch.from_pydict({
+        "text": ["a", "b", "c", "d", "e"],
+        "language": ["en", "fr", "en", None, "zh"],
+        "language_score": pa.array([0.9, 0.99, 0.2, 0.8, None], pa.float32()),
+    })
+    params = FilterParams.model_validate({"rules": [
+        {"column": "language", "op": "in", "value": ["en", "zh"], "reason": "language_not_selected"},
+        {"column": "language_score", "op": ">=", "value": 0.4},
+    ]})
+    ctx = TaskContext()
+    out = select_rows(batch, params, ctx)
+    assert out.kept.column("text").to_pylist() == ["a"]
+    rej = out.rejected.to_pylist()
+    assert [(r["text"], r["reason"]) for r in rej] == [
+        ("b", "language_not_selected"), ("c", "language_score_ge"), ("d", "language_not_selected"), ("e", "language_score_ge"),
+    ]
+    assert rej[1]["detail"] == "language_score=0.20000000298023224 fails language_score >= 0.4"
+    assert ctx.stats.as_dict() == {"filter.language_not_selected": 2, "filter.language_score_ge": 2}
+
+
+def test_rule_values_are_checked():
+    with pytest.raises(ValueError, match="needs a list value"):
+        FilterParams.model_validate({"rules": [{"column": "x", "op": "in", "value": 3}]})
+    with pytest.raises(ValueError, match="needs a value"):
+        FilterParams.model_validate({"rules": [{"column": "x", "op": ">="}]})
+
+
+SCORED = """
+  - {{name: score, uses: "pipeline_stages:SCORE_LENGTH", input: filt}}
+  - {{name: select, uses: filter, input: score, params: {{rules: [{{column: {column}, op: ">=", value: {value}}}]}}}}
+"""
+
+
+def test_a_threshold_change_reruns_only_the_filter(tmp_path):
+    make_line_files(tmp_path / "in", n_files=2, n_lines=30)
+    cfg = tmp_path / "c.yaml"
+    for value, expect in ((10, ["ran"] * 5), (10, ["skipped"] * 5), (25, ["skipped"] * 4 + ["ran"])):
+        cfg.write_text(pipeline_yaml(str(tmp_path / "runs"), f"{tmp_path}/in/*.txt", min_chars=0,
+                                     extra=SCORED.format(column="length", value=value)))
+        results = Runner(load_plan(cfg)).run()
+        assert [r.status for r in results] == expect, value
+        kept = dataset.read_dataset(DatasetRef(str(tmp_path / "runs" / "t" / "select")))
+        assert min(kept.column("length").to_pylist()) >= value
+        st = results[-1].manifest["stats"]
+        assert st["dropped.length_ge"] == results[3].manifest["rows"] - results[4].manifest["rows"]
+
+
+def test_a_rule_on_a_column_no_stage_declares_is_a_config_error(tmp_path):
+    make_line_files(tmp_path / "in", n_files=1, n_lines=5)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(pipeline_yaml(str(tmp_path / "runs"), f"{tmp_path}/in/*.txt", extra=SCORED.format(column="lenght", value=3)))
+    with pytest.raises(ConfigError) as exc:
+        load_plan(cfg)
+    msg = str(exc.value)
+    assert msg.startswith(f"{cfg}: stages[select]: filter reads column(s) ['lenght'], which no upstream stage declares")
+    assert "length" in msg and "\n" not in msg
+    assert not (tmp_path / "runs").exists()
