@@ -76,13 +76,19 @@ def test_dedup_unions_sources_and_drops_exact_copies(demo_run):
     assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books", "docs"}
 
 
-def test_langid_labels_every_kept_document(demo_run, spark):
+def test_langid_labels_every_document_and_the_filter_selects(demo_run, spark):
     run, results = demo_run
-    kept = dataset.read_dataset(DatasetRef(str(run / "langid")))
+    scored = dataset.read_dataset(DatasetRef(str(run / "langid")))
+    assert results["langid"].manifest["stats"].get("dropped", 0) == 0  # scoring only adds attributes
+    assert scored.num_rows == results["dedup"].manifest["rows"] and scored.column("language").null_count == 0
+    kept = dataset.read_dataset(DatasetRef(str(run / "select")))
     assert set(kept.column("language").to_pylist()) <= {"en", "zh"}
     assert kept.column("language").to_pylist().count("en") >= 100
     assert min(kept.column("language_score").to_pylist()) >= 0.4
     assert results["langid"].manifest["stats"]["language.en"] >= 100
+    low = [s for lang, s in zip(scored.column("language").to_pylist(), scored.column("language_score").to_pylist())
+           if lang in ("en", "zh") and s < 0.4]
+    assert results["select"].manifest["stats"].get("dropped.low_language_score", 0) == len(low)
     # the parts open directly in Spark with the declared schema
     frame = spark.read.parquet(str(run / "langid" / "part-*.parquet"))
     assert frame.count() == results["langid"].manifest["rows"]
@@ -98,7 +104,7 @@ def test_inspect_and_status_cli(demo_run):
     assert f"{results['langid'].manifest['rows']:,} rows" in out.stdout
     assert "language_score: float" in out.stdout
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "status", str(run)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 9
+    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 10
 
 
 def test_demo_ends_with_a_tokenizer_and_shards_megatron_can_read(demo_run):
@@ -108,7 +114,7 @@ def test_demo_ends_with_a_tokenizer_and_shards_megatron_can_read(demo_run):
     tok = results["tokenizer"].manifest
     assert tok["kind"] == "artifact" and {f["name"] for f in tok["files"]} >= {"tokenizer.model", "tokenizer.json"}
     shards = dataset.read_dataset(DatasetRef(str(run / "shards")))
-    assert sum(shards.column("documents").to_pylist()) == results["langid"].manifest["rows"]
+    assert sum(shards.column("documents").to_pylist()) == results["select"].manifest["rows"]
     prefix = str(run / "shards" / shards.column("prefix")[0].as_py())
     ds = IndexedDataset(prefix)
     assert len(ds) == shards.column("documents")[0].as_py()
