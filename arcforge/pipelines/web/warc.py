@@ -68,7 +68,8 @@ from arcforge.pipelines.web.warc_content import (
     text_prefix,
     too_deep,
 )
-from arcforge.pipelines.web.warc_framing import Damage, Record, iter_arc, iter_warc
+from arcforge.pipelines.web.warc_arc import iter_arc
+from arcforge.pipelines.web.warc_framing import Damage, Record, iter_warc
 
 __all__ = ["BATCH_RECORDS", "REJECTED_SCHEMA", "ExtractParams", "decode_html", "read_warc"]
 
