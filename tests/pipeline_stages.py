@@ -85,6 +85,8 @@ class ScoreParams(StageParams):
 
 
 def score_length(batch: pa.RecordBatch, params: ScoreParams, ctx: TaskContext) -> Output:
+    if os.environ.get("ARCFORGE_TEST_FAIL_ON") and os.environ["ARCFORGE_TEST_FAIL_ON"] in batch.column("text").to_pylist():
+        raise ValueError("poisoned record")
     table = pa.Table.from_batches([batch])
     if not params.forget_score:
         table = table.append_column("length", pa.array([len(t) for t in batch.column("text").to_pylist()], pa.int64()))

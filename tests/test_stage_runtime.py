@@ -200,3 +200,18 @@ def test_a_declared_score_column_is_written(tmp_path):
     results, run = _run(tmp_path, extra=extra)
     table = dataset.read_dataset(DatasetRef(str(run / "score")))
     assert table.column("length").to_pylist() == [len(t) for t in table.column("text").to_pylist()]
+
+
+def test_a_scorer_that_raises_on_a_row_quarantines_it(tmp_path, monkeypatch):
+    """The quarantined row has no score column; the scored rows do, and the run goes on."""
+    inputs = tmp_path / "in"
+    make_line_files(inputs, n_files=2, n_lines=20)
+    poison = (inputs / "f01.txt").read_text().splitlines()[5]
+    monkeypatch.setenv("ARCFORGE_TEST_FAIL_ON", poison)
+    extra = '  - {name: score, uses: "pipeline_stages:SCORE_LENGTH", input: lines, max_error_fraction: 0.5}\n'
+    results, run = _run(tmp_path, min_chars=0, max_error_fraction=0.5, extra=extra)
+    score = {r.name: r for r in results}["score"].manifest
+    n_poison = sum(line == poison for f in inputs.glob("*.txt") for line in f.read_text().splitlines())
+    assert score["stats"]["dropped.error:ValueError"] == n_poison and score["rows"] == 40 - n_poison
+    kept = dataset.read_dataset(DatasetRef(str(run / "score")))
+    assert kept.column("length").null_count == 0

@@ -245,7 +245,8 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
     rej_writer = PartWriter(task.output.rejected, name, rej_schema)
     try:
         for out in _outputs(task, stage, params, ctx):
-            check_columns(out.kept, schema, stage.name, declared)
+            if out.kept.num_rows:  # an empty batch (every row rejected or quarantined) may lack the added columns
+                check_columns(out.kept, schema, stage.name, declared)
             kept = conform(out.kept, schema)
             rejected = None
             if out.rejected is not None and out.rejected.num_rows:
