@@ -204,8 +204,7 @@ def localize_prefixes(prefixes: Sequence[str], cache_dir: str) -> list[str]:
             fs, path = storage.filesystem(prefix + ext)
             size = storage.file_size(prefix + ext)
             if size < 0:
-                out_missing = prefix + ext
-                raise FileNotFoundError(f"{out_missing}: no such shard file")
+                raise FileNotFoundError(f"{prefix + ext}: no such shard file")
             if os.path.exists(local + ext) and os.path.getsize(local + ext) == size:
                 continue
 

@@ -63,6 +63,7 @@ class RunLock:
         self.token = uuid.uuid4().hex
         self.config = config
         self.took_over: dict[str, Any] | None = None  # the stale holder we replaced, if any
+        self.started = time.time()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -73,7 +74,7 @@ class RunLock:
             "pid": os.getpid(),
             "token": self.token,
             "config": self.config,
-            "started": getattr(self, "_started", now),
+            "started": self.started,
             "heartbeat": now,
         }
 
@@ -96,7 +97,6 @@ class RunLock:
         return True
 
     def acquire(self) -> None:
-        self._started = time.time()
         local = isinstance(self.fs, pafs.LocalFileSystem)
         for _ in range(3):
             if local and self._create_local():

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import glob as globlib
 import hashlib
+import logging
+import time
 import io
 import json
 import os
@@ -54,6 +56,7 @@ class S3Options:
 
 
 _ACTIVE: S3Options | None = None
+_log = logging.getLogger("arcforge.storage")
 
 
 def configure(options: S3Options) -> None:
@@ -122,9 +125,6 @@ def retry_transient(fn: Any, *args: Any, options: S3Options | None = None, what:
     Used for whole partition tasks (a task is a pure function that overwrites its
     own part, so re-running it is safe) and for the driver's small reads and writes.
     """
-    import logging
-    import time
-
     opts = options or active_options()
     delay = opts.backoff_s
     for attempt in range(opts.retries + 1):
@@ -133,7 +133,7 @@ def retry_transient(fn: Any, *args: Any, options: S3Options | None = None, what:
         except Exception as exc:  # noqa: BLE001 - filtered by is_transient
             if attempt >= opts.retries or not is_transient(exc):
                 raise
-            logging.getLogger("arcforge.storage").warning(
+            _log.warning(
                 "transient storage error%s (attempt %d of %d, retrying in %.1fs): %s",
                 f" in {what}" if what else "", attempt + 1, opts.retries + 1, delay, " ".join(str(exc).split())[:300],
             )

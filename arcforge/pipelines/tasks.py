@@ -263,8 +263,7 @@ def execute_task(task: PartitionTask) -> dict[str, Any]:
         rej_writer.abort()
         raise
     errors = [f"{task.input_uri}: {e}" for e in ctx.errors]
-    record = _commit(task, part, rej, None, None, ctx.stats, started, errors, ctx.files, ctx.first_error)
-    return record
+    return _commit(task, part, rej, None, None, ctx.stats, started, errors, ctx.files, ctx.first_error)
 
 
 TASK_FAILED = "ARCFORGE_TASK_FAILED"
