@@ -14,7 +14,7 @@ from rich.table import Table
 
 from arcforge.model.cli import add_model_parser
 from arcforge.model.train_cli import add_train_parser
-from arcforge.pipelines.config import ConfigError
+from arcforge.runtime.config import ConfigError
 from arcforge.run_cli import add_run_parser
 
 console = Console(stderr=False)
@@ -90,9 +90,9 @@ def report_errors(results: list[Any]) -> None:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    from arcforge.pipelines import dataset, storage
-    from arcforge.pipelines.dataset import DatasetRef
-    from arcforge.pipelines.runner import RUN_FILE
+    from arcforge.runtime import dataset, storage
+    from arcforge.runtime.dataset import DatasetRef
+    from arcforge.runtime.runner import RUN_FILE
 
     run = DatasetRef(args.run_dir)
     fs, base = run.fs()
@@ -111,14 +111,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             n = len(dataset.read_commits(ref))
             rows.append([st["name"], f"not committed ({n} parts done)" if n else "not run", "", "", "", ""])
     console.print(summary_table(rows, f"run {info['name']}"))
+    _print_distributions(run, [st["name"] for st in info["stages"]])
+    from arcforge.tokenize.staleness import status_lines
+
+    for line in status_lines(args.run_dir, args.blends):  # input files -> stages -> blends, stale marked
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def _print_distributions(run: Any, stages: list[str]) -> None:
+    """Each committed stage's ``_stats.json`` in a few lines (a stale one is skipped)."""
+    from arcforge.runtime import dataset
+    from arcforge.runtime.distribution import read_stats, render_status
+
+    for name in stages:
+        ref = run.child(name)
+        manifest, stats = dataset.read_manifest(ref), read_stats(ref)
+        if manifest is None or stats is None or stats.get("fingerprint") not in (None, manifest.get("fingerprint")):
+            continue
+        for line in render_status(stats):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     import pyarrow.parquet as pq
 
-    from arcforge.pipelines import dataset, storage
-    from arcforge.pipelines.dataset import DatasetRef
+    from arcforge.runtime import dataset, storage
+    from arcforge.runtime.dataset import DatasetRef
 
     ref = DatasetRef(args.path)
     fs, base = ref.fs()
@@ -141,7 +160,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from arcforge.pipelines.export import export
+    from arcforge.runtime.export import export
 
     columns = [c.strip() for c in args.columns.split(",")] if args.columns else None
     try:
@@ -156,7 +175,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_corpus(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
+    from arcforge.pipelines.demo.corpus import fetch_demo_corpus
 
     path = fetch_demo_corpus(Path(args.dest) if args.dest else None)
     print(path)
@@ -177,6 +196,14 @@ def cmd_mix(args: argparse.Namespace) -> int:
         console.print(table)
     for path in write_mixture(plan, args.out):
         console.print(f"wrote {path}")
+    for ds in plan.lineage()["shards"]:  # what the blends were mixed from (checked by status and train)
+        arts = "".join(f", {a['stage']} {(a['fingerprint'] or '-')[:12]}" for a in (ds["artifacts"] or {}).values())
+        console.print(f"lineage: {ds['uri']} ({ds['stage']} {(ds['fingerprint'] or '-')[:12]}{arts})",
+                      markup=False, highlight=False, soft_wrap=True)
+    for ref in plan.registered:
+        console.print(f"recorded {ref}", markup=False, highlight=False, soft_wrap=True)
+    for w in plan.warnings:
+        err.print(f"warning: {w}", markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -186,6 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_parser(sub)
     s = sub.add_parser("status", help="show each stage of a run: committed or not, rows in and out")
     s.add_argument("run_dir")
+    s.add_argument("--blends", metavar="DIR", action="append", default=[],
+                   help="also check the *.blend.json files under DIR (repeatable); blends registered by "
+                   "arcforge mix in RUN_DIR/_blends/ and those in RUN_DIR's own folders are always checked")
     s.set_defaults(fn=cmd_status)
     i = sub.add_parser("inspect", help="schema, row count and sample rows of a dataset or Parquet file")
     i.add_argument("path")

@@ -27,7 +27,7 @@ FILE_ONLY = {"file_only": True}  # a record for the log file alone (a traceback 
 
 def log_path_for(plan: Any) -> str:
     """A local file for this invocation's log: beside the run when the root is local."""
-    from arcforge.pipelines import storage
+    from arcforge.runtime import storage
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if storage.is_s3(plan.run_uri):
@@ -108,7 +108,7 @@ def print_dry_run(runner: Any) -> None:
 
 def committed_summary(runner: Any) -> str:
     """'extract (committed), dedup (3 partitions)': what a re-run will not redo."""
-    from arcforge.pipelines import dataset
+    from arcforge.runtime import dataset
 
     done = []
     for rs in runner.plan.stages:
@@ -124,10 +124,10 @@ def committed_summary(runner: Any) -> str:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from arcforge.cli import RichProgress, report_errors, summary_table, _stats_row
-    from arcforge.pipelines import failures
-    from arcforge.pipelines.config import load_plan
-    from arcforge.pipelines.runlock import RunLock, RunLocked
-    from arcforge.pipelines.runner import Runner
+    from arcforge.runtime import failures
+    from arcforge.runtime.config import load_plan
+    from arcforge.runtime.runlock import RunLock, RunLocked
+    from arcforge.runtime.runner import Runner
 
     plan = load_plan(args.config)  # validates fully before any engine starts
     runner = Runner(plan, progress=RichProgress())

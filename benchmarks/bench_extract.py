@@ -33,8 +33,8 @@ from warcio.archiveiterator import ArchiveIterator
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from arcforge.pipelines.demo_corpus import fetch_demo_corpus
-from arcforge.pipelines.stage import TaskContext
+from arcforge.pipelines.demo.corpus import fetch_demo_corpus
+from arcforge.runtime.stage import TaskContext
 from arcforge.pipelines.web.warc import ExtractParams, decode_html, read_warc
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from arcforge.pipelines.stage import MapStage, Output, Resources, StageParams, TaskContext, split_rejected
+from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext, split_rejected
 
 
 # ---------------------------------------------------------------------------- the map stage
@@ -124,7 +124,7 @@ class Launcher:
 
 # ---------------------------------------------------------------------------- JSONL
 
-IMPORTS_ONLY = "import arcforge.cli, arcforge.run_cli, arcforge.pipelines.runner, arcforge.pipelines.io.read, polars, pyarrow.parquet, pyarrow.json"
+IMPORTS_ONLY = "import arcforge.cli, arcforge.run_cli, arcforge.runtime.runner, arcforge.runtime.io.read, polars, pyarrow.parquet, pyarrow.json"
 
 READ_JSON = """
 import json, sys, pyarrow.json as j
@@ -161,8 +161,8 @@ def part_rows(folder: Path) -> int:
 def bench_jsonl(run: Launcher, tmp: Path, target_mb: float) -> dict:
     from bench_read import corpus_docs, write_jsonl
 
-    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
-    from arcforge.pipelines.io.read import READ, ReadParams
+    from arcforge.pipelines.demo.corpus import fetch_demo_corpus
+    from arcforge.runtime.io.read import READ, ReadParams
 
     path = tmp / "fineweb-big.jsonl"
     t0 = time.perf_counter()
@@ -268,7 +268,7 @@ def write_bombs(tmp: Path, bomb_bytes: int) -> dict[str, Path]:
 READ_WARC = """
 import collections, json, sys, time
 import pyarrow.fs as pafs
-from arcforge.pipelines.stage import TaskContext
+from arcforge.runtime.stage import TaskContext
 from arcforge.pipelines.web.warc import ExtractParams, read_warc
 ctx, kept, reasons = TaskContext(), 0, collections.Counter()
 for out in read_warc(sys.argv[1], pafs.LocalFileSystem(), ExtractParams(timeout_s=0), ctx):

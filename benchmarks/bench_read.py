@@ -68,11 +68,11 @@ import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.json as pajson  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
-from arcforge.pipelines import storage  # noqa: E402
-from arcforge.pipelines.demo_corpus import fetch_demo_corpus  # noqa: E402
-from arcforge.pipelines.documents import conform  # noqa: E402
-from arcforge.pipelines.io.read import READ, ReadParams  # noqa: E402
-from arcforge.pipelines.stage import TaskContext  # noqa: E402
+from arcforge.runtime import storage  # noqa: E402
+from arcforge.pipelines.demo.corpus import fetch_demo_corpus  # noqa: E402
+from arcforge.runtime.documents import conform  # noqa: E402
+from arcforge.runtime.io.read import READ, ReadParams  # noqa: E402
+from arcforge.runtime.stage import TaskContext  # noqa: E402
 
 MB = 1_000_000
 DUMPS = ("CC-MAIN-2024-10", "CC-MAIN-2023-50", "CC-MAIN-2024-18", "CC-MAIN-2023-23")

@@ -45,9 +45,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from arcforge.pipelines.demo_corpus import fetch_demo_corpus
-from arcforge.pipelines.documents import DOC_SCHEMA, doc_id
-from arcforge.pipelines.stage import TaskContext
+from arcforge.pipelines.demo.corpus import fetch_demo_corpus
+from arcforge.runtime.documents import DOC_SCHEMA, doc_id
+from arcforge.runtime.stage import TaskContext
 from arcforge.tokenize.shards import ShardParams, write_shards
 from arcforge.tokenize.spm import SPECIALS, Tokenizer, TrainSpmParams, train_model
 

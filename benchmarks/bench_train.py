@@ -49,7 +49,7 @@ def make_data(workdir: Path, vocab: int) -> str:
     import sentencepiece as spm
     from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
 
-    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
+    from arcforge.pipelines.demo.corpus import fetch_demo_corpus
 
     corpus = fetch_demo_corpus(quiet=True)
     text = (corpus / "books" / "botchan.txt").read_text(encoding="utf-8-sig").replace("\r\n", "\n")

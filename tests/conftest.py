@@ -29,8 +29,8 @@ sys.path.insert(0, str(TESTS))
 
 @pytest.fixture(scope="session")
 def spark():
-    from arcforge.pipelines.config import SparkConfig
-    from arcforge.pipelines.engines.spark_engine import build_session
+    from arcforge.runtime.config import SparkConfig
+    from arcforge.runtime.engines.spark_engine import build_session
 
     session = build_session(SparkConfig(master="local[2]"))
     yield session
@@ -48,7 +48,7 @@ def ray_local():
 
 @pytest.fixture(scope="session")
 def demo_corpus() -> Path:
-    from arcforge.pipelines.demo_corpus import fetch_demo_corpus
+    from arcforge.pipelines.demo.corpus import fetch_demo_corpus
 
     return fetch_demo_corpus(quiet=True)
 

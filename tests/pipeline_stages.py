@@ -12,8 +12,8 @@ from collections.abc import Iterator
 
 import pyarrow as pa
 
-from arcforge.pipelines.documents import doc_id, docs_table
-from arcforge.pipelines.stage import MapStage, NoParams, Output, SourceStage, StageParams, TaskContext, split_rejected
+from arcforge.runtime.documents import doc_id, docs_table
+from arcforge.runtime.stage import MapStage, NoParams, Output, SourceStage, StageParams, TaskContext, split_rejected
 
 
 class LinesParams(StageParams):
@@ -149,8 +149,8 @@ class VocabParams(StageParams):
 def build_vocab(params: VocabParams, ctx) -> dict:  # noqa: ANN001
     import collections
 
-    from arcforge.pipelines import storage
-    from arcforge.pipelines.dataset import read_dataset
+    from arcforge.runtime import storage
+    from arcforge.runtime.dataset import read_dataset
 
     counts = collections.Counter()
     for ref in ctx.inputs:
@@ -163,13 +163,13 @@ def build_vocab(params: VocabParams, ctx) -> dict:  # noqa: ANN001
     return {"files": [{"name": "vocab.json"}], "meta": {"words": words}}
 
 
-from arcforge.pipelines.stage import ArtifactStage, PartitionStage  # noqa: E402
+from arcforge.runtime.stage import ArtifactStage, PartitionStage  # noqa: E402
 
 VOCAB = ArtifactStage("test.vocab", VocabParams, build_vocab)
 
 
 def load_vocab(params, artifacts):  # noqa: ANN001, ANN201
-    from arcforge.pipelines import storage
+    from arcforge.runtime import storage
 
     fs, base = storage.filesystem(artifacts["vocab"])
     return storage.read_json(fs, storage.join(base, "vocab.json"))
@@ -181,7 +181,7 @@ COUNT_SCHEMA = pa.schema([("part", pa.string()), ("hits", pa.int64())])
 def count_vocab(path, fs, params, ctx):  # noqa: ANN001, ANN201
     import tempfile
 
-    from arcforge.pipelines import storage
+    from arcforge.runtime import storage
 
     texts = storage.read_parquet(fs, path, ["text"]).column("text").to_pylist()
     hits = sum(w in ctx.state for t in texts for w in t.split())
@@ -194,11 +194,13 @@ def count_vocab(path, fs, params, ctx):  # noqa: ANN001, ANN201
 COUNT_VOCAB = PartitionStage("test.count_vocab", NoParams, count_vocab, schema=COUNT_SCHEMA, setup=load_vocab)
 
 
-from arcforge.pipelines.stage import GlobalStage  # noqa: E402
+from arcforge.runtime.stage import GlobalStage  # noqa: E402
 
 
 class _LocalOnly(GlobalStage):
-    def run_local(self, ctx):  # noqa: ANN001, ANN201
+    engines = ("local",)
+
+    def run(self, ctx):  # noqa: ANN001, ANN201
         return []
 
 

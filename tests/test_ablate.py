@@ -14,7 +14,7 @@ from test_train import config, corpus, eval_rows, png_size, train_rows  # noqa: 
 
 from arcforge.cli import main
 from arcforge.model.ablate import run_configs
-from arcforge.pipelines.config import ConfigError
+from arcforge.runtime.config import ConfigError
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 from pipeline_stages import make_line_files
 
-from arcforge.pipelines.config import ConfigError, load_plan
+from arcforge.runtime.config import ConfigError, load_plan
 
 GOOD = """
 name: t

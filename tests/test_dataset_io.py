@@ -13,11 +13,11 @@ import pyarrow.parquet as pq
 import pytest
 from pipeline_stages import make_line_files, pipeline_yaml
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import ConfigError, load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.documents import docs_table
-from arcforge.pipelines.runner import Runner
+from arcforge.runtime import dataset
+from arcforge.runtime.config import ConfigError, load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.documents import docs_table
+from arcforge.runtime.runner import Runner
 
 FILTER_ON = """
 name: b

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from arcforge.pipelines import demo_corpus as dc
-from arcforge.pipelines.demo_corpus import (
+from arcforge.pipelines.demo import corpus as dc
+from arcforge.pipelines.demo.corpus import (
     BUNDLES,
     CORPUS_VERSION,
     FILES,

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.runner import Runner
+from arcforge.runtime import dataset
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.runner import Runner
 
 CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 

@@ -7,10 +7,10 @@ import sys
 
 from pipeline_stages import make_line_files, pipeline_yaml
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.runner import Runner
+from arcforge.runtime import dataset
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.runner import Runner
 
 
 def _checksums(run, stage):

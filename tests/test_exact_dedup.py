@@ -5,7 +5,7 @@ from __future__ import annotations
 import random
 
 from arcforge.dedup.exact import ExactDedupParams, drop_rows, find_duplicates, hash_table, normalize_text
-from arcforge.pipelines.documents import docs_table
+from arcforge.runtime.documents import docs_table
 
 
 def test_normalisation():

@@ -19,14 +19,14 @@ import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from arcforge.pipelines.documents import DOC_SCHEMA, conform, doc_id, rejected_schema
-from arcforge.pipelines.io import jsonl as jsonl_mod
-from arcforge.pipelines.io import rows as rows_mod
-from arcforge.pipelines.io.read import ReadParams, detect, infer_schema, plan, read
-from arcforge.pipelines.io.rows import MAX_ROWS
-from arcforge.pipelines.stage import SourceStage, TaskContext, resolve_stage
-from arcforge.pipelines import storage
-from arcforge.pipelines.storage import S3Options
+from arcforge.runtime.documents import DOC_SCHEMA, conform, doc_id, rejected_schema
+from arcforge.runtime.io import jsonl as jsonl_mod
+from arcforge.runtime.io import rows as rows_mod
+from arcforge.runtime.io.read import ReadParams, detect, infer_schema, plan, read
+from arcforge.runtime.io.rows import MAX_ROWS
+from arcforge.runtime.stage import SourceStage, TaskContext, resolve_stage
+from arcforge.runtime import storage
+from arcforge.runtime.storage import S3Options
 
 FS = pafs.LocalFileSystem()
 S3 = S3Options()
@@ -177,7 +177,7 @@ def test_a_split_whose_range_falls_inside_one_long_line_is_empty(tmp_path: Path)
 
 def small_outputs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Outputs of at most 1,024 rows, so small files show the streaming in several Outputs."""
-    from arcforge.pipelines.io import formats, rows
+    from arcforge.runtime.io import formats, rows
 
     monkeypatch.setattr(rows, "MAX_ROWS", 1024)
     monkeypatch.setattr(formats, "MAX_ROWS", 1024)

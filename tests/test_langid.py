@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from arcforge.pipelines.documents import DOC_SCHEMA, docs_table
-from arcforge.pipelines.stage import TaskContext
+from arcforge.runtime.documents import DOC_SCHEMA, docs_table
+from arcforge.runtime.stage import TaskContext
 from arcforge.pipelines.web.langid import LangIdParams, bundled_lid_model, identify_language, load_lid_model
 
 

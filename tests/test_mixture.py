@@ -13,8 +13,8 @@ from test_shards import gloo  # noqa: F401 - a fixture: torch.distributed on glo
 from test_tokenizer import shared_run
 
 from arcforge.cli import main
-from arcforge.pipelines.config import ConfigError
-from arcforge.pipelines.dataset import DatasetRef, read_dataset
+from arcforge.runtime.config import ConfigError
+from arcforge.runtime.dataset import DatasetRef, read_dataset
 from arcforge.tokenize.mixture import load_blend, load_mixture, parse_tokens, write_mixture
 from arcforge.tokenize.spm import Tokenizer
 

@@ -9,8 +9,8 @@ import sys
 
 from pipeline_stages import make_line_files, pipeline_yaml, signal_after_commits
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.dataset import DatasetRef
+from arcforge.runtime import dataset
+from arcforge.runtime.dataset import DatasetRef
 
 
 def _cli(cfg, *args, **kw):
@@ -79,3 +79,46 @@ def test_kill_mid_stage_then_resume_matches_clean_run(tmp_path):
     assert status.returncode == 0
     assert status.stdout.count("committed") == 3
     assert json.loads((run / "_run.json").read_text())["stages"][1]["name"] == "filt"
+
+
+CHAIN_RUN = """
+name: t
+storage: {{root: "{root}"}}
+engines: {{spark: {{master: "local[2]"}}}}
+stages:
+  - {{name: lines, uses: "pipeline_stages:LINES", input: {{files: ["{inputs}"]}}}}
+  - name: quality
+    input: lines
+    engine: spark
+    steps:
+      - {{name: slow, uses: "pipeline_stages:SLOW_FILTER", params: {{min_chars: 12, seconds: {seconds}}}}}
+      - {{name: score, uses: "pipeline_stages:SCORE_LENGTH"}}
+      - {{name: long, uses: filter, params: {{rules: [{{column: length, op: ">=", value: 20, reason: short}}]}}}}
+  - {{name: dedup, uses: dedup.exact, input: quality, engine: spark}}
+"""
+
+
+def test_kill_inside_a_fused_chain_then_resume_matches_clean_run(tmp_path):
+    make_line_files(tmp_path / "in", n_files=8, n_lines=30, seed=3)
+    inputs = f"{tmp_path}/in/*.txt"
+    killed_cfg, clean_cfg = tmp_path / "killed.yaml", tmp_path / "clean.yaml"
+    killed_cfg.write_text(CHAIN_RUN.format(root=tmp_path / "a", inputs=inputs, seconds=1.5))
+    clean_cfg.write_text(CHAIN_RUN.format(root=tmp_path / "b", inputs=inputs, seconds=0.0))
+    run = tmp_path / "a" / "t"
+    proc = _cli(killed_cfg)
+    signal_after_commits(proc, run / "quality" / "_commits", 2, signal.SIGKILL)
+    proc.wait()
+    assert not (run / "quality" / "_manifest.json").exists()
+    for cfg in (killed_cfg, clean_cfg):
+        out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True, timeout=400)
+        assert out.returncode == 0, out.stdout + out.stderr
+    for stage in ("quality", "quality/rejected", "dedup"):
+        if stage.endswith("rejected"):
+            resumed = dataset.read_dataset(DatasetRef(str(run / stage))).to_pylist()
+            clean = dataset.read_dataset(DatasetRef(str(tmp_path / "b" / "t" / stage))).to_pylist()
+            assert sorted(resumed, key=lambda r: r["id"]) == sorted(clean, key=lambda r: r["id"])
+            continue
+        resumed_parts, resumed_stats = _parts(run, stage)
+        clean_parts, clean_stats = _parts(tmp_path / "b" / "t", stage)
+        assert resumed_parts == clean_parts
+        assert {k: v for k, v in resumed_stats.items() if "dropped" in k} == {k: v for k, v in clean_stats.items() if "dropped" in k}

@@ -16,11 +16,11 @@ import sys
 
 from pipeline_stages import make_line_files, pipeline_yaml, signal_after_commits
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.runlock import LOCK_FILE, RunLock
-from arcforge.pipelines.runner import Runner
+from arcforge.runtime import dataset
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.runlock import LOCK_FILE, RunLock
+from arcforge.runtime.runner import Runner
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -8,11 +8,11 @@ import sys
 import boto3
 from pipeline_stages import make_line_files, pipeline_yaml
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.runner import Runner
-from arcforge.pipelines.storage import S3Options
+from arcforge.runtime import dataset
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.runner import Runner
+from arcforge.runtime.storage import S3Options
 
 
 def test_s3_run_matches_local_and_never_stores_credentials(tmp_path, s3_endpoint, spark, ray_local, monkeypatch):

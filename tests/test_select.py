@@ -6,12 +6,12 @@ import pyarrow as pa
 import pytest
 from pipeline_stages import make_line_files, pipeline_yaml
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import ConfigError, load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.runner import Runner
-from arcforge.pipelines.select import FilterParams, select_rows
-from arcforge.pipelines.stage import TaskContext
+from arcforge.runtime import dataset
+from arcforge.runtime.config import ConfigError, load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.runner import Runner
+from arcforge.runtime.select import FilterParams, select_rows
+from arcforge.runtime.stage import TaskContext
 
 
 def test_rules_give_a_reason_each_and_nulls_fail():

@@ -13,10 +13,10 @@ import pyarrow as pa
 import pytest
 from test_tokenizer import shared_run
 
-from arcforge.pipelines.config import ConfigError, load_plan
-from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
-from arcforge.pipelines.runner import Runner
-from arcforge.pipelines.stage import MapStage, NoParams, Output, TaskContext
+from arcforge.runtime.config import ConfigError, load_plan
+from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
+from arcforge.runtime.runner import Runner
+from arcforge.runtime.stage import MapStage, NoParams, Output, TaskContext
 from arcforge.tokenize.shards import SHARD_SCHEMA, group_name
 from arcforge.tokenize.spm import Tokenizer
 

@@ -9,12 +9,12 @@ import pyarrow as pa
 import pytest
 from pipeline_stages import make_line_files, pipeline_yaml
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef
-from arcforge.pipelines.documents import DOC_SCHEMA, conform, doc_id, docs_table, rejected_schema
-from arcforge.pipelines.runner import Runner
-from arcforge.pipelines.stage import split_rejected
+from arcforge.runtime import dataset
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef
+from arcforge.runtime.documents import DOC_SCHEMA, conform, doc_id, docs_table, rejected_schema
+from arcforge.runtime.runner import Runner
+from arcforge.runtime.stage import split_rejected
 
 
 def test_split_rejected_keeps_order_and_reasons():
@@ -153,7 +153,7 @@ def test_artifact_stage_feeds_a_partition_stage_and_invalidates_it(tmp_path):
 
 
 def test_artifact_reference_must_be_an_earlier_stage(tmp_path):
-    from arcforge.pipelines.config import ConfigError
+    from arcforge.runtime.config import ConfigError
 
     extra = '  - {name: counts, uses: "pipeline_stages:COUNT_VOCAB", input: filt, artifacts: {vocab: later}}\n'
     with pytest.raises(ConfigError, match=r"stages\[counts\]\.artifacts\.vocab: 'later' is not an earlier stage"):
@@ -161,7 +161,7 @@ def test_artifact_reference_must_be_an_earlier_stage(tmp_path):
 
 
 def test_a_stage_that_raises_on_many_rows_fails_the_run(tmp_path, monkeypatch):
-    from arcforge.pipelines.runner import StageFailed
+    from arcforge.runtime.runner import StageFailed
 
     inputs = tmp_path / "in"
     make_line_files(inputs, n_files=2, n_lines=20)

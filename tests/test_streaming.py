@@ -13,9 +13,9 @@ import pyarrow.parquet as pq
 
 from pipeline_stages import signal_after_commits
 
-from arcforge.pipelines import dataset
-from arcforge.pipelines.dataset import DatasetRef, PartWriter
-from arcforge.pipelines.documents import DOC_SCHEMA
+from arcforge.runtime import dataset
+from arcforge.runtime.dataset import DatasetRef, PartWriter
+from arcforge.runtime.documents import DOC_SCHEMA
 
 
 def _big_parquet(path, rows: int, chars: int) -> int:
@@ -48,8 +48,8 @@ stages:
 """)
     probe = textwrap.dedent(f"""
         import json, sys
-        from arcforge.pipelines.config import load_plan
-        from arcforge.pipelines.runner import Runner
+        from arcforge.runtime.config import load_plan
+        from arcforge.runtime.runner import Runner
         result = Runner(load_plan({str(cfg)!r})).run()[0]
         # VmHWM: this process's peak since exec (ru_maxrss would also count the forking pytest process)
         hwm = int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])

@@ -11,9 +11,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pytest
 
-from arcforge.pipelines.demo_corpus import fetch_demo_corpus
-from arcforge.pipelines.documents import DOC_SCHEMA, doc_id
-from arcforge.pipelines.stage import Output, SourceStage, TaskContext, resolve_stage
+from arcforge.pipelines.demo.corpus import fetch_demo_corpus
+from arcforge.runtime.documents import DOC_SCHEMA, doc_id
+from arcforge.runtime.stage import Output, SourceStage, TaskContext, resolve_stage
 from arcforge.pipelines.web.sources import (
     BATCH_ROWS,
     PlainTextParams,

@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from arcforge.pipelines.config import load_plan
-from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
-from arcforge.pipelines.runner import Runner
+from arcforge.runtime.config import load_plan
+from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
+from arcforge.runtime.runner import Runner
 from arcforge.tokenize.spm import (
     EOD_ID,
     PAD_ID,
@@ -238,7 +238,7 @@ def test_metadata_records_the_sample_and_the_model_hash(trained):
 
 def test_sampling_caps_seed_and_determinism(trained, tmp_path):
     run, results, _ = trained
-    from arcforge.pipelines.stage import ArtifactContext
+    from arcforge.runtime.stage import ArtifactContext
     from arcforge.tokenize.spm import build_tokenizer, sample_documents
 
     inputs = [DatasetRef(str(run / n)) for n in ("web", "wiki", "books", "code", "zh")]

@@ -24,7 +24,7 @@ import yaml
 
 from arcforge.model.train import load_train_config, parse_train_config, step_batch_sizes, train
 from arcforge.model.trainlog import COLUMNS, read_csv
-from arcforge.pipelines.config import ConfigError
+from arcforge.runtime.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]
 # megatron-core 0.16.1 warns about its own deprecations thousands of times per run
@@ -386,7 +386,7 @@ def test_shipped_configs_parse():
     assert cfg.model.preset == "proxy-tiny" and cfg.device == "cpu"
     assert 12 <= len(step_batch_sizes(cfg)) <= 100
     from arcforge.model.ablate import AblateConfig
-    from arcforge.pipelines.config import read_yaml as _read_yaml
+    from arcforge.runtime.config import read_yaml as _read_yaml
 
     ab = AblateConfig(**_read_yaml(str(REPO / "configs" / "ablate.tiny.yaml")))
     assert len(ab.runs) >= 2 and "data" in ab.eval

@@ -27,8 +27,8 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from arcforge.pipelines.documents import doc_id
-from arcforge.pipelines.stage import TaskContext
+from arcforge.runtime.documents import doc_id
+from arcforge.runtime.stage import TaskContext
 from arcforge.pipelines.web.warc import REJECTED_SCHEMA, ExtractParams, read_warc
 from arcforge.pipelines.web.warc_content import html_depth, rough_depth, too_deep
 
@@ -373,7 +373,7 @@ _BOMB_CHILD = textwrap.dedent(
     def peak_kib():  # VmHWM: this process's peak since exec (ru_maxrss would count the forking parent too)
         return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
 
-    from arcforge.pipelines.stage import TaskContext
+    from arcforge.runtime.stage import TaskContext
     from arcforge.pipelines.web.warc import ExtractParams, read_warc
     import trafilatura  # paid before the baseline: only the reader's own memory counts
     trafilatura.extract("<html><body><p>warm up the extractor</p></body></html>")

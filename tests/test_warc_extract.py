@@ -20,8 +20,8 @@ import pytest
 from warcio.statusandheaders import StatusAndHeaders
 from warcio.warcwriter import WARCWriter
 
-from arcforge.pipelines.documents import DOC_SCHEMA, doc_id
-from arcforge.pipelines.stage import TaskContext, resolve_stage
+from arcforge.runtime.documents import DOC_SCHEMA, doc_id
+from arcforge.runtime.stage import TaskContext, resolve_stage
 from arcforge.pipelines.web.sandbox import SandboxError, SandboxTimeout, TimeoutSandbox, get_sandbox
 from arcforge.pipelines.web.warc import BATCH_RECORDS, REJECTED_SCHEMA, ExtractParams, read_warc
 

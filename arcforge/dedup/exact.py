@@ -9,8 +9,10 @@ same parts:
 2. rewrite each input partition without its duplicates, which go to the
    rejected dataset with reason ``exact_duplicate`` and the keeper's id.
 
-On Spark the grouping is a shuffle (nothing is collected on the driver); the
-local engine runs the same logic in memory as the reference.
+The stage is written once against the engine-neutral primitives of
+``arcforge.runtime.globalops``: on Spark and Ray the grouping and the routing of
+duplicates to their partitions are shuffles (nothing per row reaches the driver); the
+local engine spills to Parquet and is the reference.
 """
 
 from __future__ import annotations
@@ -19,15 +21,17 @@ import hashlib
 import re
 import time
 import unicodedata
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 
-from arcforge.pipelines import storage
-from arcforge.pipelines.stage import GlobalStage, Output, Resources, StageParams, Stats, register, split_rejected
-from arcforge.pipelines.storage import S3Options
-from arcforge.pipelines.tasks import PartitionTask, commit_partition
+from arcforge.runtime import storage
+from arcforge.runtime.globalops import group_index
+from arcforge.runtime.stage import GlobalStage, Output, Resources, StageParams, Stats, split_rejected
+from arcforge.runtime.storage import S3Options
+from arcforge.runtime.tasks import PartitionTask, commit_partition
 
 _SPACE = re.compile(r"\s+")
 _PUNCT = re.compile(r"[^\w\s]", re.UNICODE)
@@ -99,7 +103,7 @@ def rewrite_partition(task: PartitionTask, drops: dict[int, str]) -> dict[str, A
     table = _read_input(task)
     stats = Stats()
     stats.update("docs_in", table.num_rows)
-    from arcforge.pipelines.documents import conform, rejected_schema, text_bytes
+    from arcforge.runtime.documents import conform, rejected_schema, text_bytes
 
     stats.update("bytes_in", text_bytes(table))
     out = drop_rows(table, drops)
@@ -107,128 +111,56 @@ def rewrite_partition(task: PartitionTask, drops: dict[int, str]) -> dict[str, A
     return commit_partition(task, conform(out.kept, task.schema), rejected, stats, started)
 
 
-class ExactDedup(GlobalStage[ExactDedupParams]):
-    def run_local(self, ctx: Any) -> list[dict[str, Any]]:
-        params: ExactDedupParams = ctx.stage.params
-        hashes = pa.concat_tables([hash_table(_read_input(t), t.partition, params) for t in ctx.tasks])
-        drops = find_duplicates(hashes)
-        records = []
-        for task in ctx.pending:
-            rec = rewrite_partition(task, drops.get(task.partition, {}))
-            ctx.on_commit(rec)
-            records.append(rec)
-        return records
-
-    def run_spark(self, ctx: Any) -> list[dict[str, Any]]:
-        import json
-
-        from pyspark.sql import functions as F
-        from pyspark.sql.window import Window
-
-        engine = ctx.engine
-        if not ctx.pending:
-            return []
-        params_json = ctx.stage.params.model_dump_json()
-        hashes = engine.descriptor_frame(ctx.tasks).mapInArrow(
-            _spark_hash_fn(params_json), "partition int, row int, id string, hash string"
-        )
-        keeper = Window.partitionBy("hash").orderBy("id", "partition", "row")
-        dups = (
-            hashes.withColumn("keeper", F.first("id").over(keeper))
-            .withColumn("rank", F.row_number().over(keeper))
-            .where(F.col("rank") > 1)
-            .groupBy("partition")
-            .agg(F.collect_list(F.struct("row", "keeper")).alias("drops"))
-        )
-        work = engine.descriptor_frame(ctx.pending).join(dups, "partition", "left")
-        result = work.mapInArrow(_spark_rewrite_fn, "partition int, record string")
-        rows = engine.collect_with_progress(result, len(ctx.pending), ctx.on_commit)
-        return [json.loads(r["record"]) for r in rows]
+HASH_SCHEMA = pa.schema([("partition", pa.int32()), ("row", pa.int32()), ("id", pa.string()), ("hash", pa.string())])
+DROP_SCHEMA = pa.schema([("partition", pa.int32()), ("row", pa.int32()), ("keeper", pa.string())])
 
 
-    def run_ray(self, ctx: Any) -> list[dict[str, Any]]:
-        """Ray Data: hash in tasks, group with a shuffle, rewrite partitions in tasks.
-
-        Unlike the Spark path, the duplicate lists (one small row per duplicate) come
-        back to the driver before the rewrite; fine for exact dedup, whose duplicates
-        are a small share of the corpus.
-        """
-        import json
-
-        if not ctx.pending:
-            return []
-        engine = ctx.engine
-        engine.start()
-        import ray
-
-        params_json = ctx.stage.params.model_dump_json()
-        items = [{"task": t.to_json()} for t in ctx.tasks]
-        hashes = ray.data.from_items(items, override_num_blocks=len(items)).map_batches(
-            _ray_hash_fn, fn_kwargs={"params_json": params_json}, batch_size=1, batch_format="pyarrow"
-        )
-        dups = hashes.groupby("hash").map_groups(_ray_keeper_fn, batch_format="pyarrow").take_all()
-        drops: dict[int, dict[int, str]] = {}
-        for d in dups:
-            drops.setdefault(int(d["partition"]), {})[int(d["row"])] = d["keeper"]
-        rewrite = ray.remote(num_cpus=self.resources.cpus)(rewrite_partition)
-        futures = [rewrite.remote(t, drops.get(t.partition, {})) for t in ctx.pending]
-        records = []
-        while futures:
-            ready, futures = ray.wait(futures, num_returns=1)
-            rec = ray.get(ready[0])
-            ctx.on_commit(rec)
-            records.append(json.loads(json.dumps(rec)))
-        return records
+def _hash_partition(task: PartitionTask, table: pa.Table, params: ExactDedupParams) -> pa.Table:
+    """Pass 1 on a worker: the (partition, row, id, hash) rows of one input part."""
+    return hash_table(table, task.partition, params)
 
 
-def _ray_hash_fn(batch: pa.Table, params_json: str) -> pa.Table:
-    params = ExactDedupParams.model_validate_json(params_json)
-    tasks = [PartitionTask.from_json(t) for t in batch.column("task").to_pylist()]
-    return pa.concat_tables([hash_table(_read_input(t), t.partition, params) for t in tasks])
-
-
-def _ray_keeper_fn(group: pa.Table) -> pa.Table:
-    """One hash group: every member but the smallest (id, partition, row) is a duplicate."""
-    rows = sorted(zip(*(group.column(c).to_pylist() for c in ("id", "partition", "row"))))
-    keeper = rows[0][0]
+def _duplicates(groups: pa.Table) -> pa.Table:
+    """Whole hash groups in canonical order (hash, id, partition, row): every member but
+    the first of its group is a duplicate of the first (the smallest (id, partition, row))."""
+    _, first = group_index(groups, ["hash"])
+    dup = np.arange(groups.num_rows) != first
     return pa.table(
         {
-            "partition": pa.array([r[1] for r in rows[1:]], pa.int32()),
-            "row": pa.array([r[2] for r in rows[1:]], pa.int32()),
-            "keeper": pa.array([keeper] * (len(rows) - 1), pa.string()),
-        }
+            "partition": groups.column("partition").filter(dup),
+            "row": groups.column("row").filter(dup),
+            "keeper": groups.column("id").take(pa.array(first[dup])),
+        },
+        schema=DROP_SCHEMA,
     )
 
 
-def _spark_hash_fn(params_json: str):  # noqa: ANN202 - returns a mapInArrow function
-    def fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        params = ExactDedupParams.model_validate_json(params_json)
-        for batch in batches:
-            for task_json in batch.column("task").to_pylist():
-                task = PartitionTask.from_json(task_json)
-                yield from hash_table(_read_input(task), task.partition, params).to_batches()
-
-    return fn
+def _rewrite(task: PartitionTask, drops: pa.Table) -> dict[str, Any]:
+    """Pass 2 on a worker: the partition's part without its duplicates, committed."""
+    return rewrite_partition(task, dict(zip(drops.column("row").to_pylist(), drops.column("keeper").to_pylist())))
 
 
-def _spark_rewrite_fn(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-    import json
+class ExactDedup(GlobalStage[ExactDedupParams]):
+    """One algorithm on every engine (``arcforge.runtime.globalops``): hash each part,
+    group by hash keeping the smallest (id, partition, row), key the duplicates by
+    partition and rewrite each pending partition with its own list of duplicates."""
 
-    for batch in batches:
-        parts, records = [], []
-        for row in batch.to_pylist():
-            drops = {d["row"]: d["keeper"] for d in row["drops"] or []}
-            parts.append(row["partition"])
-            records.append(json.dumps(rewrite_partition(PartitionTask.from_json(row["task"]), drops)))
-        yield pa.RecordBatch.from_pydict({"partition": pa.array(parts, pa.int32()), "record": records})
+    def run(self, ctx: Any) -> list[dict[str, Any]]:
+        if not ctx.pending:
+            return []
+        params: ExactDedupParams = ctx.stage.params
+        with ctx.engine.ops() as ops:
+            hashes = ops.map_tasks(
+                ctx.tasks, _hash_partition, HASH_SCHEMA, read=["id", params.column], args=(params,), resources=self.resources
+            )
+            drops = hashes.group_reduce(["hash"], _duplicates, DROP_SCHEMA, order_by=["id", "partition", "row"], batched=True)
+            return ops.finish(ctx.pending, _rewrite, rows=drops, key="partition", on_commit=ctx.on_commit, resources=self.resources)
 
 
-EXACT_DEDUP = register(
-    ExactDedup(
-        "dedup.exact",
-        ExactDedupParams,
-        resources=Resources(cpus=1),
-        engine="spark",
-        doc="Exact dedup on normalised text; one deterministic keeper per group (local, Spark, Ray).",
-    )
+EXACT_DEDUP = ExactDedup(
+    "dedup.exact",
+    ExactDedupParams,
+    resources=Resources(cpus=1),
+    engine="spark",
+    doc="Exact dedup on normalised text; one deterministic keeper per group (local, Spark, Ray).",
 )

@@ -38,7 +38,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from arcforge.model.train import TrainResult, parse_train_config, train
-from arcforge.pipelines.config import ConfigError, read_yaml, validate_mapping
+from arcforge.runtime.config import ConfigError, read_yaml, validate_mapping
 
 
 class _Strict(BaseModel):

@@ -190,7 +190,7 @@ def localize_prefixes(prefixes: Sequence[str], cache_dir: str) -> list[str]:
     megatron-core's readers memory-map local files, so shards on object storage are
     fetched through arcforge's storage layer (the run's endpoint and retries), each
     to ``cache_dir/shards/<hash of its URI>/``; a copy of the same size is reused."""
-    from arcforge.pipelines import storage
+    from arcforge.runtime import storage
 
     out = []
     for prefix in prefixes:

@@ -37,7 +37,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from arcforge.pipelines.config import ConfigError, S3Config, read_yaml, validate_mapping
+from arcforge.runtime.config import ConfigError, S3Config, read_yaml, validate_mapping
 
 TRAINER_FORMAT = "arcforge.train/1"
 CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
@@ -77,6 +77,7 @@ class DataSection(_Strict):
     eod_mask_loss: bool = False
     check_token_ids: bool = True  # without a tokenizer: max token id < vocab_size (reads the shards)
     cache_dir: str | None = None  # megatron's dataset index cache (default OUTPUT_DIR/data_cache)
+    allow_stale: bool = False  # train on a blend whose lineage is stale (warn); `arcforge train --force`
 
     @field_validator("split")
     @classmethod
@@ -257,20 +258,24 @@ class TrainConfig(_Strict):
         return get_preset(self.model.preset).with_overrides(**changes)
 
 
-def parse_train_config(data: Any, path: str = "<config>", *, check_data: bool = True) -> TrainConfig:
+def parse_train_config(data: Any, path: str = "<config>", *, check_data: bool = True,
+                       allow_stale: bool = False) -> TrainConfig:
     """Validate a config mapping (one-line ``ConfigError``), then check the model and the data
-    on disk: shards exist, the vocabulary matches the tokenizer or covers every token id."""
+    on disk: shards exist, the vocabulary matches the tokenizer or covers every token id, and
+    blend files are not stale (``allow_stale``, like ``data.allow_stale``, only warns)."""
     cfg = validate_mapping(TrainConfig, data, path, "output_dir, model, data, batch, train")
     cfg._path = path
+    if allow_stale:
+        cfg.data.allow_stale = True
     check_config(cfg, path)
     if check_data:
         check_data_files(cfg, path)
     return cfg
 
 
-def load_train_config(path: str | os.PathLike, *, check_data: bool = True) -> TrainConfig:
+def load_train_config(path: str | os.PathLike, *, check_data: bool = True, allow_stale: bool = False) -> TrainConfig:
     path = str(path)
-    return parse_train_config(read_yaml(path), path, check_data=check_data)
+    return parse_train_config(read_yaml(path), path, check_data=check_data, allow_stale=allow_stale)
 
 
 def check_config(cfg: TrainConfig, path: str) -> None:
@@ -317,6 +322,30 @@ def _blend_of(section: DataSection | EvalData, key: str, path: str):
     return inline_blend(items), {}
 
 
+def _check_lineage(blend_file: str | None, cfg: TrainConfig, path: str, key: str) -> None:
+    """Refuse a stale blend (one line: the blend, the stage, both fingerprints) unless
+    ``data.allow_stale`` / ``--force``; then, and for a blend without lineage, warn."""
+    if blend_file is None:
+        return
+    import sys
+
+    from arcforge.tokenize.lineage import check_blend
+
+    check = check_blend(blend_file)
+    quiet = int(os.environ.get("RANK", "0")) != 0  # torchrun: rank 0 speaks
+    if check.state == "stale":
+        line = f"{path}: {key}.blend_file: {check.message()}"
+        if not cfg.data.allow_stale:
+            again = f"re-run arcforge mix {check.mixture_config}" if check.mixture_config else "re-run arcforge mix"
+            raise ConfigError(f"{line}; {again}, or pass --force (data.allow_stale: true) to train on it anyway")
+        if not quiet:
+            print(f"warning: {line}; training on it anyway (--force / data.allow_stale)", file=sys.stderr)
+    elif check.state == "unknown" and not quiet:
+        print(f"note: {key}.blend_file: {check.message()}", file=sys.stderr)
+    for note in check.notes if not quiet else ():  # e.g. the mixture file was edited since
+        print(f"note: {key}.blend_file: {note}", file=sys.stderr)
+
+
 def _local_blend(blend: Any, cfg: TrainConfig, path: str, key: str) -> Any:
     """The blend with ``s3://`` shards copied into the data cache (megatron reads local files)."""
     from arcforge.model.data import localize_prefixes
@@ -343,10 +372,11 @@ def resolve_data(cfg: TrainConfig, path: str | None = None) -> DataPlan:
     from arcforge.model.data import missing_shards, read_tokenizer_info
 
     path = path or cfg._path
-    from arcforge.pipelines import storage
+    from arcforge.runtime import storage
 
     storage.configure(cfg.storage.s3.options())  # blends and shards on object storage use the config's endpoint
     train_blend, meta = _blend_of(cfg.data, "data", path)
+    _check_lineage(cfg.data.blend_file, cfg, path, "data")
     train_blend = _local_blend(train_blend, cfg, path, "data")
     split = cfg.data.split or meta.get("split") or "100,0,0"
     for p in missing_shards(train_blend[0]):
@@ -354,6 +384,7 @@ def resolve_data(cfg: TrainConfig, path: str | None = None) -> DataPlan:
     eval_blend = eval_split = None
     if cfg.eval.data is not None:
         eval_blend, _ = _blend_of(cfg.eval.data, "eval.data", path)
+        _check_lineage(cfg.eval.data.blend_file, cfg, path, "eval.data")
         eval_blend = _local_blend(eval_blend, cfg, path, "eval.data")
         eval_split = cfg.eval.data.split
         for p in missing_shards(eval_blend[0]):
@@ -502,7 +533,7 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 # the sections whose change makes a checkpoint's trajectory meaningless to continue
 _RESUME_KEYS = ("model", "data", "batch", "seed")
-_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids")}
+_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids", "allow_stale")}
 
 
 def _resume_view(config: dict[str, Any], key: str) -> Any:

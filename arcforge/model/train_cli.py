@@ -9,7 +9,7 @@ import os
 def cmd_train(args: argparse.Namespace) -> int:
     from arcforge.model.train import load_train_config, train
 
-    cfg = load_train_config(args.config)  # one-line ConfigError before megatron starts
+    cfg = load_train_config(args.config, allow_stale=args.force)  # one-line ConfigError before megatron starts
     r = train(cfg, resume=args.resume, max_steps=args.steps, verbose=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0
@@ -41,6 +41,9 @@ def add_train_parser(subparsers) -> None:
     t.add_argument("--steps", type=int, default=None, metavar="N",
                    help="run at most N steps in this invocation, then checkpoint (a later call resumes)")
     t.add_argument("-q", "--quiet", action="store_true", help="no progress lines")
+    t.add_argument("--force", action="store_true",
+                   help="train on a stale blend (its shards or tokenizer changed since arcforge mix) with a warning "
+                   "instead of refusing (the config key data.allow_stale: true does the same)")
     t.set_defaults(fn=cmd_train)
     a = subparsers.add_parser("ablate", help="train proxies on different blends with one budget; compare validation loss")
     a.add_argument("config", help="ablation YAML (see docs/train.md)")

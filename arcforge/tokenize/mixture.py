@@ -14,7 +14,11 @@ target number of ``epochs`` over what is available. For every stage,
   at held-out shards, or use ``data_path`` with ``--split``);
 
 and ``mixture.json`` / ``mixture.md`` with every stage's table and the cumulative epochs
-each source gets over all stages.
+each source gets over all stages. Blend files and ``mixture.json`` carry a ``lineage``
+object (the fingerprints of the shards stages and tokenizers they were mixed from, and the
+mixture config's hash), and a pointer to each blend is left in ``<run>/_blends/`` of every
+run it draws from (``arcforge.tokenize.lineage``), so ``arcforge status`` and ``arcforge
+train`` can tell a stale blend.
 
 Epochs: a source with ``T`` tokens in its shards that is allotted ``A`` tokens of a
 stage is seen ``A / T`` times (Megatron's ``GPTDataset`` repeats its shuffled epochs
@@ -34,9 +38,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from arcforge.pipelines import storage
-from arcforge.pipelines.config import ConfigError, S3Config, read_yaml, validate_mapping
-from arcforge.pipelines.dataset import DatasetRef, read_dataset, read_manifest
+from arcforge.runtime import storage
+from arcforge.runtime.config import ConfigError, S3Config, read_yaml, validate_mapping
+from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
+from arcforge.tokenize import lineage
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
 _TOKENS = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
@@ -211,6 +216,19 @@ class MixturePlan:
     name: str
     output: str
     stages: list[StagePlan]
+    mixture: dict[str, Any] = field(default_factory=dict)  # lineage: config path, sha256, fingerprint
+    datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # lineage of each shards URI
+    registered: list[str] = field(default_factory=list)  # pointers left in run dirs by write_mixture
+    warnings: list[str] = field(default_factory=list)
+
+    def lineage(self, st: StagePlan | None = None) -> dict[str, Any]:
+        """The ``lineage`` of one stage's blend (or, without a stage, of the whole mixture)."""
+        used: dict[str, list[str]] = {}
+        for s in [st] if st is not None else self.stages:
+            for a in s.allocations:
+                for g in a.groups:
+                    used.setdefault(g.shards_uri, []).append(g.source + (f"/{g.bucket}" if g.bucket else ""))
+        return lineage.blend_lineage(self.mixture, self.datasets, used)
 
     def totals(self) -> list[dict[str, Any]]:
         """Cumulative tokens and epochs per source and bucket over all stages."""
@@ -243,7 +261,8 @@ GroupKey = tuple[str, str | None]  # (source, bucket)
 
 
 def _load_groups(
-    path: str, key: str, uri: str, cache: dict[str, dict[GroupKey, Group]], check_files: bool
+    path: str, key: str, uri: str, cache: dict[str, dict[GroupKey, Group]], check_files: bool,
+    datasets: dict[str, dict[str, Any]] | None = None,
 ) -> dict[GroupKey, Group]:
     """The shard sets of a committed shards stage, by (source, bucket), every file checked."""
     if uri in cache:
@@ -274,6 +293,8 @@ def _load_groups(
         prefix = storage.join(uri if storage.is_s3(uri) else base, row["prefix"])
         g.shards.append(Shard(prefix, row["tokens"], row["documents"], row["sequences"], row["pack_seq_length"]))
     cache[uri] = groups
+    if datasets is not None:
+        datasets[uri] = lineage.dataset_lineage(uri, manifest)
     return groups
 
 
@@ -290,6 +311,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
     spec, data = _read_spec(path)
     storage.configure(spec.storage.s3.options())  # shards, blends and outputs on the mixture's endpoint
     cache: dict[str, dict[GroupKey, Group]] = {}
+    datasets: dict[str, dict[str, Any]] = {}
     stages = []
     for st in spec.stages:
         key = f"stages[{st.name}]"
@@ -300,7 +322,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         where = f"{key}.shards" if st.shards is not None else "shards"
         available: dict[GroupKey, Group] = {}
         for uri in uris:
-            for k, g in _load_groups(path, where, uri, cache, check_files).items():
+            for k, g in _load_groups(path, where, uri, cache, check_files, datasets).items():
                 if k in available:
                     raise ConfigError(
                         f"{path}: {where}: {k[0]} appears in more than one shards dataset ({available[k].shards_uri}, {uri})"
@@ -376,15 +398,16 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
             )
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
-    return MixturePlan(path, spec.name, output, stages)
+    return MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
 
 
 # -- writing --------------------------------------------------------------------------------
 
 
-def stage_blend(st: StagePlan) -> dict[str, Any]:
+def stage_blend(st: StagePlan, plan: MixturePlan | None = None) -> dict[str, Any]:
+    """A stage's ``<stage>.blend.json``; with its plan, the lineage it was mixed from too."""
     prefixes, weights = st.blend
-    return {
+    out = {
         "stage": st.name,
         "seq_length": st.seq_length,
         "tokens": st.tokens,
@@ -395,6 +418,9 @@ def stage_blend(st: StagePlan) -> dict[str, Any]:
         "blend": [prefixes, weights],
         "sources": st.table(),
     }
+    if plan is not None and plan.datasets:
+        out["lineage"] = plan.lineage(st)
+    return out
 
 
 def markdown(plan: MixturePlan) -> str:
@@ -431,14 +457,24 @@ def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
         written.append(storage.join(out, name))
 
     summary = {"name": plan.name, "config": plan.path, "stages": [], "totals": plan.totals()}
+    if plan.datasets:
+        summary["lineage"] = plan.lineage()
+    blends = []
     for st in plan.stages:
-        blend = stage_blend(st)
+        blend = stage_blend(st, plan)
         summary["stages"].append(blend)
         put(f"{st.name}.blend.json", json.dumps(blend, indent=1).encode())
+        blends.append((st, written[-1], blend.get("lineage")))
         per_split = {"train": st.data_path, "valid": st.data_path, "test": st.data_path}
         put(f"{st.name}.per-split.json", json.dumps(per_split, indent=1).encode())
     put("mixture.json", json.dumps(summary, indent=1).encode())
     put("mixture.md", markdown(plan).encode())
+    for st, uri, lin in blends:  # a pointer in each run the blend draws from, for `arcforge status`
+        for run in sorted({ds["run"] for ds in (lin or {}).get("shards", []) if ds.get("run")}):
+            try:
+                plan.registered.append(lineage.register_blend(run, uri, plan.mixture, st.name))
+            except OSError as exc:
+                plan.warnings.append(f"could not record {uri} in {run} ({' '.join(str(exc).split())[:200]})")
     return written
 
 

@@ -32,8 +32,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field, model_validator
 
-from arcforge.pipelines import storage
-from arcforge.pipelines.stage import Output, PartitionStage, Resources, StageParams, TaskContext, register
+from arcforge.runtime import storage
+from arcforge.runtime.stage import Output, PartitionStage, Resources, StageParams, TaskContext
 from arcforge.tokenize.packing import pack_documents, split_document
 
 SHARD_DIR = "shards"
@@ -208,17 +208,15 @@ def write_shards(path: str, fs: Any, params: ShardParams, ctx: TaskContext) -> I
     yield Output(kept=pa.Table.from_pylist(rows, schema=SHARD_SCHEMA))
 
 
-MEGATRON_SHARDS = register(
-    PartitionStage(
-        "tokenize.megatron_shards",
-        ShardParams,
-        write_shards,
-        schema=SHARD_SCHEMA,
-        setup=load_tokenizer,
-        resources=Resources(cpus=1),
-        engine="ray",
-        doc="Megatron .bin/.idx per source and bucket per partition, optionally best-fit packed",
-    )
+MEGATRON_SHARDS = PartitionStage(
+    "tokenize.megatron_shards",
+    ShardParams,
+    write_shards,
+    schema=SHARD_SCHEMA,
+    setup=load_tokenizer,
+    resources=Resources(cpus=1),
+    engine="ray",
+    doc="Megatron .bin/.idx per source and bucket per partition, optionally best-fit packed",
 )
 
 __all__ = ["MEGATRON_SHARDS", "SHARD_SCHEMA", "ShardParams", "group_name", "shard_prefix", "write_group", "write_shards"]

@@ -37,10 +37,10 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field, model_validator
 
-from arcforge.pipelines import storage
-from arcforge.pipelines.dataset import DatasetRef, read_manifest
-from arcforge.pipelines.stage import ArtifactContext, ArtifactStage, Resources, StageParams, register
-from arcforge.pipelines.storage import S3Options
+from arcforge.runtime import storage
+from arcforge.runtime.dataset import DatasetRef, read_manifest
+from arcforge.runtime.stage import ArtifactContext, ArtifactStage, Resources, StageParams
+from arcforge.runtime.storage import S3Options
 
 MODEL_FILE = "tokenizer.model"
 META_FILE = "tokenizer.json"
@@ -492,15 +492,13 @@ def build_tokenizer(params: TrainSpmParams, ctx: ArtifactContext) -> dict[str, A
     }
 
 
-TRAIN_SPM = register(
-    ArtifactStage(
-        "tokenize.train_spm",
-        TrainSpmParams,
-        build_tokenizer,
-        resources=Resources(cpus=1),
-        engine="local",
-        doc="sentencepiece BPE on a seeded sample of the inputs; fixed special-token ids",
-    )
+TRAIN_SPM = ArtifactStage(
+    "tokenize.train_spm",
+    TrainSpmParams,
+    build_tokenizer,
+    resources=Resources(cpus=1),
+    engine="local",
+    doc="sentencepiece BPE on a seeded sample of the inputs; fixed special-token ids",
 )
 
 __all__ = [

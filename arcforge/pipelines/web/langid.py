@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from arcforge.pipelines.documents import put_column
-from arcforge.pipelines.stage import MapStage, Output, Resources, StageParams, TaskContext, register, split_rejected
+from arcforge.runtime.documents import put_column
+from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext, split_rejected
 
 
 class LangIdParams(StageParams):
@@ -68,16 +68,14 @@ def identify_language(batch: pa.RecordBatch, params: LangIdParams, ctx: TaskCont
     return split_rejected(table, reasons, details)
 
 
-LANGID = register(
-    MapStage(
-        "web.langid",
-        LangIdParams,
-        identify_language,
-        requires=("text",),
-        adds=(pa.field("language", pa.string()), pa.field("language_score", pa.float32())),
-        setup=load_lid_model,
-        resources=Resources(cpus=1),
-        engine="ray",
-        doc="fastText lid.176 language identification; optional language and score filters.",
-    )
+LANGID = MapStage(
+    "web.langid",
+    LangIdParams,
+    identify_language,
+    requires=("text",),
+    adds=(pa.field("language", pa.string()), pa.field("language_score", pa.float32())),
+    setup=load_lid_model,
+    resources=Resources(cpus=1),
+    engine="ray",
+    doc="fastText lid.176 language identification; optional language and score filters.",
 )

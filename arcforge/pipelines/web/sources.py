@@ -23,14 +23,13 @@ from urllib.parse import quote
 
 import pyarrow.fs as pafs
 
-from arcforge.pipelines.documents import doc_id, docs_table, dump_metadata
-from arcforge.pipelines.stage import (
+from arcforge.runtime.documents import doc_id, docs_table, dump_metadata
+from arcforge.runtime.stage import (
     Output,
     Resources,
     SourceStage,
     StageParams,
     TaskContext,
-    register,
     split_rejected,
 )
 
@@ -416,26 +415,22 @@ def read_plain_file(path: str, fs: pafs.FileSystem, params: PlainTextParams, ctx
         yield out
 
 
-WIKIPEDIA_DUMP = register(
-    SourceStage(
-        "text.wikipedia_dump",
-        WikiParams,
-        read_wikipedia_dump,
-        resources=Resources(cpus=1),
-        engine="local",
-        doc="MediaWiki XML dump (.xml/.bz2/.gz) -> namespace-0 articles as plain text.",
-    )
+WIKIPEDIA_DUMP = SourceStage(
+    "text.wikipedia_dump",
+    WikiParams,
+    read_wikipedia_dump,
+    resources=Resources(cpus=1),
+    engine="local",
+    doc="MediaWiki XML dump (.xml/.bz2/.gz) -> namespace-0 articles as plain text.",
 )
 
-PLAIN_FILES = register(
-    SourceStage(
-        "text.plain_files",
-        PlainTextParams,
-        read_plain_file,
-        resources=Resources(cpus=1),
-        engine="local",
-        doc="Plain text files -> one document per file or per paragraph.",
-    )
+PLAIN_FILES = SourceStage(
+    "text.plain_files",
+    PlainTextParams,
+    read_plain_file,
+    resources=Resources(cpus=1),
+    engine="local",
+    doc="Plain text files -> one document per file or per paragraph.",
 )
 
 __all__ = [

@@ -57,8 +57,8 @@ import pyarrow.fs as pafs
 from pydantic import Field
 from warcio.statusandheaders import StatusAndHeaders, StatusAndHeadersParser
 
-from arcforge.pipelines.documents import DOC_SCHEMA, docs_table, doc_id, dump_metadata, rejected_schema
-from arcforge.pipelines.stage import Output, Resources, SourceStage, StageParams, TaskContext, register
+from arcforge.runtime.documents import DOC_SCHEMA, docs_table, doc_id, dump_metadata, rejected_schema
+from arcforge.runtime.stage import Output, Resources, SourceStage, StageParams, TaskContext
 from arcforge.pipelines.web.sandbox import SandboxError, SandboxTimeout, get_sandbox
 from arcforge.pipelines.web.warc_content import (
     REJECTED_TEXT_BYTES,
@@ -371,13 +371,11 @@ def read_warc(path: str, fs: pafs.FileSystem, params: ExtractParams, ctx: TaskCo
         yield batch.flush()
 
 
-EXTRACT_WARC = register(
-    SourceStage(
-        "web.extract_warc",
-        ExtractParams,
-        read_warc,
-        resources=Resources(cpus=1),
-        engine="spark",
-        doc="WARC/ARC response records to documents with trafilatura, one bounded call per page.",
-    )
+EXTRACT_WARC = SourceStage(
+    "web.extract_warc",
+    ExtractParams,
+    read_warc,
+    resources=Resources(cpus=1),
+    engine="spark",
+    doc="WARC/ARC response records to documents with trafilatura, one bounded call per page.",
 )

@@ -1,0 +1,33 @@
+"""The one place that names arcforge's built-in stages and config variables.
+
+A config's ``uses:`` is a name from ``STAGES`` or an import path (``pkg.mod:OBJ``)
+to a user's own stage. Each entry is an import path, imported only when a config
+names it, so validating a config does not import trafilatura, fastText, Spark or
+Ray. The runtime reads this table; the modules it names stand on the runtime.
+"""
+
+from __future__ import annotations
+
+STAGES: dict[str, str] = {
+    # runtime: generic reading and selection
+    "io.read": "arcforge.runtime.io.read:READ",
+    "filter": "arcforge.runtime.select:FILTER",
+    "text.stats": "arcforge.pipelines.web.textstats:TEXT_STATS",
+    "chain": "arcforge.runtime.chain:CHAIN",  # a stage with `steps:`; not named by `uses` itself
+    # domain pipelines
+    "web.extract_warc": "arcforge.pipelines.web.warc:EXTRACT_WARC",
+    "web.langid": "arcforge.pipelines.web.langid:LANGID",
+    "text.wikipedia_dump": "arcforge.pipelines.web.sources:WIKIPEDIA_DUMP",
+    "text.plain_files": "arcforge.pipelines.web.sources:PLAIN_FILES",
+    # dedup and tokenize
+    "dedup.exact": "arcforge.dedup.exact:EXACT_DEDUP",
+    "tokenize.train_spm": "arcforge.tokenize.spm:TRAIN_SPM",
+    "tokenize.megatron_shards": "arcforge.tokenize.shards:MEGATRON_SHARDS",
+}
+
+
+def builtin_variables() -> dict[str, str]:
+    """Variables every config may use without setting them (the environment overrides)."""
+    from arcforge.pipelines.demo.corpus import demo_corpus_dir
+
+    return {"ARCFORGE_DEMO_CORPUS": str(demo_corpus_dir())}
