@@ -12,9 +12,10 @@ STAGES: dict[str, str] = {
     # runtime: generic reading and selection
     "io.read": "arcforge.runtime.io.read:READ",
     "filter": "arcforge.runtime.select:FILTER",
-    "text.stats": "arcforge.pipelines.web.textstats:TEXT_STATS",
     "chain": "arcforge.runtime.chain:CHAIN",  # a stage with `steps:`; not named by `uses` itself
     # domain pipelines
+    "text.stats": "arcforge.pipelines.web.textstats:TEXT_STATS",
+    "web.gopher_quality": "arcforge.pipelines.web.heuristics.gopher_quality:GOPHER_QUALITY",
     "web.extract_warc": "arcforge.pipelines.web.warc:EXTRACT_WARC",
     "web.langid": "arcforge.pipelines.web.langid:LANGID",
     "text.wikipedia_dump": "arcforge.pipelines.web.sources:WIKIPEDIA_DUMP",
