@@ -14,9 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pytest
 
-from arcforge.runtime import accumulators as acc
+from arcforge.runtime import rowsamples
+from arcforge.runtime import sketch as acc
 from arcforge.runtime import distribution as dist
-from arcforge.runtime.accumulators import exact_sum, sum_value
+from arcforge.runtime.sketch import exact_sum, sum_value
 from arcforge.runtime.dataset import DatasetRef, schema_from_b64, schema_to_b64
 from arcforge.runtime.distribution import (
     EXACT_VALUES,
@@ -514,7 +515,7 @@ def test_render_status_lists_docs_reasons_and_deciles():
 def test_top_domains_over_many_tasks_stay_within_bounds_whatever_the_merge_order(monkeypatch):
     """Tasks with more distinct hosts than a state lists (1024), one of them pruning its
     counter mid-way (a small DOMAINS_TASK_CAP): bounds hold, the merge order does not matter."""
-    monkeypatch.setattr(acc, "DOMAINS_TASK_CAP", 3000)
+    monkeypatch.setattr(rowsamples, "DOMAINS_TASK_CAP", 3000)
     rng = np.random.default_rng(17)
     heavy = {f"heavy{i}.org": 2500 - 90 * i for i in range(25)}
     hosts = np.array([h for h, n in heavy.items() for _ in range(n)] + [f"tail{i % 9000}.net" for i in range(20_000)])

@@ -33,7 +33,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.runtime import storage
-from arcforge.runtime.accumulators import (
+from arcforge.runtime.accumulators import NumericAccumulator
+from arcforge.runtime.rowsamples import DomainAccumulator, RejectAccumulator
+from arcforge.runtime.sketch import (
     BINS,
     DOMAINS_LG_MAX_K,
     EXACT_VALUES,
@@ -42,9 +44,6 @@ from arcforge.runtime.accumulators import (
     RELATIVE_ACCURACY,
     SAMPLE_SIZE,
     SAMPLE_TEXT_CHARS,
-    DomainAccumulator,
-    NumericAccumulator,
-    RejectAccumulator,
 )
 from arcforge.runtime.dataset import DatasetRef
 
