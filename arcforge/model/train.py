@@ -49,7 +49,7 @@ CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
 def _tokens(v: Any) -> Any:
     if v is None:
         return None
-    from arcforge.tokenize.mixture import parse_tokens
+    from arcforge.tokenize.mixture_spec import parse_tokens
 
     return parse_tokens(v)
 

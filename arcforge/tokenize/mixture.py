@@ -31,91 +31,15 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
-
 from arcforge.runtime import storage
-from arcforge.runtime.config import ConfigError, S3Config, read_yaml, validate_mapping
+from arcforge.runtime.config import ConfigError
 from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
 from arcforge.tokenize import lineage
-
-_SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
-_TOKENS = re.compile(r"^\s*([0-9][0-9_]*(?:\.[0-9]+)?)\s*([KMBGT]?)\s*$", re.IGNORECASE)
-
-
-def parse_tokens(value: Any) -> int:
-    """``4096``, ``"2.5M"``, ``"500B"``, ``"15T"`` -> an int."""
-    if isinstance(value, bool):
-        raise ValueError("expected a token count such as 2000000, '2M', '500B' or '15T'")
-    if isinstance(value, int | float):
-        if value <= 0:
-            raise ValueError("must be positive")
-        return int(value)
-    m = _TOKENS.match(str(value))
-    if not m:
-        raise ValueError("expected a token count such as 2000000, '2M', '500B' or '15T'")
-    n = int(float(m.group(1).replace("_", "")) * _SUFFIX[m.group(2).upper()])
-    if n <= 0:
-        raise ValueError("must be positive")
-    return n
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-
-class SourceSpec(_Strict):
-    source: str
-    bucket: str | None = None  # null: every bucket of the source
-    weight: float | None = Field(None, gt=0)
-    epochs: float | None = Field(None, gt=0)
-
-    @model_validator(mode="after")
-    def _one(self) -> SourceSpec:
-        if (self.weight is None) == (self.epochs is None):
-            raise ValueError("give exactly one of weight or epochs")
-        return self
-
-    @field_validator("bucket", mode="before")
-    @classmethod
-    def _bucket_str(cls, v: Any) -> Any:
-        return None if v is None else str(v)
-
-
-class MixStageSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    tokens: int | None = None  # budget; may be left out when every source gives epochs
-    seq_length: int = Field(4096, ge=16)
-    shards: str | list[str] | None = None  # overrides the mixture's shards
-    max_epochs: float | None = Field(None, gt=0)
-    split: str = "99,1,0"
-    sources: list[SourceSpec] = Field(min_length=1)
-
-    @field_validator("tokens", mode="before")
-    @classmethod
-    def _tokens(cls, v: Any) -> Any:
-        return None if v is None else parse_tokens(v)
-
-
-class MixStorage(_Strict):
-    s3: S3Config = Field(default_factory=S3Config)  # the same keys as a run config's storage.s3
-
-
-class MixtureSpec(_Strict):
-    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    storage: MixStorage = Field(default_factory=MixStorage)
-    shards: str | list[str] | None = None
-    output: str | None = None
-    max_epochs: float = Field(4.0, gt=0)
-    stages: list[MixStageSpec] = Field(min_length=1)
-
-
-# -- resolved plan --------------------------------------------------------------------------
-
+from arcforge.tokenize.mixture_spec import SourceSpec, parse_tokens, read_spec
 
 @dataclass
 class Shard:
@@ -252,11 +176,6 @@ class MixturePlan:
 # -- loading --------------------------------------------------------------------------------
 
 
-def _read_spec(path: str) -> tuple[MixtureSpec, dict[str, Any]]:
-    data = read_yaml(path, "mixture")
-    return validate_mapping(MixtureSpec, data, path, "name, shards, stages"), data
-
-
 GroupKey = tuple[str, str | None]  # (source, bucket)
 
 
@@ -308,7 +227,7 @@ def _fmt_tokens(n: float) -> str:
 def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
     """Validate a mixture against the committed shards and allot every stage's budget."""
     path = str(path)
-    spec, data = _read_spec(path)
+    spec, data = read_spec(path)
     storage.configure(spec.storage.s3.options())  # shards, blends and outputs on the mixture's endpoint
     cache: dict[str, dict[GroupKey, Group]] = {}
     datasets: dict[str, dict[str, Any]] = {}
