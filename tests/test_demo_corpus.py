@@ -74,7 +74,7 @@ def test_manifest_describes_every_file(corpus: Path) -> None:
     }
     assert set(entries) == on_disk == {f.path for f in (*FILES, *BUNDLES)}
     versions = {e["package"]: e["version"] for e in entries.values()}
-    assert versions == {"pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2"}
+    assert versions == {"pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2", "llama-index-core": "0.14.25"}
     for path, e in entries.items():
         data = (corpus / path).read_bytes()
         assert e["bytes"] == len(data)
