@@ -207,6 +207,15 @@ def cmd_mix(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_funnel(args: argparse.Namespace) -> int:
+    from arcforge.tokenize.funnel import funnel, render
+
+    rows, buckets, tok = funnel(args.run_dir, tokenizer=args.tokenizer, exact_mb=args.exact_mb)
+    for line in render(rows, buckets, tok):
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="arcforge", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -235,6 +244,11 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("corpus", help="fetch the pinned demo corpus into the cache and print its path")
     c.add_argument("--dest")
     c.set_defaults(fn=cmd_corpus)
+    f = sub.add_parser("funnel", help="documents and tokens per stage, drops by reason, tokens per quality bucket")
+    f.add_argument("run_dir")
+    f.add_argument("--tokenizer", metavar="STAGE", help="the tokenizer artifact stage (default: the run's first)")
+    f.add_argument("--exact-mb", type=float, default=256, help="tokenize every document of datasets up to this size")
+    f.set_defaults(fn=cmd_funnel)
     add_model_parser(sub)
     add_train_parser(sub)
     return p
