@@ -72,3 +72,36 @@ def test_a_rule_on_a_column_no_stage_declares_is_a_config_error(tmp_path):
     assert msg.startswith(f"{cfg}: stages[select]: filter reads column(s) ['lenght'], which no upstream stage declares")
     assert "length" in msg and "\n" not in msg
     assert not (tmp_path / "runs").exists()
+
+
+def test_split_sides_are_disjoint_complete_and_partition_independent(tmp_path):
+    from arcforge.runtime.split import SplitParams, split_rows
+
+    ids = [f"doc-{i}" for i in range(2000)]
+    batch = pa.RecordBatch.from_pydict({"id": ids, "text": ids})
+    sample = split_rows(batch, SplitParams(fraction=0.1, seed=3), TaskContext())
+    rest = split_rows(batch, SplitParams(fraction=0.1, seed=3, side="rest"), TaskContext())
+    s, r = set(sample.kept.column("id").to_pylist()), set(rest.kept.column("id").to_pylist())
+    assert not s & r and s | r == set(ids) and 150 < len(s) < 250
+    assert set(sample.rejected.column("reason").to_pylist()) == {"other_split"}
+    # the side of a row depends on its key and the seed only, not on the batch it is in
+    pieces = [split_rows(batch.slice(i, 300), SplitParams(fraction=0.1, seed=3), TaskContext()) for i in range(0, 2000, 300)]
+    assert {x for p in pieces for x in p.kept.column("id").to_pylist()} == s
+    other_seed = split_rows(batch, SplitParams(fraction=0.1, seed=4), TaskContext())
+    assert set(other_seed.kept.column("id").to_pylist()) != s
+
+
+def test_split_runs_as_a_stage(tmp_path):
+    make_line_files(tmp_path / "in", n_files=2, n_lines=40)
+    cfg = tmp_path / "c.yaml"
+    extra = """
+  - {name: held, uses: split, input: filt, params: {fraction: 0.3, seed: 1}}
+  - {name: pool, uses: split, input: filt, params: {fraction: 0.3, seed: 1, side: rest}}
+"""
+    cfg.write_text(pipeline_yaml(str(tmp_path / "runs"), f"{tmp_path}/in/*.txt", min_chars=0, extra=extra))
+    Runner(load_plan(cfg)).run()
+    run = tmp_path / "runs" / "t"
+    rows = lambda name: dataset.read_dataset(DatasetRef(str(run / name))).column("id").to_pylist()  # noqa: E731
+    held, pool, all_ids = set(rows("held")), set(rows("pool")), set(rows("filt"))
+    assert held and pool and not held & pool and held | pool == all_ids
+    assert dataset.read_manifest(DatasetRef(str(run / "held")))["stats"]["dropped.other_split"] == len(pool)
