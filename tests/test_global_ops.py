@@ -5,11 +5,13 @@ the same input is cut into different partitions."""
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 from collections import Counter, defaultdict
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
@@ -246,6 +248,81 @@ def test_approximate_quantiles_are_within_their_rank_error(ops, data):
         lo, hi = np.searchsorted(values, x, "left"), np.searchsorted(values, x, "right") - 1  # its ranks
         target = q * (n - 1)
         assert lo - eps * n <= target <= hi + eps * n, (q, x, lo, hi, target)
+
+
+def _weighted_table() -> tuple[pa.Table, np.ndarray, np.ndarray]:
+    """Ties, -0.0, nulls and NaN in the values; zero, null and very heavy weights. Returns the
+    table and the (value, weight) numpy sees: the rows with a value and a positive weight."""
+    rng = random.Random(11)
+    values, weights = [], []
+    for i in range(400):
+        values.append(None if i % 37 == 0 else math.nan if i % 41 == 0 else float(rng.randrange(-5, 30)) / 4)
+        weights.append(None if i % 53 == 0 else 0 if i % 7 == 0 else rng.randrange(1, 9))
+    values[10], weights[10] = 1e9, 10**12  # one value outweighs everything else
+    values[11], weights[11] = -0.0, 3
+    t = pa.table({"v": pa.array(values, pa.float64()), "w": pa.array(weights, pa.int64())})
+    keep = [i for i in range(400) if values[i] is not None and not math.isnan(values[i]) and weights[i]]
+    return t, np.array([values[i] for i in keep]), np.array([weights[i] for i in keep])
+
+
+WQS = [0.0, 1e-12, 0.05, 0.1, 0.25, 1 / 3, 0.5, 0.9, 0.95, 0.999999, 1.0]
+
+
+def test_weighted_quantiles_equal_numpy_inverted_cdf(ops, data):
+    t, v, w = _weighted_table()
+    want = np.quantile(v, WQS, weights=w, method="inverted_cdf").tolist()
+    assert want[-3] == 1e9 and want[0] < 0  # the heavy value takes all but the bottom sliver
+    got = _per_engine(lambda e: ops[e].from_arrow(t, 3).quantiles("v", WQS, weights="w"))
+    for e in ENGINES:
+        assert got[e] == want, e
+    # without the heavy row: every cut point inside the ties, on both partitionings
+    light = t.filter(pc.less(t.column("v"), 1e8))
+    lv, lw = v[v < 1e8], w[v < 1e8]
+    qs = [k / 20 for k in range(21)]
+    want = np.quantile(lv, qs, weights=lw, method="inverted_cdf").tolist()
+    for e in ENGINES:
+        assert ops[e].from_arrow(light, 4).quantiles("v", qs, weights="w") == want, e
+    # the row-tagged frames of the module, cut two ways; weights there are 10..14
+    rows = [r for r in data["rows"] if r["value"] is not None]
+    rv = np.array([r["value"] for r in rows])
+    rw = np.array([LUT.get(r["word"], 0) + 10 for r in rows])
+    want = np.quantile(rv, QS, weights=rw, method="inverted_cdf").tolist()
+    assert _frames(ops["spark"], data["A"]).quantiles("value", QS, weights="weight") == want
+    assert _frames(ops["ray"], data["B"]).quantiles("value", QS, weights="weight") == want
+    # weights of 1 are the unweighted inverted_cdf; the exact q*W boundaries land on a value
+    ones = pa.table({"v": pa.array([3.0, 1.0, 2.0, 2.0, 5.0]), "w": pa.array([1] * 5, pa.int64())})
+    qs = [0.0, 0.2, 0.2000001, 0.4, 0.6, 0.8, 1.0]
+    assert ops["local"].from_arrow(ones).quantiles("v", qs, weights="w") == [1.0, 1.0, 2.0, 2.0, 2.0, 3.0, 5.0]
+    assert ops["local"].from_arrow(ones).quantiles("v", qs, weights="w") == np.quantile(
+        [3.0, 1.0, 2.0, 2.0, 5.0], qs, method="inverted_cdf").tolist()
+
+
+def test_weighted_quantiles_edge_cases(ops):
+    zero = pa.table({"v": pa.array([1.0, 2.0]), "w": pa.array([0, None], pa.int64())})
+    assert all(np.isnan(ops["spark"].from_arrow(zero).quantiles("v", [0.0, 1.0], weights="w")))
+    one = pa.table({"v": pa.array([7.5, 1.0]), "w": pa.array([5, 0], pa.int64())})
+    assert ops["ray"].from_arrow(one).quantiles("v", [0.0, 0.5, 1.0], weights="w") == [7.5, 7.5, 7.5]
+    with pytest.raises(TypeError, match="integer column"):
+        ops["local"].from_arrow(pa.table({"v": [1.0], "w": [0.5]})).quantiles("v", [0.5], weights="w")
+    with pytest.raises(ValueError, match="negative"):
+        ops["local"].from_arrow(pa.table({"v": [1.0, 2.0], "w": [1, -1]})).quantiles("v", [0.5], weights="w")
+
+
+def test_approximate_weighted_quantiles(ops):
+    t, v, w = _weighted_table()
+    light = t.filter(pc.less(t.column("v"), 1e8))
+    lv, lw = v[v < 1e8], w[v < 1e8]
+    order = np.argsort(lv, kind="stable")
+    sv, cum = lv[order], np.cumsum(lw[order])
+    total, eps = int(cum[-1]), 0.05
+    got = _per_engine(lambda e: ops[e].from_arrow(light, 3).quantiles("v", WQS, exact=False, rank_error=eps, weights="w"))
+    assert got["spark"] == got["local"] == got["ray"]
+    for q, x in zip(WQS, got["local"]):
+        assert x in sv
+        first = cum[np.searchsorted(sv, x, "left") - 1] if x > sv[0] else 0  # weight below x
+        last = cum[np.searchsorted(sv, x, "right") - 1] - 1  # the last weighted rank of x
+        target = max(math.ceil(q * total), 1) - 1
+        assert first - eps * total <= target <= last + eps * total, (q, x)
 
 
 def test_finish_hands_each_task_its_rows(ops, data):

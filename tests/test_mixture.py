@@ -242,3 +242,150 @@ def test_the_demo_mixture_draws_megatron_samples_in_its_shares(shards, tmp_path,
         for a in st.allocations:
             assert drawn[a.source] / len(train) == pytest.approx(a.share, abs=0.01), (st.name, a.source)
         assert train[len(train) - 1]["tokens"].shape == (st.seq_length,)
+
+
+# ---------------------------------------------------------------------------- per-bucket epochs
+
+BUCKET_RUN = """
+name: bk
+storage: {{root: "{root}"}}
+stages:
+  - {{name: web, uses: io.read, input: {{files: ["{inputs}/web.jsonl"]}}, engine: local, params: {{source: web, keep: [quality_edu], partition_mb: 0.05}}}}
+  - {{name: books, uses: io.read, input: {{files: ["{inputs}/books.jsonl"]}}, engine: local, params: {{source: books}}}}
+  - {{name: scored, uses: quality.buckets, input: web, engine: local, params: {{scores: [quality_edu]}}}}
+  - {{name: tokenizer, uses: tokenize.train_spm, input: [scored, books], params: {{vocab_size: 400, seed: 1, num_threads: 1}}}}
+  - {{name: shards, uses: tokenize.megatron_shards, input: [scored, books], artifacts: {{tokenizer: tokenizer}}, engine: local}}
+"""
+
+
+@pytest.fixture(scope="module")
+def bucket_shards(tmp_path_factory):
+    """Real shards grouped by quality.buckets' int `bucket`: web documents scored with 7
+    distinct values (so only some of the 20 buckets have documents) and books without buckets.
+    The text is Python's own English documentation (pydoc's topics), cut into documents."""
+    from pydoc_data.topics import topics
+
+    from arcforge.runtime.config import load_plan
+    from arcforge.runtime.runner import Runner
+
+    root = tmp_path_factory.mktemp("bucket_mix")
+    lines = [ln for _, text in sorted(topics.items()) for ln in text.splitlines() if ln.strip()]
+    docs = ["\n".join(lines[i : i + 12]) for i in range(0, len(lines), 12)]
+    (root / "in").mkdir()
+    with open(root / "in" / "web.jsonl", "w") as f:
+        for i, text in enumerate(docs[:450]):
+            f.write(json.dumps({"id": f"w{i}", "text": text, "quality_edu": (i * 5 % 7) / 7}) + "\n")
+    with open(root / "in" / "books.jsonl", "w") as f:
+        for i, text in enumerate(docs[450:]):
+            f.write(json.dumps({"id": f"b{i}", "text": text}) + "\n")
+    cfg = root / "run.yaml"
+    cfg.write_text(BUCKET_RUN.format(root=root / "runs", inputs=root / "in"))
+    Runner(load_plan(cfg)).run()
+    run = root / "runs" / "bk"
+    tokens = Counter()
+    for r in read_dataset(DatasetRef(str(run / "shards"))).to_pylist():
+        tokens[(r["source"], r["bucket"])] += r["tokens"]
+    return run, tokens
+
+
+TABLE = '{"18-19": 3, "12-17": 2, "5-11": 1, "0-4": 0}'
+
+
+def bucket_yaml(run: Path, out: Path, table: str = TABLE, extra: str = "", tokens: str = "") -> str:
+    return f"""
+name: b
+shards: {run / "shards"}
+output: {out}
+stages:
+  - name: s1
+    seq_length: 256
+{tokens}    sources:
+      - source: web
+        buckets: {table}
+{extra}      - {{source: books, epochs: 1}}
+"""
+
+
+def test_bucket_table_expands_to_every_bucket_with_its_epochs(bucket_shards, tmp_path):
+    run, tok = bucket_shards
+    have = sorted(int(b) for s, b in tok if s == "web")
+    assert 3 <= len(have) < 20 and ("books", None) in tok  # some buckets hold documents, some none
+    plan = load_mixture(_write(tmp_path, bucket_yaml(run, tmp_path / "out")))
+    (st,) = plan.stages
+    web = [a for a in st.allocations if a.source == "web"]
+    assert [a.bucket for a in web] == [str(b) for b in range(20)]  # every bucket, in order
+    epochs_of = {**dict.fromkeys(range(0, 5), 0), **dict.fromkeys(range(5, 12), 1), **dict.fromkeys(range(12, 18), 2), 18: 3, 19: 3}
+    for a in web:
+        b = int(a.bucket)
+        available = tok.get(("web", a.bucket), 0)
+        assert a.available == available and a.range == next(r for r in ("0-4", "5-11", "12-17", "18-19") if b in _rng(r))
+        assert a.tokens == round(epochs_of[b] * available)
+        assert a.dropped == (epochs_of[b] == 0)
+        assert a.epochs == (pytest.approx(epochs_of[b]) if available else 0.0)
+        assert a.asked == ("dropped (0-4)" if b < 5 else f"{epochs_of[b]} epochs ({a.range})" + ("" if available else ", no shards"))
+    budget = sum(epochs_of[int(b)] * n for (s, b), n in tok.items() if s == "web") + tok[("books", None)]
+    assert st.tokens == round(budget)
+    assert sum(a.share for a in st.allocations) == pytest.approx(1.0)
+    # the blend draws only the buckets with epochs and shards, each shard by its tokens
+    prefixes, weights = st.blend
+    drawn = {Path(p).parent.name for p in prefixes}
+    assert drawn == {f"web__{b}" for b in have if b >= 5} | {"books"}
+    assert sum(weights) == pytest.approx(1.0)
+    written = write_mixture(plan)
+    blend = json.loads((tmp_path / "out" / "s1.blend.json").read_text())
+    rows = [r for r in blend["sources"] if r["source"] == "web"]
+    assert len(rows) == 20 and [r["bucket"] for r in rows] == [str(b) for b in range(20)]
+    assert all(r["tokens"] == 0 and r["dropped"] for r in rows[:5]) and not any(r["dropped"] for r in rows[5:])
+    md = (tmp_path / "out" / "mixture.md").read_text()
+    assert "| web | 0 | dropped (0-4) |" in md and "| web | 19 | 3 epochs (18-19) |" in md
+    assert any(", no shards |" in ln for ln in md.splitlines())
+    assert len(written) == 4
+    # cumulative totals: the buckets that have shards, in numeric order (2 before 11)
+    assert [r["bucket"] for r in plan.totals() if r["source"] == "web"] == [str(b) for b in have]
+
+
+def _rng(label: str) -> range:
+    a, _, b = label.partition("-")
+    return range(int(a), int(b or a) + 1)
+
+
+def test_bucket_tables_errors_are_one_line(bucket_shards, tmp_path):
+    run, _ = bucket_shards
+    out = tmp_path / "out"
+    key = "stages[s1].sources[0].buckets: "
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"18-19": 3, "0-4": 0}'))
+    assert msg == key + "Value error, bucket(s) 5-17 not covered; expected ranges that cover 0-19 exactly once"
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"10-19": 3, "0-10": 1}'))
+    assert msg == key + "Value error, bucket 10 is in both '0-10' and '10-19'; expected each of 0-19 exactly once"
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"top": 3, "0-18": 1}'))
+    assert msg == key + "Value error, 'top' is not a bucket range; expected 'A-B' or 'A' with whole numbers 0 <= A <= B"
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"9-0": 3}'))
+    assert msg.startswith(key + "Value error, '9-0' is not a bucket range")
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"0-19": -1}'))
+    assert msg == key + "Value error, '0-19': epochs must be a number >= 0 (0 drops the buckets), got -1"
+    # n_buckets makes a short table an error, and shards beyond the table are one too
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"0-9": 1}\n        n_buckets: 12'))
+    assert msg == key + "Value error, bucket(s) 10-11 not covered; expected ranges that cover 0-11 exactly once"
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"0-9": 1}'))
+    assert msg.startswith(key + "the shards of 'web' have bucket(s) '1") and "outside the table's 0-9" in msg
+    # a table and a weight, and a table over a source whose shards have no buckets
+    msg = _error(tmp_path, bucket_yaml(run, out, TABLE + "\n        weight: 1"))
+    assert msg.startswith("stages[s1].sources[0]: Value error, give either a buckets table or weight, not both")
+    text = bucket_yaml(run, out).replace("{source: books, epochs: 1}", '{source: books, buckets: {"0-19": 1}}')
+    assert _error(tmp_path, text).startswith("stages[s1].sources[1].buckets: the shards of 'books' have bucket(s) (no bucket) outside")
+    # the cap applies to each bucket, and a plain entry cannot draw a bucket the table holds
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"18-19": 5, "0-17": 1}'))
+    assert msg.startswith("stages[s1].sources[0]: web/1") and "over the cap max_epochs=4" in msg
+    msg = _error(tmp_path, bucket_yaml(run, out, extra="      - {source: web, bucket: '19', weight: 1}\n", tokens="    tokens: 10M\n"))
+    assert msg.startswith("stages[s1].sources[1]: web/19 is already drawn by sources[0]")
+    # every bucket dropped and nothing else: no budget to speak of
+    msg = _error(tmp_path, bucket_yaml(run, out, '{"0-19": 0}').replace("      - {source: books, epochs: 1}\n", ""))
+    assert msg == "stages[s1].sources: the stage draws no tokens (every bucket is dropped or has no shards)"
+
+
+def test_cli_mix_shows_every_bucket(bucket_shards, tmp_path, capsys):
+    run, _ = bucket_shards
+    path = _write(tmp_path, bucket_yaml(run, tmp_path / "out"))
+    assert main(["mix", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert out.count("dropped (0-4)") == 5 and "3 epochs (18-19)" in out and "no shards" in out

@@ -3,7 +3,9 @@
 A mixture YAML names committed ``tokenize.megatron_shards`` stages and, per training
 stage, a token budget and the sources (optionally one quality bucket) to draw from,
 each with a ``weight`` (a share of what the epoch targets leave of the budget) or a
-target number of ``epochs`` over what is available. For every stage,
+target number of ``epochs`` over what is available, or a ``buckets:`` table giving each
+range of quality buckets its epochs (``arcforge.tokenize.bucket_epochs``: every bucket
+becomes an entry, dropped ones and those without shards included). For every stage,
 ``arcforge mix CONFIG`` writes:
 
 * ``<stage>.blend.json``: ``data_path`` (the flat ``weight prefix ...`` list that
@@ -38,8 +40,8 @@ from typing import Any
 from arcforge.runtime import storage
 from arcforge.runtime.config import ConfigError
 from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
-from arcforge.tokenize import lineage
-from arcforge.tokenize.mixture_spec import SourceSpec, parse_tokens, read_spec
+from arcforge.tokenize import bucket_epochs, lineage
+from arcforge.tokenize.mixture_spec import parse_tokens, read_spec
 
 @dataclass
 class Shard:
@@ -78,7 +80,9 @@ class Allocation:
     tokens: int  # tokens the stage draws from them
     share: float  # tokens / stage budget
     epochs: float  # tokens / available
-    asked: str  # "weight 0.5" or "3.2 epochs"
+    asked: str  # "weight 0.5", "3.2 epochs", "2 epochs (12-17)" or "dropped (0-4)"
+    range: str | None = None  # the bucket range of a `buckets:` table this bucket came from
+    dropped: bool = False  # 0 epochs in a `buckets:` table: listed, never drawn
 
     @property
     def label(self) -> str:
@@ -101,6 +105,8 @@ class StagePlan:
     def prefixes_and_weights(self) -> list[tuple[str, float]]:
         out = []
         for a in self.allocations:
+            if a.share <= 0:  # a dropped bucket, or one without shards
+                continue
             for g in a.groups:
                 for s in g.shards:
                     if s.tokens:
@@ -123,6 +129,8 @@ class StagePlan:
             {
                 "source": a.source,
                 "bucket": a.bucket,
+                "range": a.range,
+                "dropped": a.dropped,
                 "asked": a.asked,
                 "available_tokens": a.available,
                 "tokens": a.tokens,
@@ -170,7 +178,7 @@ class MixturePlan:
                     row["by_stage"][st.name] = round(row["by_stage"].get(st.name, 0.0) + epochs, 4)
         for row in acc.values():
             row["epochs"] = round(sum(row["by_stage"].values()), 4)
-        return sorted(acc.values(), key=lambda r: (r["source"], r["bucket"] or ""))
+        return sorted(acc.values(), key=lambda r: (r["source"], bucket_epochs.sort_key(r["bucket"])))
 
 
 # -- loading --------------------------------------------------------------------------------
@@ -217,6 +225,24 @@ def _load_groups(
     return groups
 
 
+@dataclass
+class _Pick:
+    """One entry of a stage, before its tokens are known: a source (or one bucket of it)."""
+
+    index: int  # the source entry it came from
+    source: str
+    bucket: str | None
+    groups: list[Group]
+    weight: float | None
+    epochs: float | None
+    asked: str
+    range: str | None = None  # set for a bucket of a `buckets:` table
+
+    @property
+    def total(self) -> int:
+        return sum(g.tokens for g in self.groups)
+
+
 def _fmt_tokens(n: float) -> str:
     for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
         if abs(n) >= div:
@@ -249,7 +275,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
                 available[k] = g
         cap = st.max_epochs or spec.max_epochs
         claimed: dict[GroupKey, int] = {}
-        chosen: list[tuple[SourceSpec, list[Group], int]] = []
+        chosen: list[_Pick] = []
         for i, src in enumerate(st.sources):
             skey = f"{key}.sources[{i}]"
             groups = [
@@ -263,6 +289,15 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
                 raise ConfigError(
                     f"{path}: {skey}: no shards for {what} in {', '.join(uris)} (have: {', '.join(have) or 'none'})"
                 )
+            if src.buckets is not None:  # one pick per bucket, each with its range's epochs
+                try:
+                    entries = bucket_epochs.expand(src.buckets, src.n_buckets, src.source, groups)
+                except ValueError as exc:
+                    raise ConfigError(f"{path}: {skey}.buckets: {exc}") from None
+                picks = [_Pick(i, src.source, e.name, e.groups, None, e.epochs, bucket_epochs.asked(e), e.label) for e in entries]
+            else:
+                asked = f"{src.epochs:g} epochs" if src.epochs is not None else f"weight {src.weight:g}"
+                picks = [_Pick(i, src.source, src.bucket, groups, src.weight, src.epochs, asked)]
             for g in groups:
                 if (g.source, g.bucket) in claimed:
                     other = claimed[(g.source, g.bucket)]
@@ -274,12 +309,11 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
                             f"{path}: {skey}: shards of {src.source} are packed for {s.pack_seq_length} tokens, "
                             f"but the stage trains at seq_length {st.seq_length}"
                         )
-            total = sum(g.tokens for g in groups)
-            if total == 0:
+            if src.buckets is None and picks[0].total == 0:
                 raise ConfigError(f"{path}: {skey}: the shards for {src.source!r} hold no tokens")
-            chosen.append((src, groups, total))
-        fixed = sum(src.epochs * total for src, _, total in chosen if src.epochs is not None)
-        weights = sum(src.weight for src, _, _ in chosen if src.weight is not None)
+            chosen += picks
+        fixed = sum(p.epochs * p.total for p in chosen if p.epochs is not None)
+        weights = sum(p.weight for p in chosen if p.weight is not None)
         if st.tokens is None:
             if weights:
                 raise ConfigError(f"{path}: {key}.tokens: required when a source is given a weight")
@@ -300,20 +334,22 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
                 raise ConfigError(
                     f"{path}: {key}.tokens: the epoch targets use the whole budget; weighted sources get nothing"
                 )
+        if budget <= 0:
+            raise ConfigError(f"{path}: {key}.sources: the stage draws no tokens (every bucket is dropped or has no shards)")
         rest = budget - fixed
         allocations = []
-        for i, (src, groups, total) in enumerate(chosen):
-            tokens = src.epochs * total if src.epochs is not None else rest * src.weight / weights
-            epochs = tokens / total
+        for p in chosen:
+            tokens = p.epochs * p.total if p.epochs is not None else rest * p.weight / weights
+            epochs = tokens / p.total if p.total else 0.0
             if epochs > cap * (1 + 1e-9):
-                label = src.source + (f"/{src.bucket}" if src.bucket else "")
+                label = p.source + (f"/{p.bucket}" if p.bucket else "")
                 raise ConfigError(
-                    f"{path}: {key}.sources[{i}]: {label} would be repeated {epochs:.2f} epochs "
-                    f"({_fmt_tokens(tokens)} of {_fmt_tokens(total)} tokens), over the cap max_epochs={cap:g}"
+                    f"{path}: {key}.sources[{p.index}]: {label} would be repeated {epochs:.2f} epochs "
+                    f"({_fmt_tokens(tokens)} of {_fmt_tokens(p.total)} tokens), over the cap max_epochs={cap:g}"
                 )
-            asked = f"{src.epochs:g} epochs" if src.epochs is not None else f"weight {src.weight:g}"
             allocations.append(
-                Allocation(src.source, src.bucket, groups, total, round(tokens), tokens / budget, epochs, asked)
+                Allocation(p.source, p.bucket, p.groups, p.total, round(tokens), tokens / budget, epochs, p.asked,
+                           p.range, p.range is not None and p.epochs == 0)
             )
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"

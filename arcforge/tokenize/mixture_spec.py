@@ -9,9 +9,10 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from arcforge.runtime.config import S3Config, read_yaml, validate_mapping
+from arcforge.tokenize.bucket_epochs import parse_table
 
 
 _SUFFIX = {"": 1, "K": 10**3, "M": 10**6, "B": 10**9, "G": 10**9, "T": 10**12}
@@ -44,12 +45,32 @@ class SourceSpec(_Strict):
     bucket: str | None = None  # null: every bucket of the source
     weight: float | None = Field(None, gt=0)
     epochs: float | None = Field(None, gt=0)
+    n_buckets: int | None = Field(None, ge=1)  # for `buckets`; default: the table's highest bucket + 1
+    buckets: dict[str, float] | None = None  # "A-B" bucket range -> epochs (0 drops); see bucket_epochs
 
     @model_validator(mode="after")
     def _one(self) -> SourceSpec:
+        if self.buckets is not None:
+            given = [k for k in ("bucket", "weight", "epochs") if getattr(self, k) is not None]
+            if given:
+                raise ValueError(f"give either a buckets table or {', '.join(given)}, not both (the table gives each bucket its epochs)")
+            return self
+        if self.n_buckets is not None:
+            raise ValueError("n_buckets goes with a buckets table")
         if (self.weight is None) == (self.epochs is None):
             raise ValueError("give exactly one of weight or epochs")
         return self
+
+    @field_validator("buckets", mode="before")
+    @classmethod
+    def _bucket_table(cls, v: Any, info: ValidationInfo) -> Any:
+        """Keys as strings (YAML reads ``7:`` as an int); ranges checked here, so a gap or an
+        overlap is an error on this key before any shard is read."""
+        if not isinstance(v, dict):
+            return v
+        table = {str(k): x for k, x in v.items()}
+        parse_table(table, info.data.get("n_buckets"))
+        return table
 
     @field_validator("bucket", mode="before")
     @classmethod

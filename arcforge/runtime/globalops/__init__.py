@@ -93,13 +93,18 @@ class Frame(ABC):
         """Equi-join on ``on`` (``how``: "inner" or "left"). Columns: this frame's, then the
         other's non-key columns (which must not clash). Null keys never match."""
 
-    def quantiles(self, column: str, qs: Sequence[float], *, exact: bool = True, rank_error: float = 0.001) -> list[float]:
+    def quantiles(
+        self, column: str, qs: Sequence[float], *, exact: bool = True, rank_error: float = 0.001, weights: str | None = None
+    ) -> list[float]:
         """Quantiles of a numeric column (nulls and NaN ignored), a handful of floats on the
         driver. ``exact``: what ``numpy.nanquantile`` (method "linear") returns. Otherwise a
-        value of the column whose rank is within ``rank_error * n`` of ``q * (n - 1)``."""
+        value of the column whose rank is within ``rank_error * n`` of ``q * (n - 1)``.
+        ``weights``: a non-negative integer column; counts become sums of it and the result
+        is ``numpy.quantile(v, q, weights=w, method="inverted_cdf")`` (rows of null or zero
+        weight left out), so percentile buckets can hold equal shares of tokens."""
         from arcforge.runtime.globalops.quantiles import quantiles
 
-        return quantiles(self, column, qs, exact=exact, rank_error=rank_error)
+        return quantiles(self, column, qs, exact=exact, rank_error=rank_error, weights=weights)
 
     @abstractmethod
     def count(self) -> int: ...

@@ -21,9 +21,17 @@ final.
 * **approximate** (``rank_error=e``): stops as soon as the range holding rank ``k`` has at
   most ``e*n`` values and returns the smallest value in it: a value of the column whose
   rank is within ``e*n`` of ``q*(n-1)``. Usually one or two passes.
+* **weighted** (``weights="w"``, a non-negative integer column): every count above becomes
+  a sum of weights, so a value of weight ``w`` stands for ``w`` copies of it, and the
+  answer is numpy's ``method="inverted_cdf"`` with those weights (the only weighted method
+  numpy has): the smallest value whose cumulative weight ``C`` has ``C / W >= q``, where
+  ``W`` is the total weight. The comparison is numpy's own float64 ``C / W``, so the result
+  is the same float for every ``q`` while ``W < 2**53``. Integer weights because their sums
+  are exact on every engine (float sums are not). Rows with a null weight or weight 0 are
+  left out, as numpy leaves out zero weights; a negative weight is an error.
 
-Both are deterministic: counts are sums, so neither the engine nor the partitioning
-changes the answer.
+All are deterministic: counts are integer sums, so neither the engine nor the
+partitioning changes the answer.
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
 BUCKETS = 4096
 _SIGN = np.uint64(1 << 63)
 VALUES = pa.schema([("__g", pa.int32()), ("v", pa.float64())])
+WEIGHTED = pa.schema([("__g", pa.int32()), ("v", pa.float64()), ("w", pa.int64())])
 HIST = pa.schema([("iv", pa.int32()), ("b", pa.int32()), ("n", pa.int64()), ("vmin", pa.float64()), ("vmax", pa.float64())])
 
 
@@ -57,15 +66,27 @@ def key_float(k: int) -> float:
     return float(np.array([bits], dtype=np.uint64).view(np.float64)[0])
 
 
-def _values(table: pa.Table, column: str) -> pa.Table:
+def _values(table: pa.Table, column: str, weights: str | None = None) -> pa.Table:
+    """The column as float64 without nulls and NaN (and, weighted, without rows of null or
+    zero weight), ``-0.0`` made ``0.0``: one key, one value."""
     v = pc.cast(table.column(column), pa.float64())
-    v = pc.add(v.filter(pc.invert(pc.fill_null(pc.is_nan(v), True))), 0.0)  # -0.0 -> 0.0: one key, one value
-    return pa.table({"__g": pa.array(np.zeros(len(v), dtype=np.int32)), "v": v}, schema=VALUES)
+    keep = pc.invert(pc.fill_null(pc.is_nan(v), True))
+    if weights is None:
+        v = pc.add(v.filter(keep), 0.0)
+        return pa.table({"__g": pa.array(np.zeros(len(v), dtype=np.int32)), "v": v}, schema=VALUES)
+    w = pc.cast(table.column(weights), pa.int64())
+    if pc.any(pc.less(w, 0)).as_py():
+        raise ValueError(f"quantiles: the weight column {weights!r} has negative values")
+    keep = pc.and_(keep, pc.fill_null(pc.greater(w, 0), False))
+    v, w = pc.add(v.filter(keep), 0.0), w.filter(keep)
+    return pa.table({"__g": pa.array(np.zeros(len(v), dtype=np.int32)), "v": v, "w": w}, schema=WEIGHTED)
 
 
 def _histogram(table: pa.Table, intervals: list[tuple[int, int, int, int]]) -> pa.Table:
-    """Per interval (id, lo key, hi key, width): count, min and max value per bucket."""
+    """Per interval (id, lo key, hi key, width): count (sum of weights, weighted), min and
+    max value per bucket."""
     v = table.column("v").to_numpy()
+    w = table.column("w").to_numpy() if "w" in table.column_names else None
     keys = float_keys(v)
     out = []
     for iv, lo, hi, width in intervals:
@@ -77,6 +98,8 @@ def _histogram(table: pa.Table, intervals: list[tuple[int, int, int, int]]) -> p
         order = np.argsort(b, kind="stable")
         b, vv = b[order], vv[order]
         uniq, first, counts = np.unique(b, return_index=True, return_counts=True)
+        if w is not None:
+            counts = np.add.reduceat(w[inside][order], first)
         out.append(pa.table({
             "iv": pa.array(np.full(len(uniq), iv, dtype=np.int32)), "b": pa.array(uniq.astype(np.int32)),
             "n": pa.array(counts.astype(np.int64)), "vmin": pa.array(np.minimum.reduceat(vv, first)),
@@ -117,7 +140,27 @@ def wanted_ranks(n: int, qs: Sequence[float], exact: bool) -> list[int]:
     return sorted(ranks)
 
 
-def quantiles(frame: Frame, column: str, qs: Sequence[float], *, exact: bool = True, rank_error: float = 0.001) -> list[float]:
+def inverted_cdf_rank(total: int, q: float) -> int:
+    """The 0-based weighted rank numpy's weighted ``inverted_cdf`` picks: ``C - 1`` for the
+    smallest cumulative weight ``C`` (1..total) with ``float64(C) / float64(total) >= q``,
+    numpy's own comparison (``cdf /= cdf[-1]``, then ``searchsorted(cdf, q, "left")``)."""
+    w, qq = np.float64(total), np.float64(q)
+    c = min(max(math.ceil(q * total), 1), total)
+    while c > 1 and np.float64(c - 1) / w >= qq:
+        c -= 1
+    while c < total and np.float64(c) / w < qq:
+        c += 1
+    return c - 1
+
+
+def _ranks(n: int, qs: Sequence[float], exact: bool, weighted: bool) -> list[int]:
+    return sorted({inverted_cdf_rank(n, q) for q in qs}) if weighted else wanted_ranks(n, qs, exact)
+
+
+def quantiles(
+    frame: Frame, column: str, qs: Sequence[float], *, exact: bool = True, rank_error: float = 0.001,
+    weights: str | None = None,
+) -> list[float]:
     qs = [float(q) for q in qs]
     if any(not 0.0 <= q <= 1.0 for q in qs):
         raise ValueError(f"quantiles must lie in [0, 1], got {qs}")
@@ -126,13 +169,21 @@ def quantiles(frame: Frame, column: str, qs: Sequence[float], *, exact: bool = T
     field = frame.schema.field(column)
     if not (pa.types.is_integer(field.type) or pa.types.is_floating(field.type) or pa.types.is_decimal(field.type)):
         raise TypeError(f"quantiles need a numeric column; {column!r} is {field.type}")
-    values = frame.map(_values, VALUES, args=(column,)).cache()
+    if weights is not None:
+        wtype = frame.schema.field(weights).type
+        if not pa.types.is_integer(wtype):
+            raise TypeError(f"quantile weights must be an integer column (exact sums); {weights!r} is {wtype}")
+        values = frame.map(_values, WEIGHTED, args=(column, weights)).cache()
+    else:
+        values = frame.map(_values, VALUES, args=(column,)).cache()
     try:
-        n, found = _select(values, qs, exact, rank_error)
+        n, found = _select(values, qs, exact, rank_error, weights is not None)
     finally:
         values.release()
     if n == 0:
         return [math.nan] * len(qs)
+    if weights is not None:
+        return [found[inverted_cdf_rank(n, q)] for q in qs]
     if exact:
         return [numpy_linear(n, q, found) for q in qs]
     return [found[wanted_ranks(n, [q], False)[0]] for q in qs]
@@ -152,17 +203,17 @@ def _histograms(values: Any, spans: list[tuple[int, int]]) -> tuple[list[tuple[i
     return intervals, {i: sorted(rows) for i, rows in by_iv.items()}
 
 
-def _select(values: Any, qs: list[float], exact: bool, rank_error: float) -> tuple[int, dict[int, float]]:
-    """The number of values and the value at each wanted rank (exact), or a value within
-    ``rank_error*n`` ranks of it. The first pass spans every key (one bucket per sign and
-    exponent) and also counts the values."""
+def _select(values: Any, qs: list[float], exact: bool, rank_error: float, weighted: bool = False) -> tuple[int, dict[int, float]]:
+    """The number of values (weighted: their total weight) and the value at each wanted
+    rank (exact), or a value within ``rank_error*n`` ranks of it. The first pass spans
+    every key (one bucket per sign and exponent) and also counts the values."""
     full = (0, (1 << 64) - 1)
     intervals, by_iv = _histograms(values, [full])
     n = sum(cnt for _, cnt, _, _ in by_iv.get(0, []))
     if n == 0:
         return 0, {}
     limit = max(1, math.floor(rank_error * n))
-    open_: dict[int, tuple[int, int, int]] = {r: (*full, 0) for r in wanted_ranks(n, qs, exact)}  # rank: lo, hi, below
+    open_: dict[int, tuple[int, int, int]] = {r: (*full, 0) for r in _ranks(n, qs, exact, weighted)}  # rank: lo, hi, below
     spans = [full]
     found: dict[int, float] = {}
     while True:

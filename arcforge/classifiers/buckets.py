@@ -1,0 +1,239 @@
+"""``quality.buckets``: Nemotron-CC-style percentile buckets over quality scores.
+
+Nemotron-CC does not threshold its classifiers' scores; it cuts each score's corpus-wide
+distribution into 20 buckets holding equal shares of the data and takes, per document,
+the highest bucket any classifier puts it in. Training mixtures then give each bucket its
+own number of epochs (``arcforge mix``'s ``buckets:`` table), instead of keeping or
+dropping documents at a hard threshold. This stage writes those buckets; it drops nothing.
+
+For every score column it finds the ``n_buckets - 1`` inner cut-offs: the weighted
+percentiles at ``q = k / n_buckets`` (numpy's ``inverted_cdf``: ``cut[k]`` is the smallest
+score with at least ``k / n_buckets`` of the weight at or below it), computed exactly and
+distributed by the runtime (``Frame.quantiles(..., weights=...)``), so every engine finds
+the same floats. Then each document gets
+
+* ``<prefix><score>`` (int32): the number of cut-offs ``<=`` its score, 0..n_buckets-1;
+  a null or NaN score is bucket 0;
+* ``<bucket_column>`` (int32, ``bucket``): the largest of those, the ensemble.
+
+``tokenize.megatron_shards`` groups shards by ``bucket`` (``<source>__<bucket>``, the int
+as a string), which is what a mixture's bucket table draws from.
+
+Weights (``weight``) decide what "equal shares" means:
+
+* ``tokens`` (default): the ``tokens_column`` (``n_tokens``) when the input has it, else
+  an estimate, ``ceil(UTF-8 bytes of the text / 4)``. Bytes rather than characters or
+  whitespace words, because they track a BPE tokenizer across scripts: an English
+  character is one byte (about 4 per token), a CJK character three (about 1.3 per
+  token), and Chinese text has no whitespace words at all;
+* ``chars``: Unicode characters of the text; ``docs``: 1 per document.
+
+A document of weight 0 (an empty text) counts in no percentile but still gets its
+buckets. Weights are integers, so their sums are exact on every engine.
+
+The cut-offs are reported in the stage's manifest stats (``buckets.cutoff.<score>.<kk>``:
+the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is), with
+``buckets.docs.<kk>`` and ``buckets.weight.<kk>`` per ensemble bucket, and exactly in
+``buckets.json``, a file of the first partition's commit record.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from typing import Any, Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import Field, model_validator
+
+from arcforge.runtime import storage
+from arcforge.runtime.distribution import with_range
+from arcforge.runtime.documents import DOC_SCHEMA, conform, text_bytes, with_columns
+from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats
+from arcforge.runtime.storage import S3Options
+from arcforge.runtime.tasks import PartitionTask, commit_partition
+
+WEIGHT = "__weight"
+CUTOFFS_FILE = "buckets.json"
+
+
+class BucketParams(StageParams):
+    scores: list[str] = Field(min_length=1, description="float score columns added by classifier stages")
+    n_buckets: int = Field(20, ge=2, le=1000)
+    weight: Literal["tokens", "chars", "docs"] = "tokens"
+    prefix: str = Field("bucket_", min_length=1)
+    bucket_column: str = "bucket"  # the ensemble; tokenize.megatron_shards groups by it
+    tokens_column: str = "n_tokens"  # used by weight: tokens when the input has it
+    text_column: str = "text"
+
+    @model_validator(mode="after")
+    def _names(self) -> BucketParams:
+        if len(set(self.scores)) != len(self.scores):
+            raise ValueError(f"scores: {self.scores} names a column twice")
+        clash = set(self.scores) & {*self.output_columns(), WEIGHT}
+        if clash:
+            raise ValueError(f"the output column(s) {sorted(clash)} would overwrite a score; change prefix or bucket_column")
+        return self
+
+    def output_columns(self) -> list[str]:
+        return [self.prefix + s for s in self.scores] + [self.bucket_column]
+
+
+def quantile_points(n_buckets: int) -> list[float]:
+    """The inner cut points ``k / n`` for k = 1..n-1."""
+    return [k / n_buckets for k in range(1, n_buckets)]
+
+
+def assign_buckets(scores: Any, cutoffs: list[float]) -> np.ndarray:
+    """The number of cut-offs ``<=`` each score (int32); null and NaN scores are bucket 0."""
+    v = pc.cast(scores, pa.float64()).to_numpy(zero_copy_only=False)  # nulls become NaN
+    out = np.searchsorted(np.asarray(cutoffs, dtype=np.float64), v, side="right").astype(np.int32)
+    out[np.isnan(v)] = 0
+    return out
+
+
+ESTIMATE = "ceil(text_bytes/4)"
+
+
+def weight_source(params: BucketParams, input_names: list[str]) -> str:
+    """What the weights are, as reported: ``docs``, ``chars``, the token column, or the estimate."""
+    if params.weight == "tokens":
+        return params.tokens_column if params.tokens_column in input_names else ESTIMATE
+    return params.weight
+
+
+def weight_columns(params: BucketParams, source: str) -> list[str]:
+    """The input columns the weights are computed from."""
+    if params.weight == "docs":
+        return []
+    return [source] if params.weight == "tokens" and source != ESTIMATE else [params.text_column]
+
+
+def doc_weights(table: pa.Table, params: BucketParams, source: str) -> pa.Array:
+    """Each row's integer weight (int64, >= 0)."""
+    if params.weight == "docs":
+        return pa.array(np.ones(table.num_rows, dtype=np.int64))
+    if params.weight == "chars":
+        return pc.fill_null(pc.cast(pc.utf8_length(table.column(params.text_column)), pa.int64()), 0)
+    if source == ESTIMATE:
+        nbytes = pc.fill_null(pc.cast(pc.binary_length(table.column(params.text_column)), pa.int64()), 0)
+        return pc.divide(pc.add(nbytes, 3), 4)  # integer division: ceil(bytes / 4)
+    col = table.column(source)
+    if pa.types.is_floating(col.type):
+        col = pc.round(col)
+    w = pc.fill_null(pc.cast(col, pa.int64()), 0)
+    if pc.any(pc.less(w, 0)).as_py():
+        raise ValueError(f"quality.buckets: the token column {source!r} has negative values")
+    return w
+
+
+def _read(task: PartitionTask, columns: list[str] | None = None) -> pa.Table:
+    fs, path = storage.filesystem(task.input_uri, S3Options(**task.s3))
+    return storage.read_parquet(fs, path, columns)
+
+
+def _score_rows(task: PartitionTask, table: pa.Table, params: BucketParams, source: str, schema: pa.Schema) -> pa.Table:
+    """Pass 1 on a worker: each row's scores and weight, nothing else."""
+    cols = {s: pc.cast(table.column(s), pa.float64()) for s in params.scores}
+    return pa.table({**cols, WEIGHT: doc_weights(table, params, source)}, schema=schema)
+
+
+def add_buckets(table: pa.Table, params: BucketParams, cutoffs: dict[str, list[float]]) -> pa.Table:
+    """Every row with its per-score buckets and the ensemble (the max over the scores)."""
+    ensemble = np.zeros(table.num_rows, dtype=np.int32)
+    for s in params.scores:
+        b = assign_buckets(table.column(s), cutoffs[s])
+        ensemble = np.maximum(ensemble, b)
+        table = _put(table, params.prefix + s, b)
+    return _put(table, params.bucket_column, ensemble)
+
+
+def _put(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
+    i = table.schema.get_field_index(name)
+    arr = pa.array(values, pa.int32())
+    return table.set_column(i, name, arr) if i >= 0 else table.append_column(name, arr)
+
+
+def _cutoff_stats(stats: Stats, cutoffs: dict[str, list[float]]) -> None:
+    for s, cuts in cutoffs.items():
+        for k, c in enumerate(cuts, start=1):
+            stats.update(f"buckets.cutoff.{s}.{k:02d}", c)
+
+
+def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: str, report: dict[str, Any], first: int) -> dict[str, Any]:
+    """Pass 2 on a worker: the partition with its bucket columns, committed; the first
+    partition's record also carries the cut-offs (stats and ``buckets.json``)."""
+    started = time.time()
+    table = _read(task)
+    stats = Stats()
+    stats.update("docs_in", table.num_rows)
+    stats.update("bytes_in", text_bytes(table))
+    out = conform(add_buckets(table, params, report["cutoffs"]), task.schema)
+    ens = out.column(params.bucket_column).to_numpy()
+    weights = doc_weights(table, params, source).to_numpy()
+    for k in np.unique(ens):
+        stats.update(f"buckets.docs.{k:02d}", int((ens == k).sum()))
+        stats.update(f"buckets.weight.{k:02d}", int(weights[ens == k].sum()))
+    files = []
+    if task.partition == first:
+        _cutoff_stats(stats, report["cutoffs"])
+        fd, local = tempfile.mkstemp(prefix="arcforge-buckets-", suffix=".json")
+        with os.fdopen(fd, "w") as f:
+            json.dump(report, f, indent=1, sort_keys=True)
+        files.append(storage.publish_file(local, task.output_uri, CUTOFFS_FILE, S3Options(**task.s3)))
+    return commit_partition(task, out, None, stats, started, files=files)
+
+
+class QualityBuckets(GlobalStage[BucketParams]):
+    """Weighted percentile cut-offs per score over all partitions (``ops.quantiles``),
+    then every pending partition rewritten with its bucket columns (``ops.finish``)."""
+
+    def required_columns(self, params: BucketParams) -> list[str]:
+        return [*params.scores, *([params.text_column] if params.weight == "chars" else [])]
+
+    def schema_for(self, params: BucketParams, input_schema: pa.Schema | None) -> pa.Schema:
+        rng = (0, params.n_buckets - 1)  # an exact histogram in _stats.json: one bin per bucket at 20
+        return with_columns(input_schema or DOC_SCHEMA, [with_range(pa.field(c, pa.int32()), *rng) for c in params.output_columns()])
+
+    def run(self, ctx: Any) -> list[dict[str, Any]]:
+        if not ctx.pending:
+            return []
+        params: BucketParams = ctx.stage.params
+        out_schema = ctx.tasks[0].schema
+        added = set(params.output_columns())
+        names = [n for n in out_schema.names if n not in added]
+        for s in params.scores:
+            t = out_schema.field(s).type
+            if not (pa.types.is_floating(t) or pa.types.is_integer(t)):
+                raise ValueError(f"stage {ctx.stage.name}: score column {s!r} is {t}, expected a number")
+        source = weight_source(params, names)
+        if any(c not in names for c in weight_columns(params, source)):
+            raise ValueError(f"stage {ctx.stage.name}: weight {params.weight} needs a {params.tokens_column!r} or {params.text_column!r} column")
+        read = list(dict.fromkeys([*params.scores, *weight_columns(params, source)]))
+        schema = pa.schema([*(pa.field(s, pa.float64()) for s in params.scores), pa.field(WEIGHT, pa.int64())])
+        qs = quantile_points(params.n_buckets)
+        with ctx.engine.ops() as ops:
+            scored = ops.map_tasks(ctx.tasks, _score_rows, schema, read=read, args=(params, source, schema),
+                                   resources=self.resources).cache()
+            cutoffs = {}
+            for s in params.scores:
+                cuts = scored.quantiles(s, qs, weights=WEIGHT)
+                cutoffs[s] = [] if any(np.isnan(cuts)) else cuts  # no weighted score at all: everything in bucket 0
+            scored.release()
+            report = {"format": "arcforge.buckets/1", "scores": params.scores, "n_buckets": params.n_buckets,
+                      "quantiles": qs, "weight": params.weight, "weight_source": source, "cutoffs": cutoffs}
+            return ops.finish(ctx.pending, _write, args=(params, source, report, ctx.tasks[0].partition),
+                              on_commit=ctx.on_commit, resources=self.resources)
+
+
+BUCKETS = QualityBuckets(
+    "quality.buckets",
+    BucketParams,
+    resources=Resources(cpus=1),
+    engine="spark",
+    doc="Nemotron-CC percentile buckets: weighted cut-offs per score, bucket_<score> and the ensemble max (local, Spark, Ray).",
+)
