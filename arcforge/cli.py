@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from arcforge.classifiers.cli import register as add_classifiers_parser
 from arcforge.model.cli import add_model_parser
 from arcforge.model.train_cli import add_train_parser
 from arcforge.runtime.config import ConfigError
@@ -131,6 +132,21 @@ def _print_distributions(run: Any, stages: list[str]) -> None:
             continue
         for line in render_status(stats):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
+        for line in bucket_lines(manifest.get("stats", {})):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def bucket_lines(stats: dict[str, Any]) -> list[str]:
+    """A bucket stage's cut-offs per score and its documents per ensemble bucket."""
+    cuts: dict[str, list[float]] = {}
+    for k, v in sorted(stats.items()):
+        if k.startswith("buckets.cutoff."):
+            cuts.setdefault(k.removeprefix("buckets.cutoff.").rsplit(".", 1)[0], []).append(v)
+    lines = [f"  cut-offs {score}: " + " ".join(f"{c:.4g}" for c in values) for score, values in cuts.items()]
+    docs = {k.rsplit(".", 1)[1]: v for k, v in stats.items() if k.startswith("buckets.docs.")}
+    if docs:
+        lines.append("  docs per bucket: " + ", ".join(f"{int(b)}: {n:,}" for b, n in sorted(docs.items()) if n))
+    return lines
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -251,6 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.set_defaults(fn=cmd_funnel)
     add_model_parser(sub)
     add_train_parser(sub)
+    add_classifiers_parser(sub)
     return p
 
 

@@ -237,7 +237,7 @@ stages:
 """
 
 
-def test_a_run_reads_scores_and_writes_buckets(tmp_path, spark, ray_local):
+def test_a_run_reads_scores_and_writes_buckets(tmp_path, spark, ray_local, capsys):
     rng = random.Random(2)
     docs = [d for d in (_doc(i, rng, False) for i in range(400)) if d["text"]]  # io.read rejects empty texts
     for d in docs:
@@ -265,6 +265,13 @@ def test_a_run_reads_scores_and_writes_buckets(tmp_path, spark, ray_local):
         shas[engine] = [p["sha256"] for p in manifest["parts"]]
         assert [r.status for r in Runner(load_plan(cfg)).run()] == ["skipped", "skipped"]
     assert shas["ray"] == shas["local"]
+    # `arcforge status` shows the cut-offs and the documents per bucket
+    from arcforge.cli import main
+
+    assert main(["status", str(tmp_path / "local" / "q")]) == 0
+    out = capsys.readouterr().out
+    assert "cut-offs quality_b: " + " ".join(f"{c:.4g}" for c in want["quality_b"]) in out
+    assert "docs per bucket: " in out
     # a score column that no upstream stage declares is a config error before anything runs
     bad = write_config(tmp_path / "bad.yaml", RUN.format(root=tmp_path / "bad", inputs=inputs, engine="local", scores="quality_c"))
     with pytest.raises(ConfigError, match=r"stages\[buckets\]: quality.buckets reads column\(s\) \['quality_c'\]"):
