@@ -12,14 +12,22 @@ STAGES: dict[str, str] = {
     # runtime: generic reading and selection
     "io.read": "arcforge.runtime.io.read:READ",
     "filter": "arcforge.runtime.select:FILTER",
+    "split": "arcforge.runtime.split:SPLIT",
     "chain": "arcforge.runtime.chain:CHAIN",  # a stage with `steps:`; not named by `uses` itself
     # domain pipelines
     "text.stats": "arcforge.pipelines.web.textstats:TEXT_STATS",
     "web.gopher_quality": "arcforge.pipelines.web.heuristics.gopher_quality:GOPHER_QUALITY",
+    "web.gopher_repetition": "arcforge.pipelines.web.heuristics.gopher_repetition:GOPHER_REPETITION",
+    "web.c4_quality": "arcforge.pipelines.web.heuristics.c4:C4_QUALITY",
+    "web.fineweb_quality": "arcforge.pipelines.web.heuristics.fineweb:FINEWEB_QUALITY",
     "web.extract_warc": "arcforge.pipelines.web.warc:EXTRACT_WARC",
     "web.langid": "arcforge.pipelines.web.langid:LANGID",
     "text.wikipedia_dump": "arcforge.pipelines.web.sources:WIKIPEDIA_DUMP",
     "text.plain_files": "arcforge.pipelines.web.sources:PLAIN_FILES",
+    # quality classifiers
+    "quality.buckets": "arcforge.classifiers.buckets:BUCKETS",
+    "quality.fasttext": "arcforge.classifiers.stages:FASTTEXT_QUALITY",
+    "quality.embedding": "arcforge.classifiers.stages:EMBEDDING_QUALITY",
     # dedup and tokenize
     "dedup.exact": "arcforge.dedup.exact:EXACT_DEDUP",
     "tokenize.train_spm": "arcforge.tokenize.spm:TRAIN_SPM",

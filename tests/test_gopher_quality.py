@@ -1,8 +1,8 @@
-"""web.gopher_quality: unit cases per rule (datatrove's reasons and order).
-
-The agreement with datatrove's GopherQualityFilter on real documents is measured by
-``benchmarks/oracle_gopher.py`` until the test set-up can provide datatrove's venv and
-NLTK's punkt data offline (issue 9).
+"""web.gopher_quality: unit cases per rule (datatrove 0.10.1's reasons and order), and what
+changed since datatrove 0.2.0 (spaCy words, distinct stop words, terminal punctuation as
+symbols). Each case also goes through datatrove's own GopherQualityFilter where it is
+importable (a test dependency); tests/test_datatrove_agreement.py measures the agreement
+on ~31k real documents.
 """
 
 from __future__ import annotations
@@ -45,6 +45,40 @@ def _reason(text: str, **kw) -> str | None:
 )
 def test_each_rule_rejects_with_datatroves_reason(text: str, why: str | None):
     assert _reason(text) == why
+    assert _datatrove(text) == why
+
+
+def _datatrove(text: str, **kw) -> str | None:
+    filters = pytest.importorskip("datatrove.pipeline.filters")
+    from datatrove.data import Document
+
+    r = filters.GopherQualityFilter(**kw).filter(Document(text=text, id="0"))
+    return None if r is True else r[1]
+
+
+PANGRAM = "The quick brown fox jumps over the lazy dog. "
+
+
+def test_stop_words_are_counted_once_each_as_in_0_10():
+    text = PANGRAM * 8  # "the" sixteen times, no other stop word: 0.2.0 counted 16, 0.10.1 counts 1
+    assert _reason(text) == _datatrove(text) == "gopher_enough_stop_words"
+    assert _reason(text + "And that is all.") is None  # "and", "that" and "the": three
+
+
+def test_terminal_punctuation_of_any_script_is_a_symbol():
+    words = " ".join(["राम", "घर", "गया", "।"] * 20)  # Hindi: "Ram went home." with the danda
+    n_ns = gq.word_measures(gq.tokenize(pa.array([words]), ["spacy:en"]), [gq.GOPHER_STOP_WORDS])["n_non_symbol"][0]
+    assert n_ns == 60  # the 20 dandas are symbols, as datatrove 0.10.1's PUNCTUATION_SET has them
+    assert "।" in gq.PUNCTUATION_SET and "。" in gq.PUNCTUATION_SET
+
+
+def test_words_are_spacys_and_the_nltk_mode_remains():
+    text = "Don't stop the U.S. economy. It grew."
+    assert gq.tokenize(pa.array([text]), ["spacy:en"]).row(0) == ["Do", "n't", "stop", "the", "U.S.", "economy", ".",
+                                                                  "It", "grew", "."]
+    assert gq.tokenize(pa.array([text]), ["nltk"]).row(0) == gq.word_tokenize(text)
+    params = gq.GopherQualityParams(word_tokenizer="nltk")
+    assert gq.gopher_reasons(pa.array([GOOD]), params)[0] == [None]
 
 
 def test_long_doc_and_disabled_rules():
@@ -72,4 +106,16 @@ def test_word_tokenizer_follows_nltk_on_known_cases():
     ]
 
 
-# ---------------------------------------------------------------- agreement with datatrove
+
+DE = ("Die Themse ist mit einer Länge von 346 Kilometern der längste Fluss in England. Sie entspringt in den "
+      "Cotswolds und mündet bei London in die Nordsee. Der Fluss ist für die Geschichte Londons von großer "
+      "Bedeutung, weil die Stadt an seinen Ufern entstand und der Hafen lange der wichtigste des Landes war. "
+      "Heute ist die Themse ein beliebtes Ziel für Ausflüge und Wassersport.")
+
+
+def test_stop_words_follow_the_language_column():
+    params = gq.GopherQualityParams()
+    assert gq.gopher_reasons(pa.array([DE]), params, ["en"])[0] == ["gopher_enough_stop_words"]  # Gopher's English list
+    assert gq.gopher_reasons(pa.array([DE]), params, ["de"])[0] == [None]  # stopwordsiso's German list
+    assert gq.gopher_reasons(pa.array([DE]), params.model_copy(update={"stop_words": ("und", "xyz")}), ["de"])[0] == [
+        "gopher_enough_stop_words"]  # an explicit list applies to every language

@@ -1,2 +1,176 @@
-"""The heuristic filters of issue 9, one module per family (``gopher_quality``: Gopher's
-quality rules as datatrove applies them; further families join as siblings)."""
+"""The heuristic filters of issue 9, one module per family, each a map stage that applies
+datatrove 0.10.1's filter of the same name with its rules, order, defaults and reasons:
+``gopher_quality``, ``gopher_repetition``, ``c4`` (line cleaning that rewrites ``text``)
+and ``fineweb``. ``words`` tokenizes once for all of them (see its rule for CJK text).
+
+What they share lives here: per-language thresholds (``language_overrides``, keyed by the
+row's language: its ``language`` column, or the script-detected ``zh``/``ja``/``ko`` when
+the batch has none), Python's line and whitespace semantics in Arrow, and the way a
+reason becomes a rejected row (``detail`` = the measured value and the threshold).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, Optional
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+from pydantic import BaseModel, ConfigDict, create_model
+
+from arcforge.runtime.stage import Output, TaskContext, split_rejected
+
+LINE_BREAKS = r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\x{2028}\x{2029}]"  # str.splitlines()'s, RE2 syntax
+# the characters str.isspace() accepts: str.split(), str.strip() and spaCy use these
+PY_WHITESPACE = "\t\n\x0b\x0c\r\x1c\x1d\x1e\x1f \x85\xa0\u1680\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007" \
+    "\u2008\u2009\u200a\u2028\u2029\u202f\u205f\u3000"
+WS_CLASS = "[" + "".join(f"\\x{{{ord(c):x}}}" for c in PY_WHITESPACE) + "]"  # RE2 character class
+
+
+def language_key(language: str | None) -> str | None:
+    """``zh-Hans``, ``zh_CN`` and ``ZH`` all name ``zh``."""
+    if not language:
+        return None
+    return re.split(r"[-_]", language.strip().lower(), maxsplit=1)[0] or None
+
+
+def detect_languages(text: pa.Array) -> list[str]:
+    """Per row: ``ja``/``zh``/``ko`` by script (see the module rule), else ``en``."""
+    out = np.full(len(text), "en", dtype=object)
+    some = pc.fill_null(pc.match_substring_regex(text, r"[\p{Han}\p{Hiragana}\p{Katakana}\p{Hangul}]"), False)
+    rows = np.flatnonzero(np.asarray(some.to_numpy(zero_copy_only=False), dtype=bool))
+    if len(rows) == 0:
+        return out.tolist()
+    sub = text.take(pa.array(rows))
+    count = lambda rx: np.asarray(pc.fill_null(pc.count_substring_regex(sub, rx), 0), dtype=np.int64)  # noqa: E731
+    letters = count(r"\pL")
+    han, kana, hangul = count(r"\p{Han}"), count(r"[\p{Hiragana}\p{Katakana}]"), count(r"\p{Hangul}")
+    cjk = han + kana
+    out[rows[2 * hangul > letters]] = "ko"
+    out[rows[(2 * cjk > letters) & (kana == 0)]] = "zh"
+    out[rows[(2 * cjk > letters) & (kana > 0)]] = "ja"
+    return out.tolist()
+
+
+def clean_text(values: list[str | None]) -> pa.Array:
+    """Python strings to Arrow; lone surrogates (text decoded with ``surrogateescape``)
+    become U+FFFD instead of failing the batch."""
+    try:
+        return pa.array(values, pa.string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        fix = lambda s: s.encode("utf-8", "surrogatepass").decode("utf-8", "replace")  # noqa: E731
+        return pa.array([None if s is None else fix(s) for s in values], pa.string())
+
+
+def override_model(params: type[BaseModel], skip: tuple[str, ...] = ("language_overrides",)) -> type[BaseModel]:
+    """A model with every field of ``params`` optional: one language's thresholds."""
+    fields: dict[str, Any] = {
+        name: (Optional[f.annotation], None) for name, f in params.model_fields.items() if name not in skip  # noqa: UP045
+    }
+    return create_model(f"{params.__name__}Override", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+
+
+def for_language(params: Any, language: str | None) -> Any:
+    """``params`` with the overrides of ``language`` applied (an unset field keeps the stage's)."""
+    over = params.language_overrides.get(language) if language is not None else None
+    if over is None:
+        return params
+    return params.model_copy(update={k: getattr(over, k) for k in over.model_fields_set})
+
+
+def text_of(batch: pa.RecordBatch | pa.Table) -> pa.Array:
+    """The ``text`` column as one string array, nulls as empty text."""
+    text = batch.column("text")
+    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
+    if pa.types.is_large_string(text.type):
+        text = text.cast(pa.string())
+    return pc.fill_null(text, "")
+
+
+def row_languages(batch: pa.RecordBatch | pa.Table, text: pa.Array) -> list[str]:
+    """Each row's language: the ``language`` column where set, else the script's (see words)."""
+    detected: list[str] | None = None
+    if "language" in batch.schema.names:
+        langs = [language_key(v) for v in batch.column("language").to_pylist()]
+        if all(v is not None for v in langs):
+            return langs  # type: ignore[return-value]
+        detected = detect_languages(text)
+        return [v if v is not None else d for v, d in zip(langs, detected)]
+    return detect_languages(text)
+
+
+def groups(languages: list[str], params: Any) -> dict[str | None, np.ndarray]:
+    """Row indices per override key (``None``: the stage's own thresholds)."""
+    out: dict[str | None, list[int]] = {}
+    for i, lang in enumerate(languages):
+        out.setdefault(lang if lang in params.language_overrides else None, []).append(i)
+    return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
+
+
+def num(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(a, 0).to_numpy(zero_copy_only=False), dtype=np.float64)
+
+
+def flag(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    return np.asarray(pc.fill_null(a, False).to_numpy(zero_copy_only=False), dtype=bool)
+
+
+def ratio(n: np.ndarray, d: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
+
+
+def splitlines(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """``str.splitlines()`` of every row: (flat lines, row of each line)."""
+    trimmed = pc.replace_substring_regex(text, f"(?:{LINE_BREAKS})$", "", max_replacements=1)
+    lines = pc.split_pattern_regex(trimmed, LINE_BREAKS)
+    flat, parents = pc.list_flatten(lines), pc.list_parent_indices(lines).to_numpy()
+    real = ~flag(pc.equal(pc.utf8_length(text), 0))[parents]  # "" has no line, arrow gives one empty piece
+    return flat.filter(pa.array(real)), parents[real]
+
+
+def py_strip(a: pa.Array, side: str = "both") -> pa.Array:
+    fn = {"both": pc.utf8_trim, "left": pc.utf8_ltrim, "right": pc.utf8_rtrim}[side]
+    return fn(a, PY_WHITESPACE)
+
+
+def duplicates(parents: np.ndarray, elements: pa.Array, n_rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """datatrove's ``find_duplicates`` per row: (repeated elements, characters in them)."""
+    if len(elements) == 0:
+        return np.zeros(n_rows), np.zeros(n_rows)
+    table = pa.table({"p": parents, "s": elements, "n": pc.utf8_length(elements)})
+    g = table.group_by(["p", "s"], use_threads=False).aggregate([("n", "count"), ("n", "max")])
+    p, count, length = g.column("p").to_numpy(), num(g.column("n_count")), num(g.column("n_max"))
+    return np.bincount(p, weights=count - 1, minlength=n_rows), np.bincount(p, weights=(count - 1) * length, minlength=n_rows)
+
+
+def detail(label: str, value: float, threshold: Any) -> str:
+    v = float(value)
+    shown = int(v) if v.is_integer() else round(v, 6)
+    return f"{label}={shown} (threshold {threshold})"
+
+
+def finish(batch: pa.RecordBatch | pa.Table, reasons: list, details: list, ctx: TaskContext) -> Output:
+    """Rows with a reason are rejected; each reason is also a ``filter.<reason>`` counter."""
+    for r in reasons:
+        if r is not None:
+            ctx.stats.update(f"filter.{r}")
+    return split_rejected(batch, reasons, details)
+
+
+class Checks:
+    """Rules applied in order to a group of rows: the first that fails gives the reason."""
+
+    def __init__(self, rows: np.ndarray, reasons: np.ndarray, details: np.ndarray) -> None:
+        self.rows, self.reasons, self.details = rows, reasons, details
+        self.open = np.ones(len(rows), dtype=bool)
+
+    def check(self, reason: str, fails: np.ndarray, value: np.ndarray, label: str, threshold: Any) -> None:
+        with np.errstate(invalid="ignore"):
+            hit = np.asarray(fails, dtype=bool) & self.open
+        for j in np.flatnonzero(hit):
+            self.reasons[self.rows[j]] = reason
+            self.details[self.rows[j]] = detail(label, value[j], threshold)
+        self.open &= ~hit
+
