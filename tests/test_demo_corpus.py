@@ -72,14 +72,23 @@ def test_manifest_describes_every_file(corpus: Path) -> None:
         for p in corpus.rglob("*")
         if p.is_file() and p.name != "CORPUS.json" and not p.name.startswith(".")
     }
-    assert set(entries) == on_disk == {f.path for f in (*FILES, *BUNDLES)}
+    derived = {e["path"] for e in meta["derived"]}  # the label sets built from the pinned files
+    assert derived and all(p.startswith(("labels/", "multilingual/")) for p in derived)
+    assert set(entries) == on_disk - derived == {f.path for f in (*FILES, *BUNDLES)}
+    assert derived <= on_disk
     versions = {e["package"]: e["version"] for e in entries.values()}
-    assert versions == {"pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2", "llama-index-core": "0.14.25"}
+    assert versions == {
+        "pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2",
+        "llama-index-core": "0.14.25",
+        "trafilatura": "1.1.0", "htmldate": "1.4.0", "chardet": "5.2.0", "snownlp": "0.12.3", "django": "5.2.8",
+        "debian-reference-zh-cn": "2.100", "debian-reference-ja": "2.100", "debian-reference-de": "2.100",
+    }
     for path, e in entries.items():
         data = (corpus / path).read_bytes()
         assert e["bytes"] == len(data)
         assert e["sha256"] == hashlib.sha256(data).hexdigest()
-        assert e["member"] and e["distribution"] in ("sdist", "wheel")
+        assert e["member"] and e["distribution"] in ("sdist", "wheel", "deb")
+    assert {e["distribution"] for e in entries.values() if e["package"].startswith("debian-reference-")} == {"deb"}
     assert entries["books/botchan.txt"]["member"] == "test/botchan.txt"
 
 

