@@ -250,3 +250,15 @@ def test_bad_input_never_crashes_and_gets_datatroves_reasons():
     assert got["web.gopher_repetition"]["2"] == "duplicated_5_n_grams"  # one sentence, 45,000 times
     assert got["web.c4_quality"] == {k: "too_few_sentences" for k in "013456"}  # 2: one line, 180,000 sentences
     assert got["web.fineweb_quality"]["1"] == "empty" and got["web.fineweb_quality"]["2"] == "line_punct_ratio"
+
+
+def test_an_override_takes_null_only_where_the_rule_can_be_disabled():
+    from pydantic import ValidationError
+
+    from arcforge.pipelines.web.heuristics.c4 import C4QualityParams
+    from arcforge.pipelines.web.heuristics.gopher_quality import GopherQualityParams
+
+    with pytest.raises(ValidationError, match="min_words_per_line"):
+        C4QualityParams(language_overrides={"zh": {"min_words_per_line": None}})  # C4 disables with -1
+    p = GopherQualityParams(language_overrides={"zh": {"min_avg_word_length": None}})
+    assert p.language_overrides["zh"].model_fields_set == {"min_avg_word_length"}

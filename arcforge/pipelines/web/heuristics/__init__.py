@@ -12,7 +12,7 @@ reason becomes a rejected row (``detail`` = the measured value and the threshold
 from __future__ import annotations
 
 import re
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -64,10 +64,11 @@ def clean_text(values: list[str | None]) -> pa.Array:
 
 
 def override_model(params: type[BaseModel], skip: tuple[str, ...] = ("language_overrides",)) -> type[BaseModel]:
-    """A model with every field of ``params`` optional: one language's thresholds."""
-    fields: dict[str, Any] = {
-        name: (Optional[f.annotation], None) for name, f in params.model_fields.items() if name not in skip  # noqa: UP045
-    }
+    """A model with every field of ``params`` optional: one language's thresholds. A field
+    left out keeps the stage's value; an explicit ``null`` is accepted only where the stage's
+    own field takes ``None`` (a disabled rule), so ``min_num_sentences: null`` is a config
+    error, not a crash in a worker (the default ``None`` is never validated)."""
+    fields: dict[str, Any] = {name: (f.annotation, None) for name, f in params.model_fields.items() if name not in skip}
     return create_model(f"{params.__name__}Override", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
 
 
