@@ -15,7 +15,7 @@ from arcforge.runtime.config import ConfigError, load_plan
 from arcforge.runtime.dataset import DatasetRef
 from arcforge.runtime.documents import ColumnMismatch
 from arcforge.runtime.runner import Runner, StageFailed
-from arcforge.runtime.stage import TaskContext
+from arcforge.runtime.stage import MapStage, Output, StageParams, TaskContext
 
 STEPS = {"steps": [
     {"name": "score", "uses": "pipeline_stages:SCORE_LENGTH"},
@@ -172,3 +172,153 @@ def test_steps_fuse_after_a_reader_so_reading_and_filtering_write_one_dataset(tm
     # a step param change re-runs the stage (reader and steps are one task)
     cfg.write_text(cfg.read_text().replace("value: 4", "value: 5"))
     assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"]
+
+
+# ------------------------------------------------------------------------------ param-dependent steps
+# Quality scorers name their column by their params (quality_<name>) and load a model per worker;
+# both are real models trained here on the demo corpus: Botchan's passages ("book") vs
+# paragraphs of the docutils documentation ("docs").
+
+
+def _passages(root: Path) -> dict[str, list[str]]:
+    import gzip
+    import json
+
+    lines = [ln.strip() for ln in (root / "books" / "botchan.txt").read_text(encoding="utf-8-sig").splitlines()]
+    body = lines[40:-400]  # past the Gutenberg header, before its licence
+    book = [p for p in (" ".join(body[i : i + 4]) for i in range(0, len(body) - 4, 4)) if len(p) >= 150]
+    docs: list[str] = []
+    with gzip.open(root / "jsonl" / "docutils-docs.jsonl.gz", "rt", encoding="utf-8") as f:
+        for line in f:
+            docs += [p for p in json.loads(line)["text"].split("\n\n") if len(p) >= 150][:4]
+    return {"book": book[:120], "docs": docs[:120]}
+
+
+def _train(root: Path, kind: str, texts: dict[str, list[str]], extra: str) -> Path:
+    import json
+
+    from arcforge.classifiers.spec import load_train_config
+    from arcforge.classifiers.train import train_classifier
+
+    data = root / f"{kind}.jsonl"
+    data.write_text("".join(json.dumps({"text": t, "label": label}) + "\n" for label, ts in texts.items() for t in ts))
+    cfg = root / f"{kind}.yaml"
+    cfg.write_text(f'name: book_vs_docs\nkind: {kind}\ndata: {{files: ["{data}"], text_key: text, label_key: label}}\n'
+                   f"positive: book\nholdout: 0.25\nseed: 3\nmax_chars: 256\noutput: {root / kind}\n{extra}")
+    train_classifier(load_train_config(cfg))
+    return root / kind
+
+
+@pytest.fixture(scope="module")
+def scorers(tmp_path_factory, demo_corpus):
+    """A fastText and an embedding classifier, and 3 input files of 20 unseen passages each."""
+    import json
+
+    root = tmp_path_factory.mktemp("scorers")
+    texts = _passages(demo_corpus)
+    ft = _train(root, "fasttext", {k: v[:80] for k, v in texts.items()}, "fasttext: {dim: 16, bucket: 20000, epoch: 20, lr: 0.5}\n")
+    emb = _train(root, "embedding", {k: v[:30] for k, v in texts.items()}, "embedding: {device: cpu, batch_size: 32}\n")
+    unseen = [t for pair in zip(texts["book"][80:110], texts["docs"][80:110]) for t in pair]
+    (root / "in").mkdir()
+    for i in range(3):
+        rows = unseen[i * 20 : (i + 1) * 20]
+        (root / "in" / f"d{i}.jsonl").write_text("".join(json.dumps({"id": f"d{i}-{j}", "text": t}) + "\n" for j, t in enumerate(rows)))
+    return {"ft": ft, "emb": emb, "inputs": f"{root}/in/*.jsonl"}
+
+
+SCORERS = [
+    {"name": "ft", "uses": "quality.fasttext", "params": {"model": "{ft}", "name": "ft"}},
+    {"name": "emb", "uses": "quality.embedding", "params": {"model": "{emb}", "name": "emb", "device": "cpu"}},
+    {"name": "keep", "uses": "filter", "params": {"rules": [
+        {"column": "quality_ft", "op": ">=", "value": 0.5, "reason": "low_ft"},
+        {"column": "quality_emb", "op": ">=", "value": 0.5, "reason": "low_emb"}]}},
+]
+
+
+def _scorer_yaml(root: Path, scorers: dict, engine: str, fused: bool) -> str:
+    import json
+
+    steps = json.loads(json.dumps(SCORERS).replace("{ft}", str(scorers["ft"])).replace("{emb}", str(scorers["emb"])))
+    head = f'name: s\nstorage: {{root: "{root}"}}\nengines: {{ray: {{num_cpus: 2}}}}\nstages:\n' \
+           f'  - {{name: docs, uses: io.read, engine: local, input: {{files: ["{scorers["inputs"]}"]}}}}\n'
+    if fused:
+        return head + f"  - {{name: quality, input: docs, engine: {engine}, steps: {json.dumps(steps)}}}\n"
+    body, prev = "", "docs"
+    for s in steps:
+        body += f"  - {{name: {s['name']}, uses: {s['uses']}, input: {prev}, engine: {engine}, params: {json.dumps(s['params'])}}}\n"
+        prev = s["name"]
+    return head + body
+
+
+def test_quality_scorers_fuse_into_a_chain_on_local_and_ray_as_they_run_apart(tmp_path: Path, scorers, ray_local):
+    from arcforge.runtime.chain import CHAIN as CHAIN_STAGE
+    from arcforge.runtime.stage import Resources
+
+    (tmp_path / "apart.yaml").write_text(_scorer_yaml(tmp_path / "apart", scorers, "local", fused=False))
+    Runner(load_plan(tmp_path / "apart.yaml")).run()
+    apart = tmp_path / "apart" / "s"
+    kept_apart = dataset.read_dataset(DatasetRef(str(apart / "keep")))
+    rej_apart = dataset.read_dataset(DatasetRef(str(apart / "keep" / "rejected")))
+    assert 0 < kept_apart.num_rows < 60 and {r["reason"] for r in rej_apart.to_pylist()} >= {"low_ft"}
+    for engine in ("local", "ray"):
+        cfg = tmp_path / f"{engine}.yaml"
+        cfg.write_text(_scorer_yaml(tmp_path / engine, scorers, engine, fused=True))
+        plan = load_plan(cfg)
+        quality = plan.stages[1]
+        # the plan knows the params-named columns and asks each step for its resources
+        assert quality.schema.names[-2:] == ["quality_ft", "quality_emb"]
+        assert quality.schema.field("quality_emb").metadata == {b"arcforge.range": b"0,1"}
+        assert CHAIN_STAGE.resources_for(quality.params) == Resources(cpus=1, gpus=0)
+        assert [r.status for r in Runner(plan).run()] == ["ran", "ran"]
+        run = tmp_path / engine / "s" / "quality"
+        kept = dataset.read_dataset(DatasetRef(str(run)))
+        assert kept.to_pylist() == kept_apart.to_pylist(), engine  # same rows, same scores, same order
+        rej = dataset.read_dataset(DatasetRef(str(run / "rejected"))).to_pylist()
+        assert sorted((r["id"], r["reason"], r["step"]) for r in rej) == sorted((r["id"], r["reason"], "keep") for r in rej_apart.to_pylist())
+        stats = dataset.read_manifest(DatasetRef(str(run)))["stats"]
+        assert stats["steps.ft.docs_in"] == stats["steps.emb.docs_out"] == 60 and stats["steps.keep.docs_out"] == kept.num_rows
+
+
+class CountParams(StageParams):
+    marker_dir: str
+
+
+def _count_setup(params: CountParams, artifacts: dict[str, str]) -> str:
+    """Leaves one file per call: how many times workers loaded this step's 'model'."""
+    import os
+    import uuid
+
+    marker = Path(params.marker_dir) / f"setup-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+    marker.write_text("")
+    return marker.name
+
+
+def _count_fn(batch: pa.RecordBatch, params: CountParams, ctx: TaskContext) -> Output:
+    assert ctx.state is not None and ctx.state.startswith("setup-")  # its own setup's result, not another step's
+    return Output(kept=batch)
+
+
+COUNTED = MapStage("test.counted_setup", CountParams, _count_fn, setup=_count_setup)
+
+
+@pytest.mark.parametrize("engine", ["local", "ray"])
+def test_a_steps_setup_loads_once_per_worker_not_per_partition(tmp_path: Path, engine: str, request):
+    """Six partitions through a reader with fused steps (two with a setup): on local one
+    process loads each step once; on Ray each pool actor (2 CPUs: at most 2) does."""
+    import json
+
+    if engine == "ray":
+        request.getfixturevalue("ray_local")
+    for i in range(6):
+        (tmp_path / f"in{i}.jsonl").write_text("".join(json.dumps({"id": f"{i}-{j}", "text": f"doc {i} {j}"}) + "\n" for j in range(5)))
+    marks = {n: tmp_path / n for n in ("a", "b")}
+    for m in marks.values():
+        m.mkdir()
+    steps = [{"name": n, "uses": "test_chain:COUNTED", "params": {"marker_dir": str(m)}} for n, m in marks.items()]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f'name: c\nstorage: {{root: "{tmp_path / "runs"}"}}\nstages:\n'
+                   f'  - {{name: docs, uses: io.read, engine: {engine}, input: {{files: ["{tmp_path}/in*.jsonl"]}}, steps: {json.dumps(steps)}}}\n')
+    res = Runner(load_plan(cfg)).run()
+    assert res[0].manifest["rows"] == 30 and len(res[0].manifest["parts"]) == 6
+    loads = {n: len(list(m.iterdir())) for n, m in marks.items()}
+    assert loads == {"a": 1, "b": 1} if engine == "local" else 1 <= loads["a"] == loads["b"] <= 2, loads

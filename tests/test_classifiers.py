@@ -333,13 +333,93 @@ def test_corrupt_model_is_a_config_error(kind, ft, emb, tmp_path):
         assert "is not a fastText .bin model" in _plan_error(_run_config(tmp_path, uses, str(model_dir / "head.npz")))
 
 
-def test_a_quality_stage_in_a_fused_chain_is_a_config_error(ft, tmp_path):
-    """A chain's steps declare fixed columns; quality_<name> comes from the params."""
+def test_a_quality_step_of_a_fused_chain_plans_its_column_and_reports_bad_params_on_its_key(ft, tmp_path):
+    """A chain step's column comes from its params; a bad step param is one line with the file and key."""
     cfg = _run_config(tmp_path, "quality.fasttext", str(ft["plan"].output))
     text = cfg.read_text().replace("{name: score, uses: quality.fasttext, input: docs, params:", "{name: score, input: docs, steps: [{uses: text.stats}, {uses: quality.fasttext, params:")
     cfg.write_text(text.replace("name: x}}", "name: x}}]}"))
-    with pytest.raises(ConfigError, match="quality.fasttext cannot be a step of a fused chain"):
+    planned = load_plan(cfg).stages[1].schema
+    assert planned.names[-1] == "quality_x" and "n_words" in planned.names
+    cfg.write_text(cfg.read_text().replace(str(ft["plan"].output), str(tmp_path / "nowhere")))
+    with pytest.raises(ConfigError) as info:
         load_plan(cfg)
+    msg = str(info.value)
+    assert "\n" not in msg and msg.startswith(f"{cfg}: stages[score].steps[quality.fasttext].params.model: "), msg
+    assert "no such model file or directory" in msg
+
+
+# ------------------------------------------------------------------------------------------ languages
+
+
+def test_languages_scores_only_the_listed_languages(ft):
+    """languages: [en] scores the English rows exactly as scoring every row would; the rest get null."""
+    texts, _ = _held_out(ft["files"], 7, 0.25)
+    texts = texts[:40]
+    langs = ["en", "de", None, "zh"] * 10
+    batch = _batch(texts)
+    batch = batch.set_column(batch.schema.get_field_index("language"), "language", pa.array(langs, pa.string()))
+    every = FastTextQualityParams(model=str(ft["plan"].output), name="q")
+    only_en = FastTextQualityParams(model=str(ft["plan"].output), name="q", languages=["en"])
+    state = load_fasttext(every, {})
+    all_scores = score_fasttext(batch, every, TaskContext(state=state)).kept.column("quality_q").to_pylist()
+    ctx = TaskContext(state=state)
+    out = score_fasttext(batch, only_en, ctx).kept
+    scores = out.column("quality_q").to_pylist()
+    assert out.num_rows == 40 and out.schema.field("quality_q").type == pa.float32()
+    assert [s for s, lang in zip(scores, langs) if lang == "en"] == [s for s, lang in zip(all_scores, langs) if lang == "en"]
+    assert all(s is None for s, lang in zip(scores, langs) if lang != "en") and None not in all_scores
+    assert ctx.stats.as_dict() == {"quality_q.not_in_languages": 30}
+    none = score_fasttext(batch.slice(1, 2), only_en, TaskContext(state=state)).kept  # no English row: nothing to score
+    assert none.column("quality_q").null_count == 2
+    both = FastTextQualityParams(model=str(ft["plan"].output), name="q", languages=["de", "en"])
+    assert score_fasttext(batch, both, TaskContext(state=state)).kept.column("quality_q").null_count == 20
+    with pytest.raises(ValidationError, match="languages"):
+        FastTextQualityParams(model=str(ft["plan"].output), name="q", languages=[])
+
+
+def test_languages_needs_a_language_column_upstream(ft, tmp_path):
+    """An external dataset without `language`: a config error naming the column, before any engine."""
+    pq.write_table(pa.table({"id": ["a"], "text": ["A paragraph about the history of anarchism in Europe."]}), tmp_path / "ext.parquet")
+    cfg = tmp_path / "config.yaml"
+    stage = f'{{name: score, uses: quality.fasttext, input: {{dataset: "{tmp_path / "ext.parquet"}"}}, params: {{model: "{ft["plan"].output}", name: x'
+    cfg.write_text(f'name: q\nstorage: {{root: "{tmp_path / "runs"}"}}\nstages:\n  - {stage}, languages: [en]}}}}\n')
+    with pytest.raises(ConfigError) as info:
+        load_plan(cfg)
+    assert str(info.value).startswith(f"{cfg}: stages[score]: quality.fasttext reads column(s) ['language'], which no upstream stage declares")
+    cfg.write_text(cfg.read_text().replace(", languages: [en]", ""))
+    assert load_plan(cfg).stages[0].schema.names == ["id", "text", "quality_x"]  # without languages, no language needed
+
+
+BUCKETS_RUN = """
+name: b
+storage: {{root: "{root}"}}
+stages:
+  - {{name: docs, uses: io.read, input: {{files: ["{docs}"]}}}}
+  - {{name: ft, uses: quality.fasttext, engine: local, input: docs, params: {{model: "{ft}", name: en, languages: [en]}}}}
+  - {{name: buckets, uses: quality.buckets, engine: local, input: ft, params: {{scores: [quality_en], n_buckets: 4, weight: docs}}}}
+"""
+
+
+def test_unscored_languages_stay_out_of_the_bucket_percentiles(ft, tmp_path):
+    """The cut-offs over a mixed corpus scored with languages: [en] are those of its English
+    documents alone; the other documents are bucket 0 (the ensemble max ignores them)."""
+    texts, _ = _held_out(ft["files"], 7, 0.25)
+    rows = [{"id": f"d{i}", "text": t, "language": "en" if i % 3 else "fr"} for i, t in enumerate(texts)]
+    cutoffs = {}
+    for name, subset in (("mixed", rows), ("english", [r for r in rows if r["language"] == "en"])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in subset))
+        cfg = tmp_path / f"{name}.yaml"
+        cfg.write_text(BUCKETS_RUN.format(root=tmp_path / name, docs=tmp_path / f"{name}.jsonl", ft=ft["plan"].output))
+        Runner(load_plan(cfg)).run()
+        out = tmp_path / name / "b" / "buckets"
+        cutoffs[name] = json.loads(next(out.rglob("buckets.json")).read_text())["cutoffs"]
+        table = dataset.read_dataset(DatasetRef(str(out)))
+        by_lang = {}
+        for r in table.to_pylist():
+            by_lang.setdefault(r["language"], []).append((r["quality_en"], r["bucket"]))
+        assert all(s is not None for s, _ in by_lang["en"]) and len({b for _, b in by_lang["en"]}) == 4
+        assert all(s is None and b == 0 for s, b in by_lang.get("fr", []))
+    assert len(cutoffs["mixed"]["quality_en"]) == 3 and cutoffs["mixed"] == cutoffs["english"]
 
 
 def _train_error(tmp_path: Path, text: str) -> str:

@@ -84,3 +84,50 @@ stages:
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True, timeout=300)
     assert out.returncode == 1
     assert "arcforge: stage lines, partition" in out.stderr and "RuntimeError: first attempt fails" in out.stderr
+
+
+def _zero_head(folder) -> str:  # noqa: ANN001
+    """A real head.npz for the bundled encoder whose weights are all zero: every score is exactly 0.5."""
+    import numpy as np
+
+    from arcforge.classifiers.embedding_model import ENCODER, ENCODER_DIM, Head, save_head
+
+    folder.mkdir()
+    save_head(folder / "head.npz", Head(np.zeros(ENCODER_DIM), 0.0, {}), {"encoder": ENCODER, "max_chars": 256})
+    return str(folder / "head.npz")
+
+
+def test_resources_come_from_params_cuda_reserves_a_gpu_and_auto_never_does(tmp_path, ray_local):
+    """No GPU here, none faked: the resources are derived from the params; a Ray run on CPU works,
+    and a Ray run that needs a GPU on a cluster without one fails at once with one clear line."""
+    import json
+
+    import pytest
+
+    from arcforge.classifiers.stages import EMBEDDING_QUALITY, EmbeddingQualityParams
+    from arcforge.runtime.chain import CHAIN, ChainParams, task_resources
+    from arcforge.runtime.io.read import READ
+    from arcforge.runtime.stage import Resources
+
+    model = _zero_head(tmp_path / "head")
+    on = {d: EmbeddingQualityParams(model=model, name="e", device=d) for d in ("cuda", "auto", "cpu")}
+    assert EMBEDDING_QUALITY.resources_for(on["cuda"]) == Resources(cpus=1, gpus=1)
+    assert EMBEDDING_QUALITY.resources_for(on["auto"]) == EMBEDDING_QUALITY.resources_for(on["cpu"]) == Resources(cpus=1, gpus=0)
+    steps = {"steps": [{"name": "stats", "uses": "text.stats"}, {"name": "e", "uses": "quality.embedding", "params": on["cuda"].model_dump(mode="json")}]}
+    assert CHAIN.resources_for(ChainParams.model_validate(steps)) == Resources(cpus=1, gpus=1)  # the most any step needs
+    assert task_resources(READ, {}, steps) == Resources(cpus=1, gpus=1)  # a reader with the GPU step fused after it
+    assert task_resources(READ, {}, None) == READ.resources
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": f"Paragraph {i} about the history of Europe."}) + "\n" for i in range(4)))
+    cfg = tmp_path / "e.yaml"
+    for device in ("cpu", "cuda"):
+        cfg.write_text(f'name: {device}\nstorage: {{root: "{tmp_path / "runs"}"}}\nstages:\n'
+                       f'  - {{name: docs, uses: io.read, engine: local, input: {{files: ["{docs}"]}}}}\n'
+                       f'  - {{name: emb, uses: quality.embedding, engine: ray, input: docs, params: {{model: "{model}", name: e, device: {device}}}}}\n')
+        if device == "cpu":
+            Runner(load_plan(cfg)).run()
+            scores = dataset.read_dataset(DatasetRef(str(tmp_path / "runs" / "cpu" / "emb"))).column("quality_e").to_pylist()
+            assert scores == [0.5] * 4
+        elif not ray_local.cluster_resources().get("GPU", 0):  # on a GPU machine the cuda run would just work
+            with pytest.raises(RuntimeError, match=r"stage emb: each task needs 1 GPU\(s\) \(quality.embedding\), but the Ray cluster has 0"):
+                Runner(load_plan(cfg)).run()

@@ -13,6 +13,17 @@ because every task validates its params again. What scoring needs from training 
 positive label, ``max_chars``, lowercasing) comes from the model card beside the
 model unless the params say otherwise, and the model file's identity becomes the
 ``model_fingerprint`` param, so retraining a model at the same path re-scores.
+
+``languages: [en]`` scores only the rows whose ``language`` column (``web.langid``'s) is
+in the list; the others, and rows with no language, get a null score, which
+``quality.buckets`` leaves out of its percentiles (bucket 0, so the ensemble max is the
+other classifiers'). An English classifier and a multilingual one then each score
+their own documents. The ``language`` column must exist upstream: a config error
+otherwise.
+
+Both scorers may be steps of a fused chain (their column comes from ``schema_for``),
+and ``quality.embedding`` with ``device: cuda`` reserves a GPU per task
+(``resources_for``); with ``auto`` it reserves none, see ``EmbeddingQualityParams``.
 """
 
 from __future__ import annotations
@@ -21,7 +32,9 @@ import importlib.metadata
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
 from arcforge.classifiers.card import model_identity, read_card
@@ -29,7 +42,6 @@ from arcforge.classifiers.embedding_model import HEAD_FILE, EmbeddingScorer, emb
 from arcforge.classifiers.fasttext_model import MODEL_FILE, check_model_file, load_scorer, prepare
 from arcforge.runtime.documents import DOC_SCHEMA, put_column, with_columns
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
-from arcforge.runtime.yamlconf import ConfigError
 
 RANGE = {"arcforge.range": "0,1"}  # probabilities: exact histograms in _stats.json
 DEFAULT_MAX_CHARS = 2000
@@ -83,6 +95,9 @@ def _fingerprint(model: str | None, extra: str, pinned: str | None) -> str | Non
 class QualityParams(StageParams):
     model: str  # a training output directory or the model file in it
     name: str = Field(pattern=r"^[A-Za-z0-9_]+$")  # the column is quality_<name>
+    # score only rows whose `language` is one of these (web.langid's codes: en, de, zh, ...);
+    # the others get a null score. None scores every row and reads no language column.
+    languages: list[str] | None = Field(None, min_length=1)
 
     @property
     def column(self) -> str:
@@ -135,7 +150,11 @@ class FastTextQualityParams(QualityParams):
 class EmbeddingQualityParams(QualityParams):
     max_chars: int | None = Field(None, ge=1, validate_default=True)  # default: the head's (what it was trained on)
     batch_size: int = Field(64, ge=1)  # sentences per encoder call
-    device: Literal["auto", "cpu", "cuda"] = "auto"  # auto: CUDA when the worker's torch sees a GPU
+    # cuda: each task reserves a GPU (Ray's num_gpus=1, a Spark GPU resource profile) and fails
+    # where torch sees none. auto: CUDA when the worker's torch sees a GPU, but it never
+    # reserves one, so on Ray it runs on CPU (Ray hides the GPUs from a worker that reserved
+    # none); locally it takes the machine's GPU. cpu: never a GPU.
+    device: Literal["auto", "cpu", "cuda"] = "auto"
     model_fingerprint: str | None = Field(None, validate_default=True)
 
     @field_validator("model")
@@ -165,25 +184,48 @@ class EmbeddingQualityParams(QualityParams):
 
 
 class QualityStage(MapStage[Any]):
-    """A scorer whose added column is named by its params (``quality_<name>``).
-
-    The runtime asks a standalone stage for ``schema_for(params, ...)``, but a fused chain
-    asks its steps for ``output_schema`` and their fixed ``adds``, which cannot name this
-    column; so in a chain it is a config error here rather than a failed task later."""
+    """A scorer whose added column is named by its params (``quality_<name>``), as are the
+    columns it reads (``language`` with ``languages:``) and its resources (a GPU for
+    ``device: cuda``). The runtime and fused chains ask for ``schema_for(params, ...)``."""
 
     def schema_for(self, params: Any, input_schema: pa.Schema | None) -> pa.Schema:
         return with_columns(input_schema or DOC_SCHEMA, [score_field(params.name)])
 
     def output_schema(self, input_schema: pa.Schema | None) -> pa.Schema:
-        raise ConfigError(
-            f"{self.name} cannot be a step of a fused chain (its column quality_<name> is named by its params); "
-            "give it a stage of its own"
-        )
+        raise TypeError(f"{self.name}: its column quality_<name> is named by its params; ask schema_for(params, schema)")
+
+    def resources_for(self, params: Any) -> Resources:
+        if getattr(params, "device", None) == "cuda":
+            return Resources(cpus=self.resources.cpus, gpus=max(self.resources.gpus, 1.0))
+        return self.resources
 
 
-def _with_scores(batch: pa.RecordBatch | pa.Table, params: QualityParams, scores: Any) -> Output:
+def _reads(params: QualityParams) -> list[str]:
+    return ["language"] if params.languages is not None else []
+
+
+def _selected(batch: pa.RecordBatch, params: QualityParams) -> np.ndarray | None:
+    """The rows to score (a bool mask), or None for all of them."""
+    if params.languages is None:
+        return None
+    hit = pc.is_in(batch.column("language"), value_set=pa.array(params.languages, pa.string()))
+    return pc.fill_null(hit, False).to_numpy(zero_copy_only=False)
+
+
+def _score(batch: pa.RecordBatch, params: QualityParams, ctx: TaskContext, score: Any) -> Output:
+    """``score(texts)`` on the selected rows' text; the others get a null score (counted)."""
+    mask = _selected(batch, params)
+    texts = batch.column("text")
+    if mask is None:
+        column = pa.array(score(texts), pa.float32())
+    else:
+        values = np.zeros(len(mask), np.float64)
+        if mask.any():
+            values[mask] = score(texts.filter(pa.array(mask)))
+        column = pa.array(values, pa.float32(), mask=~mask)
+        ctx.stats.update(f"{params.column}.not_in_languages", int(len(mask) - mask.sum()))
     table = batch if isinstance(batch, pa.Table) else pa.Table.from_batches([batch])
-    return Output(kept=put_column(table, params.column, pa.array(scores, pa.float32())))
+    return Output(kept=put_column(table, params.column, column))
 
 
 def load_fasttext(params: FastTextQualityParams, artifacts: dict[str, str]) -> Any:
@@ -191,8 +233,8 @@ def load_fasttext(params: FastTextQualityParams, artifacts: dict[str, str]) -> A
 
 
 def score_fasttext(batch: pa.RecordBatch, params: FastTextQualityParams, ctx: TaskContext) -> Output:
-    lines = prepare(batch.column("text"), params.max_chars or DEFAULT_MAX_CHARS, bool(params.lowercase))
-    return _with_scores(batch, params, ctx.state.proba(lines))
+    max_chars, lowercase = params.max_chars or DEFAULT_MAX_CHARS, bool(params.lowercase)
+    return _score(batch, params, ctx, lambda texts: ctx.state.proba(prepare(texts, max_chars, lowercase)))
 
 
 def load_embedding(params: EmbeddingQualityParams, artifacts: dict[str, str]) -> Any:
@@ -200,8 +242,8 @@ def load_embedding(params: EmbeddingQualityParams, artifacts: dict[str, str]) ->
 
 
 def score_embedding(batch: pa.RecordBatch, params: EmbeddingQualityParams, ctx: TaskContext) -> Output:
-    texts = embedding_texts(batch.column("text"), params.max_chars or DEFAULT_MAX_CHARS)
-    return _with_scores(batch, params, ctx.state.proba(texts))
+    max_chars = params.max_chars or DEFAULT_MAX_CHARS
+    return _score(batch, params, ctx, lambda texts: ctx.state.proba(embedding_texts(texts, max_chars)))
 
 
 FASTTEXT_QUALITY = QualityStage(
@@ -209,6 +251,7 @@ FASTTEXT_QUALITY = QualityStage(
     FastTextQualityParams,
     score_fasttext,
     setup=load_fasttext,
+    reads=_reads,
     resources=Resources(cpus=1),
     engine="ray",
     doc="A fastText quality classifier (DCLM style): adds quality_<name>, the positive label's probability.",
@@ -219,6 +262,7 @@ EMBEDDING_QUALITY = QualityStage(
     EmbeddingQualityParams,
     score_embedding,
     setup=load_embedding,
+    reads=_reads,
     resources=Resources(cpus=1),
     engine="ray",
     doc="A logistic-regression head on all-MiniLM-L6-v2 embeddings: adds quality_<name>, the positive probability.",

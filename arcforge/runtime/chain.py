@@ -30,7 +30,7 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from arcforge.runtime.documents import check_columns, conform, rejected_schema, with_columns
+from arcforge.runtime.documents import DOC_SCHEMA, check_columns, conform, rejected_schema
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, Stats, TaskContext, resolve_stage
 
 
@@ -58,14 +58,45 @@ class Step:
         self.stage: MapStage[Any] = stage
         self.params = stage.params.model_validate(spec.params)
 
+    def output_schema(self, schema: pa.Schema | None) -> pa.Schema:
+        """What the step returns for this input, from its params (a scorer's ``quality_<name>``)."""
+        return self.stage.schema_for(self.params, schema)
+
+    def added(self, schema: pa.Schema) -> list[str]:
+        """The columns the step must return: its fixed ``adds`` and the new ones its params name."""
+        fixed = [f.name for f in self.stage.adds]
+        return list(dict.fromkeys([*fixed, *(n for n in self.output_schema(schema).names if n not in schema.names)]))
+
+    def resources(self) -> Resources:
+        return self.stage.resources_for(self.params)
+
 
 def resolve_steps(params: ChainParams) -> list[Step]:
     return [Step(spec) for spec in params.steps]
 
 
-def _setup(params: ChainParams, artifacts: dict[str, str]) -> dict[str, Any]:
-    """Each step's own setup result (a loaded model), by step name."""
-    return {s.name: s.stage.setup(s.params, artifacts) if s.stage.setup else None for s in resolve_steps(params)}
+def chain_setup(params: ChainParams, artifacts: dict[str, str]) -> dict[str, Any]:
+    """The resolved steps and each step's own setup result (a loaded model), by step name.
+
+    This is the chain's ``setup``: the runtime caches it per worker process (keyed by the
+    chain's params and artifacts, ``tasks.worker_state``), so every step's model loads
+    once per worker however many partitions and batches the worker runs."""
+    steps = resolve_steps(params)
+    return {"steps": steps, "states": {s.name: s.stage.setup(s.params, artifacts) if s.stage.setup else None for s in steps}}
+
+
+def most_resources(resources: list[Resources]) -> Resources:
+    """What a task that runs all of these needs: the most CPUs and the most GPUs of any."""
+    return Resources(cpus=max(r.cpus for r in resources), gpus=max(r.gpus for r in resources))
+
+
+def task_resources(stage: Any, params: dict[str, Any], steps: dict[str, Any] | None = None) -> Resources:
+    """What one task of a configured stage needs, from its params (JSON, as a task carries
+    them) and those of the steps fused after it: what the engines reserve per task."""
+    own = stage.resources_for(stage.params.model_validate(params))
+    if not steps:
+        return own
+    return most_resources([own, *(s.resources() for s in resolve_steps(ChainParams.model_validate(steps)))])
 
 
 def apply_fn(stage: MapStage[Any], batch: pa.RecordBatch | pa.Table, params: StageParams, ctx: TaskContext) -> Iterator[Output]:
@@ -92,8 +123,9 @@ def _tag(rejected: pa.Table, step: str) -> pa.Table:
 
 def run_chain(batch: pa.RecordBatch | pa.Table, params: ChainParams, ctx: TaskContext) -> Output:
     """Every step in order over the rows the previous steps kept."""
-    steps = ctx.state["steps"] if isinstance(ctx.state, dict) and "steps" in ctx.state else resolve_steps(params)
-    states = ctx.state["states"] if isinstance(ctx.state, dict) and "states" in ctx.state else {}
+    # the worker's cached setup; called on its own (a test, a notebook), the chain sets itself up
+    state = ctx.state if isinstance(ctx.state, dict) and "steps" in ctx.state else chain_setup(params, ctx.artifacts)
+    steps, states = state["steps"], state["states"]
     current: pa.Table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
     rejects: list[pa.Table] = []
     for step in steps:
@@ -102,8 +134,8 @@ def run_chain(batch: pa.RecordBatch | pa.Table, params: ChainParams, ctx: TaskCo
         stats = Stats()
         sctx = replace(ctx, state=states.get(step.name), stats=stats, first_error=None)  # errors and files stay shared
         stats.update("docs_in", current.num_rows)
-        expected = with_columns(current.schema, step.stage.adds)
-        declared = [f.name for f in step.stage.adds]
+        expected = step.output_schema(current.schema)
+        declared = step.added(current.schema)
         kept_parts = []
         batches = current.combine_chunks().to_batches()  # one batch: map functions take a RecordBatch
         for out in apply_fn(step.stage, batches[0], step.params, sctx):
@@ -144,7 +176,7 @@ class ChainStage(MapStage[ChainParams]):
             ChainParams,
             run_chain,
             requires=(),
-            setup=self._setup_state,
+            setup=chain_setup,
             reads=self._reads,
             resources=resources,
             engine=engine,
@@ -152,32 +184,33 @@ class ChainStage(MapStage[ChainParams]):
         )
 
     @staticmethod
-    def _setup_state(params: ChainParams, artifacts: dict[str, str]) -> dict[str, Any]:
-        return {"steps": resolve_steps(params), "states": _setup(params, artifacts)}
-
-    @staticmethod
     def _reads(params: ChainParams) -> list[str]:
-        """What the chain reads from its input: each step's columns not added by an earlier step."""
+        """What the chain reads from its input: each step's columns not added by an earlier step
+        (what a step adds comes from its params: ``schema_for``)."""
         added: set[str] = set()
         reads: list[str] = []
         for step in resolve_steps(params):
             reads += [c for c in step.stage.required_columns(step.params) if c not in added]
-            added |= {f.name for f in step.stage.adds}
+            added |= set(step.added(DOC_SCHEMA))
         return reads
 
     def schema_for(self, params: ChainParams, input_schema: pa.Schema | None) -> pa.Schema:
+        """Each step's ``schema_for(params, schema)`` in turn: a step's added columns may
+        depend on its params (``quality.fasttext``'s ``quality_<name>``)."""
         schema = input_schema
         for step in resolve_steps(params):
-            schema = step.stage.output_schema(schema)
+            schema = step.output_schema(schema)
         assert schema is not None
         return schema
+
+    def resources_for(self, params: ChainParams) -> Resources:
+        """The most any step needs, each step's from its own params (``resources_for``)."""
+        return most_resources([s.resources() for s in resolve_steps(params)])
 
     @classmethod
     def configured(cls, steps: list[Step]) -> ChainStage:
         """The plan's instance: resources are the most any step needs, the engine the first step's."""
-        cpus = max(s.stage.resources.cpus for s in steps)
-        gpus = max(s.stage.resources.gpus for s in steps)
-        return cls(Resources(cpus=cpus, gpus=gpus), steps[0].stage.engine)
+        return cls(most_resources([s.resources() for s in steps]), steps[0].stage.engine)
 
 
 CHAIN = ChainStage()

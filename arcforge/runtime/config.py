@@ -307,7 +307,7 @@ def _check_chain_reads(path: str, key: str, params: Any, schema: pa.Schema) -> N
     """Each step reads what the input or an earlier step gives it."""
     for step in resolve_steps(params):
         _check_reads(path, f"{key}.steps[{step.name}]", step.stage.name, step.stage, step.params, schema)
-        schema = step.stage.output_schema(schema)
+        schema = step.output_schema(schema)  # from the step's params: a scorer's quality_<name>
 
 
 def _planned_input(deps: list[str], seen: dict[str, ResolvedStage]) -> pa.Schema | None:

@@ -155,6 +155,11 @@ class Stage(Generic[P]):
         """The output schema of this configured stage (a chain's depends on its steps)."""
         return self.output_schema(input_schema)
 
+    def resources_for(self, params: P) -> Resources:
+        """What one task of this configured stage needs; the engines schedule by it (a
+        scorer on ``device: cuda`` asks for a GPU). Default: the declared ``resources``."""
+        return self.resources
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}>"
 

@@ -1,8 +1,11 @@
 """Ray Data adapter: ``map_batches`` over task descriptors.
 
-Stages with a per-worker setup (a model) run in an actor pool so the model loads
-once per actor; the others run as plain tasks. GPU and CPU needs come from the
-stage's declared resources.
+Stages with a per-worker setup (a model), or with fused steps (which may have one),
+run in an actor pool so the model loads once per actor; the others run as plain
+tasks. GPU and CPU needs come from the configured stage, ``resources_for(params)``
+and the most any fused step needs (``chain.task_resources``): ``quality.embedding``
+with ``device: cuda`` reserves a GPU per actor. A stage that needs a GPU on a cluster
+with none fails at once rather than waiting for one forever.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ import numpy as np
 
 from arcforge.runtime.config import RayConfig
 from arcforge.runtime.engines.base import OnCommit
-from arcforge.runtime.stage import Stage
+from arcforge.runtime.chain import task_resources
+from arcforge.runtime.stage import Resources, Stage
 from arcforge.runtime.tasks import PartitionTask, execute_task_json
 
 
@@ -67,14 +71,29 @@ class RayEngine:
         ctx.print_on_execution_start = False
         self._started = True
 
-    def _pool_size(self, stage: Stage[Any], n_tasks: int) -> int:
+    @staticmethod
+    def _pool_size(resources: Resources, n_tasks: int) -> int:
         import ray
 
         cpus = ray.cluster_resources().get("CPU", 1)
         gpus = ray.cluster_resources().get("GPU", 0)
-        by_cpu = int(cpus // max(stage.resources.cpus, 0.001)) if stage.resources.cpus else n_tasks
-        by_gpu = int(gpus // stage.resources.gpus) if stage.resources.gpus else n_tasks
+        by_cpu = int(cpus // max(resources.cpus, 0.001)) if resources.cpus else n_tasks
+        by_gpu = int(gpus // resources.gpus) if resources.gpus else n_tasks
         return max(1, min(n_tasks, by_cpu, by_gpu))
+
+    @staticmethod
+    def ray_resources(stage: Stage[Any], tasks: list[PartitionTask]) -> dict[str, float]:
+        """``map_batches``' num_cpus / num_gpus for this configured stage (its tasks share params)."""
+        import ray
+
+        res = task_resources(stage, tasks[0].params, tasks[0].steps)
+        gpus = ray.cluster_resources().get("GPU", 0)
+        if res.gpus and gpus < res.gpus:
+            raise RuntimeError(
+                f"stage {tasks[0].stage_name}: each task needs {res.gpus:g} GPU(s) ({stage.name}), but the Ray cluster "
+                f"has {gpus:g}; give it a GPU node, or device: cpu / auto (which reserves no GPU)"
+            )
+        return {k: v for k, v in {"num_cpus": res.cpus, "num_gpus": res.gpus}.items() if v}
 
     def run_tasks(self, stage: Stage[Any], tasks: list[PartitionTask], on_commit: OnCommit) -> list[dict[str, Any]]:
         if not tasks:
@@ -84,13 +103,13 @@ class RayEngine:
 
         items = [{"task": t.to_json()} for t in tasks]
         ds = ray.data.from_items(items, override_num_blocks=len(items))
-        res = {"num_cpus": stage.resources.cpus, "num_gpus": stage.resources.gpus or None}
-        res = {k: v for k, v in res.items() if v}
+        res = self.ray_resources(stage, tasks)
         # Retries: Ray Data re-runs the task of a lost worker or actor by itself (its
         # default), and a storage error that may pass is retried inside the task with
         # backoff (tasks.run_task); an error of the data or the code fails at once.
-        if getattr(stage, "setup", None) is not None:
-            pool = ray.data.ActorPoolStrategy(size=self._pool_size(stage, len(tasks)))
+        if getattr(stage, "setup", None) is not None or tasks[0].steps:
+            needs = Resources(cpus=res.get("num_cpus", 0.0), gpus=res.get("num_gpus", 0.0))
+            pool = ray.data.ActorPoolStrategy(size=self._pool_size(needs, len(tasks)))
             ds = ds.map_batches(_PartitionActor, batch_size=1, compute=pool, **res)
         else:
             ds = ds.map_batches(_run_tasks_batch, batch_size=1, **res)

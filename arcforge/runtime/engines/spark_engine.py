@@ -18,6 +18,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from arcforge.runtime.chain import task_resources
 from arcforge.runtime.config import SparkConfig
 from arcforge.runtime.engines.base import OnCommit
 from arcforge.runtime.stage import Resources, Stage
@@ -95,7 +96,8 @@ class SparkEngine:
         return self._session
 
     def _profile(self, res: Resources) -> Any:
-        """Stage-level scheduling for cluster masters; local mode has one implicit profile."""
+        """Stage-level scheduling for cluster masters; local mode has one implicit profile.
+        ``res`` is the configured stage's (``resources_for(params)``, the most of its fused steps)."""
         if self.cfg.master.startswith("local") or (res.cpus == 1 and res.gpus == 0):
             return None
         from pyspark.resource import ResourceProfileBuilder, TaskResourceRequests
@@ -115,7 +117,7 @@ class SparkEngine:
         if not tasks:
             return []
         frame = self.descriptor_frame(tasks)
-        profile = self._profile(stage.resources)
+        profile = self._profile(task_resources(stage, tasks[0].params, tasks[0].steps))  # from the params and steps
         kwargs = {"profile": profile} if profile is not None else {}
         result = frame.mapInArrow(_run_partition_batches, RESULT_SCHEMA, **kwargs)
         rows = self.collect_with_progress(result, len(tasks), on_commit)
