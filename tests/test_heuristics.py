@@ -262,3 +262,12 @@ def test_an_override_takes_null_only_where_the_rule_can_be_disabled():
         C4QualityParams(language_overrides={"zh": {"min_words_per_line": None}})  # C4 disables with -1
     p = GopherQualityParams(language_overrides={"zh": {"min_avg_word_length": None}})
     assert p.language_overrides["zh"].model_fields_set == {"min_avg_word_length"}
+
+
+def test_overrides_survive_the_round_trip_a_task_makes():
+    from arcforge.pipelines.web.heuristics.c4 import C4QualityParams
+
+    p = C4QualityParams(language_overrides={"zh": {"min_words_per_line": -1, "min_num_sentences": 1}})
+    dumped = p.model_dump()
+    assert dumped["language_overrides"] == {"zh": {"min_words_per_line": -1, "min_num_sentences": 1}}
+    assert C4QualityParams.model_validate(dumped) == p  # what every task does with its params

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, create_model
+from pydantic import BaseModel, ConfigDict, create_model, model_serializer
 
 from arcforge.runtime.stage import Output, TaskContext, split_rejected
 
@@ -63,13 +63,24 @@ def clean_text(values: list[str | None]) -> pa.Array:
         return pa.array([None if s is None else fix(s) for s in values], pa.string())
 
 
+class _Override(BaseModel):
+    """One language's thresholds: only the fields it sets are dumped, so the params a task
+    re-validates (and the stage fingerprint) hold exactly what the config said."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_serializer(mode="wrap")
+    def _only_set(self, handler: Any) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if k in self.model_fields_set}
+
+
 def override_model(params: type[BaseModel], skip: tuple[str, ...] = ("language_overrides",)) -> type[BaseModel]:
     """A model with every field of ``params`` optional: one language's thresholds. A field
     left out keeps the stage's value; an explicit ``null`` is accepted only where the stage's
     own field takes ``None`` (a disabled rule), so ``min_num_sentences: null`` is a config
     error, not a crash in a worker (the default ``None`` is never validated)."""
     fields: dict[str, Any] = {name: (f.annotation, None) for name, f in params.model_fields.items() if name not in skip}
-    return create_model(f"{params.__name__}Override", __config__=ConfigDict(extra="forbid", frozen=True), **fields)
+    return create_model(f"{params.__name__}Override", __base__=_Override, **fields)
 
 
 def for_language(params: Any, language: str | None) -> Any:
