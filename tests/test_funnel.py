@@ -41,7 +41,7 @@ def test_tokens_per_stage_and_reason_are_the_tokenizers_counts(run):
     assert buckets["shards"] == dict(expected)
     assert any(b != "-" for _, b in expected), "the shared run has bucketed sources"
     text = "\n".join(render(rows, buckets, tok_stage))
-    assert "tokens per bucket (shards)" in text and "| web |" in text
+    assert "tokens per bucket (shards; 0 = lowest quality)" in text and "| bucket | " in text and "| all |" in text
 
 
 def test_large_datasets_are_sampled_and_marked(run):

@@ -175,11 +175,22 @@ def render(rows: list[StageFunnel], buckets: dict[str, Any], tok_stage: str | No
     for stage, groups in buckets.items():
         if all(b == "-" for _, b in groups):
             continue
-        total = sum(groups.values()) or 1
-        lines += ["", f"tokens per bucket ({stage})", "", "| source | bucket | tokens | share |", "|---|---|---|---|"]
-        for (src, b), t in sorted(groups.items(), key=lambda kv: (kv[0][0], -_as_int(kv[0][1]))):
-            lines.append(f"| {src} | {b} | {t:,} | {t / total:.1%} |")
+        lines += ["", f"tokens per bucket ({stage}; 0 = lowest quality)", "", *bucket_table(groups)]
     return lines
+
+
+def bucket_table(groups: dict[tuple[str, str], int]) -> list[str]:
+    """Buckets as rows (highest first), sources as columns, with each bucket's share."""
+    sources = sorted({s for s, _ in groups})
+    buckets = sorted({b for _, b in groups}, key=lambda b: -_as_int(b))
+    total = sum(groups.values()) or 1
+    out = ["| bucket | " + " | ".join(sources) + " | all | share |", "|---" * (len(sources) + 3) + "|"]
+    for b in buckets:
+        row = [groups.get((s, b), 0) for s in sources]
+        out.append(f"| {b} | " + " | ".join(f"{t:,}" for t in row) + f" | {sum(row):,} | {sum(row) / total:.1%} |")
+    col = [sum(groups.get((s, b), 0) for b in buckets) for s in sources]
+    out.append("| all | " + " | ".join(f"{t:,}" for t in col) + f" | {sum(col):,} | 100.0% |")
+    return out
 
 
 def _as_int(v: str) -> int:
