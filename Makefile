@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.arcforge-installed
 
-.PHONY: setup demo test test-fast clean check-java check-python
+.PHONY: setup demo ablate test test-fast clean check-java check-python
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "make: Java is missing: Spark needs a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless), then re-run make." >&2; exit 1; }
@@ -27,13 +27,22 @@ $(STAMP): requirements.lock pyproject.toml
 
 setup: check-java check-python $(STAMP)
 
+CLASSIFIERS := quality_fasttext quality_embedding edu_multilingual
+
 demo: setup
 	$(BIN)/arcforge corpus
+	for c in $(CLASSIFIERS); do $(BIN)/arcforge classifiers train configs/classifiers/$$c.yaml || exit 1; done
 	$(BIN)/arcforge run configs/demo.yaml
 	$(BIN)/arcforge status runs/demo
-	$(BIN)/arcforge inspect runs/demo/langid -n 2
+	$(BIN)/arcforge funnel runs/demo
+	$(BIN)/arcforge inspect runs/demo/buckets -n 2
 	$(BIN)/arcforge mix configs/mixture.demo.yaml
 	$(BIN)/arcforge train configs/train.tiny.yaml
+
+# Does curation pay? Three proxies on raw / curated / uniformly sampled curated text (after `make demo`).
+ablate: setup
+	$(BIN)/arcforge mix configs/mixture.ablate.yaml
+	$(BIN)/arcforge ablate configs/ablate.quality.yaml
 
 test: setup
 	$(BIN)/python -m pytest -q -p no:cacheprovider

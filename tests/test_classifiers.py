@@ -172,6 +172,16 @@ def test_fasttext_same_input_and_seed_same_model_via_cli(ft, tmp_path, capsys):
     other = _config(tmp_path / "seed.yaml", ft["files"], tmp_path / "seed", "fasttext", f"fasttext: {FT_HP}\n", seed=8)
     card8 = train_classifier(load_train_config(other))
     assert card8["split"]["held_out"] != ft["card"]["split"]["held_out"]  # the seed moves the split
+    # the same config and data again: up to date, nothing retrained; a changed model file or --force retrains
+    created = again["created"]
+    assert main(["classifiers", "train", str(cfg)]) == 0
+    assert "up to date" in capsys.readouterr().out
+    assert json.loads((tmp_path / "again" / "model_card.json").read_text())["created"] == created
+    (tmp_path / "again" / "model.bin").write_bytes(b"damaged")
+    assert main(["classifiers", "train", str(cfg)]) == 0
+    assert "held out: precision" in capsys.readouterr().out
+    assert (tmp_path / "again" / "model.bin").read_bytes() == (ft["plan"].output / "model.bin").read_bytes()
+    assert main(["classifiers", "train", str(cfg), "--force"]) == 0 and "held out" in capsys.readouterr().out
 
 
 def test_embedding_card_and_metrics(emb):

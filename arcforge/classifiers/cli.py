@@ -27,10 +27,14 @@ def summary_lines(card: dict[str, Any], output: str) -> list[str]:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from arcforge.classifiers.spec import load_train_config
-    from arcforge.classifiers.train import train_classifier
+    from arcforge.classifiers.train import current_card, train_classifier
 
     plan = load_train_config(args.config)  # one-line ConfigError before any data is read or model loaded
-    card = train_classifier(plan)
+    card = None if args.force else current_card(plan)
+    if card is not None:
+        print(f"{card['name']}: up to date (same config and data as {plan.output}/model_card.json; --force retrains)")
+    else:
+        card = train_classifier(plan)
     for line in summary_lines(card, str(plan.output)):
         print(line)
     return 0
@@ -42,4 +46,5 @@ def register(subparsers: Any) -> None:
     csub = c.add_subparsers(dest="classifiers_command", required=True)
     t = csub.add_parser("train", help="train a classifier on labelled JSONL/Parquet, report held-out metrics, write a model card")
     t.add_argument("config", help="classifier YAML (name, kind, data, positive, holdout, seed, output, ...)")
+    t.add_argument("--force", action="store_true", help="train even when the output holds a model of the same config and data")
     t.set_defaults(fn=cmd_train)

@@ -103,6 +103,30 @@ def _train_embedding(plan: TrainPlan, texts: pa.Array, y: np.ndarray, test: np.n
     return head.proba(x[test]), model
 
 
+def request_fingerprint(plan: TrainPlan) -> str:
+    """What was asked for: the config (all but its output folder) and every input file's
+    sha256, in order. Equal fingerprints train the same model (training is deterministic)."""
+    from arcforge.runtime.dataset import fingerprint
+
+    asked = plan.cfg.model_dump(mode="json", exclude={"output"})
+    return fingerprint(asked, [sha256_uri(f)[0] for f in plan.files])
+
+
+def current_card(plan: TrainPlan) -> dict[str, Any] | None:
+    """The card in the output folder when it is what ``plan`` would train now (same config,
+    same input bytes) and its model file is intact; else None."""
+    from arcforge.classifiers.card import read_card
+
+    try:
+        card = read_card(plan.output)
+    except ValueError:
+        return None
+    if not card or card.get("request") != request_fingerprint(plan):
+        return None
+    model = plan.output / card["model"]["file"]
+    return card if model.is_file() and sha256_uri(str(model))[0] == card["model"]["sha256"] else None
+
+
 def train_classifier(plan: TrainPlan) -> dict[str, Any]:
     """Train, evaluate and write ``model.bin``/``head.npz`` and ``model_card.json`` into
     the output directory; returns the card."""
@@ -146,6 +170,7 @@ def train_classifier(plan: TrainPlan) -> dict[str, Any]:
         "determinism": DETERMINISM[cfg.kind],
         "libraries": library_versions(),
         "config": plan.path,
+        "request": request_fingerprint(plan),
         "seconds": round(time.time() - started, 3),
     }
     write_card(plan.output, card)
