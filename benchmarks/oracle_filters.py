@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import os
 import sys
 from collections import Counter
 from collections.abc import Callable
@@ -133,11 +132,6 @@ def agreement(rule: Rule, texts: list[str]) -> Agreement:
     return Agreement(rule, len(texts), len(texts) - len(diffs), by_reason, diffs)
 
 
-def nltk_data(corpus: Path) -> None:
-    """Point NLTK at the demo corpus's punkt_tab (pinned), for filters that split sentences."""
-    os.environ.setdefault("NLTK_DATA", str(corpus / "nltk_data"))
-
-
 def print_table(results: list[Agreement], show: int = 5, out: Callable[[str], None] = print) -> None:
     out("| stage | datatrove | documents | agreement | lowest per reason |")
     out("|---|---|---|---|---|")
@@ -160,7 +154,6 @@ def main() -> None:
     ap.add_argument("--rule", action="append", help="only these stages")
     args = ap.parse_args()
     corpus = Path(fetch_demo_corpus(quiet=True))
-    nltk_data(corpus)
     texts = oracle_documents(corpus, args.n)
     rules = [r for r in RULES if not args.rule or r.stage in args.rule]
     print(f"{len(texts):,} documents")

@@ -24,7 +24,6 @@ GOAL = 0.995
 
 @pytest.fixture(scope="module")
 def documents(demo_corpus) -> list[str]:
-    oracle_filters.nltk_data(demo_corpus)
     texts = oracle_filters.oracle_documents(demo_corpus, SAMPLE)
     assert len(texts) == SAMPLE
     return texts

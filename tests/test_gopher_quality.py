@@ -72,13 +72,10 @@ def test_terminal_punctuation_of_any_script_is_a_symbol():
     assert "।" in gq.PUNCTUATION_SET and "。" in gq.PUNCTUATION_SET
 
 
-def test_words_are_spacys_and_the_nltk_mode_remains():
+def test_words_are_spacys():
     text = "Don't stop the U.S. economy. It grew."
     assert gq.tokenize(pa.array([text]), ["spacy:en"]).row(0) == ["Do", "n't", "stop", "the", "U.S.", "economy", ".",
                                                                   "It", "grew", "."]
-    assert gq.tokenize(pa.array([text]), ["nltk"]).row(0) == gq.word_tokenize(text)
-    params = gq.GopherQualityParams(word_tokenizer="nltk")
-    assert gq.gopher_reasons(pa.array([GOOD]), params)[0] == [None]
 
 
 def test_long_doc_and_disabled_rules():
@@ -97,14 +94,6 @@ def test_the_stage_splits_rows_and_applies_language_overrides():
     assert out.kept.column("id").to_pylist() == ["a", "b"]
     assert out.rejected.column("reason").to_pylist() == ["gopher_short_doc"]
     assert out.rejected.column("detail").to_pylist()[0].startswith("non_symbol_words=")
-
-
-def test_word_tokenizer_follows_nltk_on_known_cases():
-    assert gq.word_tokenize("Hello world. This is Mr. Smith... ok? \"Quoted\" text, e.g. here. Don't stop.") == [
-        "Hello", "world", ".", "This", "is", "Mr.", "Smith", "...", "ok", "?", "``", "Quoted", "''", "text", ",",
-        "e.g", ".", "here", ".", "Do", "n't", "stop", ".",
-    ]
-
 
 
 DE = ("Die Themse ist mit einer Länge von 346 Kilometern der längste Fluss in England. Sie entspringt in den "

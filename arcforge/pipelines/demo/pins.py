@@ -47,9 +47,6 @@ PACKAGES: dict[str, Package] = {
     ),
     "sentencepiece": Package("sentencepiece", "0.2.1", "sdist"),
     "docutils": Package("docutils", "0.21.2", "sdist"),
-    # NLTK's English Punkt model (punkt_tab), which datatrove's English word tokenizer
-    # needs; llama-index-core vendors NLTK's data. Only the four data files are taken.
-    "llama-index-core": Package("llama-index-core", "0.14.25", "wheel"),
     # Sources of the quality-classifier labels (labels.py), never pipeline input.
     # trafilatura 1.1.0 and htmldate 1.4.0 are the last versions whose sdists ship their
     # cached test pages; chardet's test folders hold mid-2000s blog feeds in legacy
@@ -80,11 +77,6 @@ class CorpusFile:
 
 def _warc(name: str, sha256: str, size: int) -> CorpusFile:
     return CorpusFile(f"warcs/{name}", "pywb", f"sample_archive/warcs/{name}", sha256, size)
-
-
-def _punkt(name: str, sha256: str, size: int) -> CorpusFile:
-    member = f"llama_index/core/_static/nltk_cache/tokenizers/punkt_tab/english/{name}"
-    return CorpusFile(f"nltk_data/tokenizers/punkt_tab/english/{name}", "llama-index-core", member, sha256, size)
 
 
 _ENWIKI = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
@@ -129,10 +121,6 @@ FILES: tuple[CorpusFile, ...] = (
         "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
         278779,
     ),
-    _punkt("abbrev_types.txt", "92a3e070f43d9b4c5534758ca40ad7343b04e7e29bfe0c2eb658a39445a4f779", 619),
-    _punkt("collocations.tab", "8e2da1225e4dd2cc9dba261ee231ccb134859e21b46006e7f472c5ee269af0cf", 594),
-    _punkt("ortho_context.tab", "4bbcca25ed3d3f06c02402abf8419b9f033b8adc06e7b482eca4e45f81a5dc4c", 236303),
-    _punkt("sent_starters.txt", "f3f8535483e1dba487241b764945168123bca3209a9645e59acd1225dc76edac", 241),
     # --- sources of the quality labels (labels.py); not read by the demo pipeline ---
     # The Lee corpus: 300 + 50 short Australian (ABC) news articles, one per line.
     CorpusFile(

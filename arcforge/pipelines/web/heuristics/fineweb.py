@@ -51,7 +51,8 @@ FineWebOverride = override_model(FineWebThresholds)
 
 
 class FineWebQualityParams(FineWebThresholds):
-    word_tokenizer: Literal["spacy", "nltk"] = "spacy"
+    # spaCy's words are the only mode (datatrove 0.10.1's); the field stays so configs and fingerprints do
+    word_tokenizer: Literal["spacy"] = "spacy"
     language_overrides: dict[str, FineWebOverride] = {}  # type: ignore[valid-type]
 
 
@@ -97,7 +98,7 @@ def fineweb_reasons(text: pa.Array, params: FineWebQualityParams, language: pa.A
         n_words = runs[idx].copy()
         if maybe.any():
             sub = idx[maybe]
-            words = tokenize(text.take(pa.array(sub)), [tokenizer_mode(langs[i], p.word_tokenizer) for i in sub])
+            words = tokenize(text.take(pa.array(sub)), [tokenizer_mode(langs[i]) for i in sub])
             n_words[maybe] = words.counts
         per_word = ratio(newlines[idx], n_words)
         c.check("list_ratio", per_word > p.new_line_ratio, per_word, "newlines_per_word", p.new_line_ratio)

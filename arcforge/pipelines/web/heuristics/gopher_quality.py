@@ -6,7 +6,7 @@ the row and its ``detail`` gives the measured value. Since datatrove 0.2.0 three
 changed, and this stage follows 0.10.1 (version 2 of the stage):
 
 * words come from spaCy's tokenizer (``spacy.blank("en")``), not NLTK's ``word_tokenize``
-  (``word_tokenizer: nltk`` keeps the old words; see ``words`` for CJK and other languages);
+  (see ``words`` for CJK and other languages);
 * ``min_stop_words`` counts *distinct* stop words (``len(stop_words & set(words))``), not
   occurrences; the stop words follow the row's language (``words.stop_words``) unless
   ``stop_words`` is set;
@@ -35,7 +35,7 @@ from arcforge.pipelines.web.heuristics import (
     text_of,
 )
 from arcforge.pipelines.web.heuristics.words import (  # noqa: F401 - re-exported for callers of the 0.2.0 module
-    GOPHER_STOP_WORDS, PUNCTUATION, PUNCTUATION_SET, Words, stop_words, tokenize, tokenizer_mode, word_tokenize,
+    GOPHER_STOP_WORDS, PUNCTUATION, PUNCTUATION_SET, Words, stop_words, tokenize, tokenizer_mode,
 )
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
 
@@ -61,7 +61,8 @@ GopherOverride = override_model(GopherThresholds)
 
 
 class GopherQualityParams(GopherThresholds):
-    word_tokenizer: Literal["spacy", "nltk"] = "spacy"
+    # spaCy's words are the only mode (datatrove 0.10.1's); the field stays so configs and fingerprints do
+    word_tokenizer: Literal["spacy"] = "spacy"
     language_overrides: dict[str, GopherOverride] = {}  # type: ignore[valid-type]
 
 
@@ -116,7 +117,7 @@ def gopher_reasons(text: pa.Array, params: GopherQualityParams, language: pa.Arr
         langs = row_languages(pa.table({"text": text, "language": lang_col}), text)
     reasons = np.full(n, None, dtype=object)
     details = np.full(n, None, dtype=object)
-    words = tokenize(text, [tokenizer_mode(lang, params.word_tokenizer) for lang in langs])
+    words = tokenize(text, [tokenizer_mode(lang) for lang in langs])
     lines = _line_measures(text)
     for key, idx in groups(langs, params).items():
         p = for_language(params, key)

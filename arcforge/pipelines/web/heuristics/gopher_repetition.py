@@ -57,7 +57,8 @@ RepetitionOverride = override_model(RepetitionThresholds)
 
 
 class GopherRepetitionParams(RepetitionThresholds):
-    word_tokenizer: Literal["spacy", "nltk"] = "spacy"
+    # spaCy's words are the only mode (datatrove 0.10.1's); the field stays so configs and fingerprints do
+    word_tokenizer: Literal["spacy"] = "spacy"
     language_overrides: dict[str, RepetitionOverride] = {}  # type: ignore[valid-type]
 
 
@@ -184,7 +185,7 @@ def repetition_reasons(text: pa.Array, params: GopherRepetitionParams, language:
         if not c.open.any():
             continue
         sub = idx[c.open]
-        words = tokenize(text.take(pa.array(sub)), [tokenizer_mode(langs[i], p.word_tokenizer) for i in sub])
+        words = tokenize(text.take(pa.array(sub)), [tokenizer_mode(langs[i]) for i in sub])
         ng, sub_len = NGrams(words), length[sub]
         sc = Checks(sub, reasons, details)
         for m, frac in p.top_n_grams:

@@ -10,8 +10,7 @@ or ``zh``, more Hangul than other letters ``ko``, anything else ``en`` (datatrov
 * ``ko``: whitespace-separated words (Korean puts spaces between words).
 * every other language: ``spacy.blank(lang)``'s tokenizer, whitespace tokens dropped, as
   datatrove 0.10.1's ``SpaCyTokenizer`` (its English tokenizer); a code spaCy does not
-  know uses ``spacy.blank("xx")``. The ``nltk`` mode (``word_tokenizer: nltk``) gives
-  NLTK's ``word_tokenize`` instead, as datatrove <= 0.2 did (re-implemented below).
+  know uses ``spacy.blank("xx")``.
 
 spaCy splits text at whitespace first and tokenizes each run on its own, so this module
 tokenizes each *distinct* run once per process (a cache of run -> word ids) and builds a
@@ -72,13 +71,13 @@ _CJK_SPLIT = re.compile(f"[{_CJK}]|[^{_CJK}]+")
 _AFFIX_RUN = re.compile(r"^\W*|\W*$")
 
 
-def tokenizer_mode(language: str | None, word_tokenizer: str = "spacy") -> str:
+def tokenizer_mode(language: str | None) -> str:
     lang = language_key(language) or "en"
     if lang in CJK_LANGS:
         return "cjk"
     if lang == "ko":
         return "space"
-    return "nltk" if word_tokenizer == "nltk" else f"spacy:{lang}"
+    return f"spacy:{lang}"
 
 
 @lru_cache(maxsize=None)
@@ -271,13 +270,7 @@ def tokenize(text: pa.Array, modes: list[str], remember: bool = True) -> Words:
     COUNTS["rows_reused"] += len(keys) - sum(len(r) for r in todo.values())
     for mode, rows in todo.items():
         COUNTS["rows_tokenized"] += len(rows)
-        idx = pa.array(rows, pa.int64())
-        if mode == "nltk":
-            per_doc = [VOCAB.word_ids(word_tokenize(texts[i] or "")) for i in rows]
-            ids = np.asarray([w for d in per_doc for w in d], dtype=np.int64)
-            counts = np.asarray([len(d) for d in per_doc], dtype=np.int64)
-        else:
-            ids, counts = _tokenize_runs(text.take(idx), mode)
+        ids, counts = _tokenize_runs(text.take(pa.array(rows, pa.int64())), mode)
         ends = np.cumsum(counts)
         for i, a, b in zip(rows, (ends - counts).tolist(), ends.tolist()):
             found[i] = ids[a:b]
@@ -289,113 +282,7 @@ def tokenize(text: pa.Array, modes: list[str], remember: bool = True) -> Words:
     return Words(ids.astype(np.int64, copy=False), np.concatenate([[0], np.cumsum(counts)]))
 
 
-def split_words(text: str, language: str | None = "en", word_tokenizer: str = "spacy") -> list[str]:
+def split_words(text: str, language: str | None = "en") -> list[str]:
     """One document's words (tests, inspection); the stages use ``tokenize``."""
-    return tokenize(clean_text([text]), [tokenizer_mode(language, word_tokenizer)]).row(0)
+    return tokenize(clean_text([text]), [tokenizer_mode(language)]).row(0)
 
-
-# --- NLTK's word rules (nltk.tokenize.destructive.NLTKWordTokenizer), re-implemented ---
-_STARTING_QUOTES = [
-    (re.compile("([«“‘„]|[`]+)"), r" \1 "),
-    (re.compile(r"^\""), r"``"),
-    (re.compile(r"(``)"), r" \1 "),
-    (re.compile(r"([ \(\[{<])(\"|\'{2})"), r"\1 `` "),
-    (re.compile(r"(?i)(?<!\w)(\')(?!(?:re|ve|ll|m|t|s|d|n)\b)(?=\w)"), r"\1 "),
-]
-_ENDING_QUOTES = [
-    (re.compile("([»”’])"), r" \1 "),
-    (re.compile(r"''"), " '' "),
-    (re.compile(r'"'), " '' "),
-    (re.compile(r"\s+"), " "),
-    (re.compile(r"([^' ])('[sS]|'[mM]|'[dD]|') "), r"\1 \2 "),
-    (re.compile(r"([^' ])('ll|'LL|'re|'RE|'ve|'VE|n't|N'T) "), r"\1 \2 "),
-]
-_PUNCT = [
-    (re.compile(r'([^\.])(\.)([\]\)}>"\'' "»”’ " r"]*+)\s*$"), r"\1 \2 \3 "),
-    (re.compile(r"([:,])([^\d])"), r" \1 \2"),
-    (re.compile(r"([:,])$"), r" \1 "),
-    (re.compile(r"\.{2,}"), r" \g<0> "),
-    (re.compile(r"[;@#$%&]"), r" \g<0> "),
-    (re.compile(r"[\u2012-\u2015]"), r" \g<0> "),
-    (re.compile(r'([^\.])(\.)([\]\)}>"\']*)\s*$'), r"\1 \2\3 "),
-    (re.compile(r"[?!]"), r" \g<0> "),
-    (re.compile(r"([^'])' "), r"\1 ' "),
-    (re.compile(r"[*]"), r" \g<0> "),
-]
-_PARENS = (re.compile(r"[\]\[\(\)\{\}\<\>]"), r" \g<0> ")
-_DASHES = (re.compile(r"--"), r" -- ")
-_CONTRACTIONS = [re.compile(p) for p in (
-    r"(?i)\b(can)(?#X)(not)\b", r"(?i)\b(d)(?#X)('ye)\b", r"(?i)\b(gim)(?#X)(me)\b", r"(?i)\b(gon)(?#X)(na)\b",
-    r"(?i)\b(got)(?#X)(ta)\b", r"(?i)\b(lem)(?#X)(me)\b", r"(?i)\b(more)(?#X)('n)\b", r"(?i)\b(wan)(?#X)(na)(?=\s)",
-    r"(?i) ('t)(?#X)(is)\b", r"(?i) ('t)(?#X)(was)\b",
-)]
-
-
-def treebank_words(sentence: str) -> list[str]:
-    """NLTK's word rules on one sentence."""
-    text = sentence
-    for rx, sub in _STARTING_QUOTES:
-        text = rx.sub(sub, text)
-    for rx, sub in _PUNCT:
-        text = rx.sub(sub, text)
-    text = _PARENS[0].sub(_PARENS[1], text)
-    text = _DASHES[0].sub(_DASHES[1], text)
-    text = " " + text + " "
-    for rx, sub in _ENDING_QUOTES:
-        text = rx.sub(sub, text)
-    for rx in _CONTRACTIONS:
-        text = rx.sub(r" \1 \2 ", text)
-    return text.split()
-
-
-# --- an approximation of Punkt's English sentence split ---
-ABBREVIATIONS = frozenset(
-    "mr mrs ms dr prof st jr sr messrs inc ltd co corp cie bros vs jan feb aug sep sept oct nov dec "
-    "mon tues wed fri gen col maj adm lt sen rep reps ave ft mg yr chg cos ok pa ga va vt ky ala "
-    "ariz calif colo conn fla ill kan mich minn nev okla ore tenn wash wis u.s u.s.a u.k u.n "
-    "u.s.s.r d.c n.y n.j p.m a.m ph.d m.b.a".split()
-)
-SENT_STARTERS = frozenset(
-    "most he since so both these it nevertheless this indeed however instead under similarly some "
-    "though while when in despite although nonetheless thus there if the nor separately moreover "
-    "but they yet many according sales among meanwhile even i".split()
-)
-_CANDIDATE = re.compile(r"\S*[.?!](?=(?:[?!)\";}\]\*:@\'\({\[])|\s+(\S+))")
-_NUMBER = re.compile(r"^-?[\.,]?\d[\d,\.-]*\.?$")
-_LEAD = re.compile(r"^[\"'(\[{<«“‘`]+")
-_TRAIL = re.compile(r"[\"')\]}>»”’]*")
-
-
-def _is_break(token: str, nxt: str | None) -> bool:
-    if not token.endswith("."):
-        return True  # ? and !
-    stem = _LEAD.sub("", token)[:-1].lower()
-    if stem.endswith(".") or stem == "":
-        return False  # an ellipsis ("...") is no break for the word rules
-    nxt_clean = _LEAD.sub("", nxt or "")
-    first = nxt_clean[:1]
-    starter = first.isupper() and nxt_clean.lower().rstrip(".,;:!?") in SENT_STARTERS
-    if stem in ABBREVIATIONS or stem.rsplit("-", 1)[-1] in ABBREVIATIONS:
-        return starter
-    if len(stem) == 1 and stem.isalpha():
-        return False  # an initial
-    if _NUMBER.match(stem):
-        return not first.islower()
-    return True
-
-
-def sentences(text: str) -> list[str]:
-    out, start = [], 0
-    for m in _CANDIDATE.finditer(text):
-        if _is_break(m.group(0), m.group(1)):
-            end = m.end()
-            end += len(_TRAIL.match(text, end).group(0))
-            out.append(text[start:end])
-            start = end
-    out.append(text[start:])
-    return [s for s in (s.strip() for s in out) if s]
-
-
-def word_tokenize(text: str) -> list[str]:
-    """NLTK's ``word_tokenize`` (English), as this module reproduces it."""
-    return [w for s in sentences(text) for w in treebank_words(s)]
