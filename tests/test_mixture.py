@@ -215,19 +215,42 @@ def test_cli_mix_prints_the_table_and_fails_in_one_line(shards, tmp_path, capsys
     assert len(lines) == 1 and "web would be repeated 9.00 epochs" in lines[0]
 
 
-def test_the_demo_mixture_draws_megatron_samples_in_its_shares(shards, tmp_path, monkeypatch, gloo):  # noqa: F811
+def test_the_demo_mixture_config_gives_every_bucket_its_epochs():
+    from arcforge.tokenize.bucket_epochs import parse_table
+    from arcforge.tokenize.mixture_spec import read_spec
+
+    spec, _ = read_spec(str(REPO / "configs" / "mixture.demo.yaml"))
+    assert [s.name for s in spec.stages] == ["pretrain_1_general", "pretrain_2_upsampled", "mid_packed_2k"]
+    tables = {src.source: src.buckets for src in spec.stages[0].sources}
+    assert set(tables) == {"web", "wikipedia", "books", "multilingual"} and all(tables.values())
+    for table in tables.values():  # every bucket 0-19 exactly once (a gap or overlap is a config error)
+        ranges, _ = parse_table(table, None)
+        covered = sorted(b for r in ranges for b in range(r.first, r.last + 1))
+        assert covered == list(range(20))
+    web = {r.label: r.epochs for r in parse_table(tables["web"], None)[0]}
+    assert web == {"18-19": 3.2, "12-17": 2, "5-11": 1, "0-4": 0}  # Nemotron-CC style: best ~3.2 epochs, worst dropped
+
+
+def test_a_mixture_draws_megatron_samples_in_its_shares(shards, tmp_path, monkeypatch, gloo):  # noqa: F811
     from megatron.core.datasets.blended_megatron_dataset_builder import BlendedMegatronDatasetBuilder
     from megatron.core.datasets.gpt_dataset import GPTDataset, GPTDatasetConfig
 
     run, _, _ = shards
-    monkeypatch.setenv("ARCFORGE_RUNS", str(run.parent))
-    plan = load_mixture(REPO / "configs" / "mixture.demo.yaml")
-    assert [s.name for s in plan.stages] == ["pretrain_1_general", "pretrain_2_upsampled", "mid_packed_2k"]
+    extra = f"""
+  - name: packed
+    shards: {run / "shards_packed"}
+    seq_length: 2048
+    tokens: 300K
+    max_epochs: 3
+    sources:
+      - {{source: books, epochs: 2}}
+      - {{source: wikipedia, weight: 1}}"""
+    plan = load_mixture(_write(tmp_path, mixture_yaml(run, tmp_path / "out", GOOD, extra=extra)))
     web = next(a for a in plan.stages[0].allocations if a.source == "web")
     assert web.epochs == pytest.approx(3.2)
     write_mixture(plan, str(tmp_path / "blends"))
     tok = Tokenizer.load(str(run / "tokenizer"))
-    for st in (plan.stages[0], plan.stages[2]):
+    for st in plan.stages:
         blend = load_blend(str(tmp_path / "blends" / f"{st.name}.blend.json"))
         cfg = GPTDatasetConfig(
             random_seed=7, sequence_length=st.seq_length, blend=blend, split="100,0,0",
@@ -239,8 +262,11 @@ def test_the_demo_mixture_draws_megatron_samples_in_its_shares(shards, tmp_path,
         drawn = Counter()
         for i in range(len(train)):
             drawn[Path(blend[0][int(train.dataset_index[i])]).parent.name.split("__")[0]] += 1
-        for a in st.allocations:
-            assert drawn[a.source] / len(train) == pytest.approx(a.share, abs=0.01), (st.name, a.source)
+        planned = Counter()
+        for a in st.allocations:  # a source's buckets are separate allocations of one shard folder prefix
+            planned[a.source] += a.share
+        for source, share in planned.items():
+            assert drawn[source] / len(train) == pytest.approx(share, abs=0.01), (st.name, source)
         assert train[len(train) - 1]["tokens"].shape == (st.seq_length,)
 
 

