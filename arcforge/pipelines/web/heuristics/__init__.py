@@ -12,6 +12,8 @@ reason becomes a rejected row (``detail`` = the measured value and the threshold
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, create_model, model_serializer
 
-from arcforge.runtime.stage import Output, TaskContext, split_rejected
+from arcforge.runtime.stage import MapStage, Output, Resources, TaskContext, split_rejected
 
 LINE_BREAKS = r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\x{2028}\x{2029}]"  # str.splitlines()'s, RE2 syntax
 # the characters str.isspace() accepts: str.split(), str.strip() and spaCy use these
@@ -169,6 +171,25 @@ def finish(batch: pa.RecordBatch | pa.Table, reasons: list, details: list, ctx: 
         if r is not None:
             ctx.stats.update(f"filter.{r}")
     return split_rejected(batch, reasons, details)
+
+
+@dataclass(frozen=True)
+class RulesFn:
+    """A stage's batch function from ``reasons_of(text, params, language) -> (reasons,
+    details)``: the row's language column when there is one, then :func:`finish`."""
+
+    reasons_of: Callable[..., tuple[list, list]]
+
+    def __call__(self, batch: pa.RecordBatch, params: Any, ctx: TaskContext) -> Output:
+        language = batch.column("language") if "language" in batch.schema.names else None
+        reasons, details = self.reasons_of(batch.column("text"), params, language)
+        return finish(batch, reasons, details, ctx)
+
+
+def rules_stage(name: str, params: type, reasons_of: Callable[..., tuple[list, list]], doc: str, version: str = "1") -> MapStage:
+    """A filter stage over the text (one cpu, local by default) whose rules ``reasons_of`` applies."""
+    return MapStage(name, params, RulesFn(reasons_of), requires=("text",), resources=Resources(cpus=1),
+                    engine="local", version=version, doc=doc)
 
 
 class Checks:

@@ -28,11 +28,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    WS_CLASS, Checks, duplicates, finish, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages,
+    WS_CLASS, Checks, duplicates, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage,
     text_of,
 )
 from arcforge.pipelines.web.heuristics.words import TERMINAL_PUNCTUATION, tokenize, tokenizer_mode
-from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
+from arcforge.runtime.stage import StageParams
 
 
 class FineWebThresholds(StageParams):
@@ -105,18 +105,9 @@ def fineweb_reasons(text: pa.Array, params: FineWebQualityParams, language: pa.A
     return reasons.tolist(), details.tolist()
 
 
-def fineweb_quality(batch: pa.RecordBatch, params: FineWebQualityParams, ctx: TaskContext) -> Output:
-    language = batch.column("language") if "language" in batch.schema.names else None
-    reasons, details = fineweb_reasons(batch.column("text"), params, language)
-    return finish(batch, reasons, details, ctx)
-
-
-FINEWEB_QUALITY = MapStage(
+FINEWEB_QUALITY = rules_stage(
     "web.fineweb_quality",
     FineWebQualityParams,
-    fineweb_quality,
-    requires=("text",),
-    resources=Resources(cpus=1),
-    engine="local",
-    doc="FineWeb's quality rules as datatrove 0.10.1's FineWebQualityFilter applies them.",
+    fineweb_reasons,
+    "FineWeb's quality rules as datatrove 0.10.1's FineWebQualityFilter applies them.",
 )

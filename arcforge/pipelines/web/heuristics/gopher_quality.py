@@ -31,13 +31,13 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, finish, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages, splitlines,
+    Checks, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage, splitlines,
     text_of,
 )
 from arcforge.pipelines.web.heuristics.words import (  # noqa: F401 - re-exported for callers of the 0.2.0 module
     GOPHER_STOP_WORDS, PUNCTUATION, PUNCTUATION_SET, Words, stop_words, tokenize, tokenizer_mode,
 )
-from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
+from arcforge.runtime.stage import StageParams
 
 STOP_WORDS = tuple(sorted(GOPHER_STOP_WORDS))
 
@@ -152,19 +152,9 @@ def gopher_reasons(text: pa.Array, params: GopherQualityParams, language: pa.Arr
     return reasons.tolist(), details.tolist()
 
 
-def gopher_quality(batch: pa.RecordBatch, params: GopherQualityParams, ctx: TaskContext) -> Output:
-    language = batch.column("language") if "language" in batch.schema.names else None
-    reasons, details = gopher_reasons(batch.column("text"), params, language)
-    return finish(batch, reasons, details, ctx)
-
-
-GOPHER_QUALITY = MapStage(
+GOPHER_QUALITY = rules_stage(
     "web.gopher_quality",
     GopherQualityParams,
-    gopher_quality,
-    requires=("text",),
-    resources=Resources(cpus=1),
-    engine="local",
-    version="2",
-    doc="Gopher's quality rules as datatrove 0.10.1's GopherQualityFilter applies them (reasons gopher_*).",
+    gopher_reasons,
+    "Gopher's quality rules as datatrove 0.10.1's GopherQualityFilter applies them (reasons gopher_*).", version="2",
 )

@@ -34,10 +34,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, duplicates, finish, for_language, groups, num, override_model, py_strip, ratio, row_languages, text_of,
+    Checks, duplicates, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage, text_of,
 )
 from arcforge.pipelines.web.heuristics.words import Words, tokenize, tokenizer_mode
-from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
+from arcforge.runtime.stage import StageParams
 
 NGramRule = tuple[tuple[int, float], ...]
 
@@ -197,18 +197,9 @@ def repetition_reasons(text: pa.Array, params: GopherRepetitionParams, language:
     return reasons.tolist(), details.tolist()
 
 
-def gopher_repetition(batch: pa.RecordBatch, params: GopherRepetitionParams, ctx: TaskContext) -> Output:
-    language = batch.column("language") if "language" in batch.schema.names else None
-    reasons, details = repetition_reasons(batch.column("text"), params, language)
-    return finish(batch, reasons, details, ctx)
-
-
-GOPHER_REPETITION = MapStage(
+GOPHER_REPETITION = rules_stage(
     "web.gopher_repetition",
     GopherRepetitionParams,
-    gopher_repetition,
-    requires=("text",),
-    resources=Resources(cpus=1),
-    engine="local",
-    doc="Gopher's repetition rules as datatrove 0.10.1's GopherRepetitionFilter applies them.",
+    repetition_reasons,
+    "Gopher's repetition rules as datatrove 0.10.1's GopherRepetitionFilter applies them.",
 )
