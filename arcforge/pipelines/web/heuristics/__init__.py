@@ -173,6 +173,15 @@ def finish(batch: pa.RecordBatch | pa.Table, reasons: list, details: list, ctx: 
     return split_rejected(batch, reasons, details)
 
 
+def prepare(text: pa.Array, language: pa.Array | None) -> tuple[pa.Array, list[str], np.ndarray, np.ndarray]:
+    """What every filter starts from: the text as one string array (nulls as empty), each
+    row's language, and empty per-row reason and detail arrays."""
+    text = text_of(pa.table({"text": text}))
+    table = pa.table({"text": text} if language is None else {"text": text, "language": language})
+    n = len(text)
+    return text, row_languages(table, text), np.full(n, None, dtype=object), np.full(n, None, dtype=object)
+
+
 @dataclass(frozen=True)
 class RulesFn:
     """A stage's batch function from ``reasons_of(text, params, language) -> (reasons,

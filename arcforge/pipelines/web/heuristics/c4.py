@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    WS_CLASS, detail, finish, flag, for_language, groups, override_model, py_strip, row_languages, splitlines, text_of,
+    WS_CLASS, detail, finish, flag, for_language, groups, override_model, prepare, py_strip, splitlines,
 )
 from arcforge.pipelines.web.heuristics.words import tokenize, tokenizer_mode
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
@@ -137,14 +137,10 @@ def count_sentences(lines: pa.Array, modes: list[str]) -> np.ndarray:
 def c4_rows(text: pa.Array, params: C4QualityParams, language: pa.Array | None = None,
             stats: dict[str, int] | None = None) -> tuple[list, list, pa.Array]:
     """(reason, detail, new text) per row; ``stats`` collects the line counters."""
-    text = text_of(pa.table({"text": text}))
+    text, langs, reasons, details = prepare(text, language)
     n = len(text)
-    table = pa.table({"text": text} if language is None else {"text": text, "language": language})
-    langs = row_languages(table, text)
     lines, parents = splitlines(text)
     stripped = py_strip(lines)
-    reasons = np.full(n, None, dtype=object)
-    details = np.full(n, None, dtype=object)
     keep_line = np.zeros(len(lines), dtype=bool)
     values = stripped
     stats = stats if stats is not None else {}

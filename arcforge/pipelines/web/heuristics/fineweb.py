@@ -28,8 +28,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    WS_CLASS, Checks, duplicates, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage,
-    text_of,
+    WS_CLASS, Checks, duplicates, flag, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage,
+   
 )
 from arcforge.pipelines.web.heuristics.words import TERMINAL_PUNCTUATION, tokenize, tokenizer_mode
 from arcforge.runtime.stage import StageParams
@@ -66,12 +66,8 @@ def _ends_with_any(lines: pa.Array, stop_chars: tuple[str, ...] | None) -> np.nd
 
 
 def fineweb_reasons(text: pa.Array, params: FineWebQualityParams, language: pa.Array | None = None) -> tuple[list, list]:
-    text = text_of(pa.table({"text": text}))
+    text, langs, reasons, details = prepare(text, language)
     n = len(text)
-    table = pa.table({"text": text} if language is None else {"text": text, "language": language})
-    langs = row_languages(table, text)
-    reasons = np.full(n, None, dtype=object)
-    details = np.full(n, None, dtype=object)
     split = pc.split_pattern(text, "\n")
     flat, parents = pc.list_flatten(split), pc.list_parent_indices(split).to_numpy()
     real = flag(pc.greater(pc.utf8_length(py_strip(flat)), 0))

@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, flag, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage, splitlines,
-    text_of,
+    Checks, flag, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage, splitlines,
+   
 )
 from arcforge.pipelines.web.heuristics.words import (  # noqa: F401 - re-exported for callers of the 0.2.0 module
     GOPHER_STOP_WORDS, PUNCTUATION, PUNCTUATION_SET, Words, stop_words, tokenize, tokenizer_mode,
@@ -108,15 +108,9 @@ def word_measures(words: Words, sets: list[frozenset[str]]) -> dict[str, np.ndar
 def gopher_reasons(text: pa.Array, params: GopherQualityParams, language: pa.Array | list | None = None) -> tuple[list, list]:
     """(reason or None, detail or None) per row, datatrove's rules in datatrove's order.
     ``language``: each row's language (None: detected from the script, see ``words``)."""
-    text = text_of(pa.table({"text": text}))
-    n = len(text)
-    if language is None:
-        langs = row_languages(pa.table({"text": text}), text)
-    else:
-        lang_col = language if isinstance(language, (pa.Array, pa.ChunkedArray)) else pa.array(language, pa.string())
-        langs = row_languages(pa.table({"text": text, "language": lang_col}), text)
-    reasons = np.full(n, None, dtype=object)
-    details = np.full(n, None, dtype=object)
+    if language is not None and not isinstance(language, (pa.Array, pa.ChunkedArray)):
+        language = pa.array(language, pa.string())
+    text, langs, reasons, details = prepare(text, language)
     words = tokenize(text, [tokenizer_mode(lang) for lang in langs])
     lines = _line_measures(text)
     for key, idx in groups(langs, params).items():

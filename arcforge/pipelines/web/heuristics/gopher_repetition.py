@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, duplicates, for_language, groups, num, override_model, py_strip, ratio, row_languages, rules_stage, text_of,
+    Checks, duplicates, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage,
 )
 from arcforge.pipelines.web.heuristics.words import Words, tokenize, tokenizer_mode
 from arcforge.runtime.stage import StageParams
@@ -157,12 +157,8 @@ def _scan(keys: list[int], start: np.ndarray, prefix: np.ndarray, n: int) -> int
 
 
 def repetition_reasons(text: pa.Array, params: GopherRepetitionParams, language: pa.Array | None = None) -> tuple[list, list]:
-    text = text_of(pa.table({"text": text}))
+    text, langs, reasons, details = prepare(text, language)
     n = len(text)
-    table = pa.table({"text": text} if language is None else {"text": text, "language": language})
-    langs = row_languages(table, text)
-    reasons = np.full(n, None, dtype=object)
-    details = np.full(n, None, dtype=object)
     length = num(pc.utf8_length(text))
     paras = pc.split_pattern_regex(py_strip(text), "\n\n+")
     n_para = num(pc.list_value_length(paras))
