@@ -79,6 +79,18 @@ def _card_for(model: str | None, kind: str) -> dict[str, Any] | None:
     return card
 
 
+def _checked_model(value: str, default_name: str, check: Any, kind: str) -> str:
+    """The model file ``value`` names, absolute, after ``check`` read it (headers only) and
+    any card beside it agreed on the kind; every failure is one line."""
+    try:
+        path = _model_file(value, default_name)
+        check(path)
+        _card_for(str(path), kind)
+    except (ValueError, OSError) as exc:
+        raise ValueError(_one_line(exc)) from None
+    return str(path)
+
+
 def _one_line(exc: Exception) -> str:
     return " ".join(str(exc).split())[:400]
 
@@ -113,13 +125,7 @@ class FastTextQualityParams(QualityParams):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        try:
-            path = _model_file(v, MODEL_FILE)
-            check_model_file(path)
-            _card_for(str(path), "fasttext")
-        except (ValueError, OSError) as exc:
-            raise ValueError(_one_line(exc)) from None
-        return str(path)
+        return _checked_model(v, MODEL_FILE, check_model_file, "fasttext")
 
     @field_validator("max_chars", "lowercase")
     @classmethod
@@ -160,13 +166,7 @@ class EmbeddingQualityParams(QualityParams):
     @field_validator("model")
     @classmethod
     def _model(cls, v: str) -> str:
-        try:
-            path = _model_file(v, HEAD_FILE)
-            load_head(path)
-            _card_for(str(path), "embedding")
-        except (ValueError, OSError) as exc:
-            raise ValueError(_one_line(exc)) from None
-        return str(path)
+        return _checked_model(v, HEAD_FILE, load_head, "embedding")
 
     @field_validator("max_chars")
     @classmethod
