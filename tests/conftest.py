@@ -74,3 +74,45 @@ def s3_endpoint():
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path
+
+
+# The demo's three classifiers (configs/classifiers/), trained once per session on the demo
+# corpus's labels with smaller settings (fastText dim 16, 20k buckets; MiniLM reading 128
+# characters), so that tests can run configs/demo.yaml, whose quality stage loads them from
+# ${ARCFORGE_RUNS}/classifiers/.
+DEMO_CLASSIFIERS = {
+    "quality_fasttext": {"fasttext": {"dim": 16, "bucket": 20000, "epoch": 10}},
+    "quality_embedding": {"max_chars": 128},
+    "edu_multilingual": {"fasttext": {"dim": 16, "bucket": 20000, "epoch": 10}},
+}
+
+
+@pytest.fixture(scope="session")
+def demo_classifiers(tmp_path_factory, demo_corpus) -> Path:
+    """A folder holding ``classifiers/<name>/`` for the demo's three classifiers; copy it
+    (``install_demo_classifiers``) under the ARCFORGE_RUNS of a run of configs/demo.yaml."""
+    import yaml
+
+    from arcforge.cli import main
+
+    root = tmp_path_factory.mktemp("demo-classifiers")
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ARCFORGE_RUNS", str(root))
+    mp.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
+    try:
+        for name, changes in DEMO_CLASSIFIERS.items():
+            cfg = yaml.safe_load((TESTS.parent / "configs" / "classifiers" / f"{name}.yaml").read_text())
+            for key, value in changes.items():
+                cfg[key] = {**cfg[key], **value} if isinstance(value, dict) else value
+            path = root / f"{name}.yaml"
+            path.write_text(yaml.safe_dump(cfg))
+            assert main(["classifiers", "train", str(path)]) == 0
+    finally:
+        mp.undo()
+    return root
+
+
+def install_demo_classifiers(trained: Path, runs_root: Path) -> None:
+    import shutil
+
+    shutil.copytree(trained / "classifiers", runs_root / "classifiers", dirs_exist_ok=True)

@@ -30,6 +30,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import install_demo_classifiers
 
 from arcforge.runtime.config import load_plan
 from arcforge.runtime.runner import Runner
@@ -225,7 +226,7 @@ def _without_timings(stats: dict[str, Any]) -> dict[str, Any]:
 def _assert_same_outputs(embedded: Path, cluster: Path) -> int:
     """Every committed dataset (stages and their rejected/) and artifact, compared; returns the count."""
     manifests = sorted(embedded.rglob("_manifest.json"))
-    assert len(manifests) >= 19  # 10 stages, 9 of them (all but the tokenizer) with a rejected/ dataset
+    assert len(manifests) >= 35  # 18 stages, 17 of them (all but the tokenizer) with a rejected/ dataset
     for ma in manifests:
         rel = ma.parent.relative_to(embedded)
         mb = cluster / rel / "_manifest.json"
@@ -251,20 +252,22 @@ def _assert_same_outputs(embedded: Path, cluster: Path) -> int:
 
 
 def test_demo_on_spark_and_ray_clusters_equals_the_embedded_run(
-    clusters, demo_corpus, spark, ray_local, tmp_path, monkeypatch
+    clusters, demo_corpus, demo_classifiers, spark, ray_local, tmp_path, monkeypatch
 ):
     t0 = time.monotonic()
     # 1. The embedded run, in this process (local Spark and Ray), while the cluster workers boot.
+    #    Both runs load the classifiers from ${ARCFORGE_RUNS}/classifiers: the same files.
+    install_demo_classifiers(demo_classifiers, tmp_path / "embedded")
     monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path / "embedded"))
     monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
     results = Runner(load_plan(CONFIG)).run()
-    assert len(results) == 10
+    assert len(results) == 18
     t_embedded = time.monotonic() - t0
 
     # 2. The same config pointed at the clusters, run by the CLI as a user would.
     clusters.wait_ready()
     cfg = _cluster_config(tmp_path / "cluster.yaml", tmp_path / "cluster", clusters)
-    env = {**clusters.env, "ARCFORGE_DEMO_CORPUS": str(demo_corpus)}
+    env = {**clusters.env, "ARCFORGE_DEMO_CORPUS": str(demo_corpus), "ARCFORGE_RUNS": str(tmp_path / "embedded")}
     t1 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=480)

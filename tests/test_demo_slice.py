@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import install_demo_classifiers
 
 from arcforge.runtime import dataset
 from arcforge.runtime.config import load_plan
@@ -18,8 +19,9 @@ CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
 
 
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_corpus, spark, ray_local):
+def demo_run(tmp_path_factory, demo_corpus, demo_classifiers, spark, ray_local):
     root = tmp_path_factory.mktemp("demo")
+    install_demo_classifiers(demo_classifiers, root)
     mp = pytest.MonkeyPatch()
     mp.setenv("ARCFORGE_RUNS", str(root))
     mp.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
@@ -66,28 +68,29 @@ def test_extract_quarantines_bad_records_and_reports_the_corrupt_warc(demo_run):
 def test_dedup_unions_sources_and_drops_exact_copies(demo_run):
     run, results = demo_run
     dedup = results["dedup"].manifest
-    assert dedup["stats"]["docs_in"] == sum(results[s].manifest["rows"] for s in ("extract", "wiki", "books", "docs"))
+    assert dedup["stats"]["docs_in"] == sum(results[s].manifest["rows"] for s in ("extract", "wiki", "books", "docs", "multilingual"))
     assert dedup["stats"]["dropped.exact_duplicate"] >= 1  # pywb's samples repeat pages across files
     kept = dataset.read_dataset(DatasetRef(str(run / "dedup")))
     from arcforge.dedup.exact import normalize_text
 
     norm = [normalize_text(t) for t in kept.column("text").to_pylist()]
     assert len(norm) == len(set(norm))
-    assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books", "docs"}
+    assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books", "docs", "multilingual"}
 
 
 def test_langid_labels_every_document_and_the_filter_selects(demo_run, spark):
     run, results = demo_run
     scored = dataset.read_dataset(DatasetRef(str(run / "langid")))
     assert results["langid"].manifest["stats"].get("dropped", 0) == 0  # scoring only adds attributes
-    assert scored.num_rows == results["dedup"].manifest["rows"] and scored.column("language").null_count == 0
+    assert scored.num_rows == results["train_pool"].manifest["rows"] and scored.column("language").null_count == 0
     kept = dataset.read_dataset(DatasetRef(str(run / "select")))
-    assert set(kept.column("language").to_pylist()) <= {"en", "zh"}
+    assert set(kept.column("language").to_pylist()) <= {"en", "zh", "ja", "de"}
+    assert {"zh", "ja", "de"} <= set(kept.column("language").to_pylist())  # the multilingual input
     assert kept.column("language").to_pylist().count("en") >= 100
     assert min(kept.column("language_score").to_pylist()) >= 0.4
     assert results["langid"].manifest["stats"]["language.en"] >= 100
     low = [s for lang, s in zip(scored.column("language").to_pylist(), scored.column("language_score").to_pylist())
-           if lang in ("en", "zh") and s < 0.4]
+           if lang in ("en", "zh", "ja", "de") and s < 0.4]
     assert results["select"].manifest["stats"].get("dropped.low_language_score", 0) == len(low)
     # the parts open directly in Spark with the declared schema
     frame = spark.read.parquet(str(run / "langid" / "part-*.parquet"))
@@ -104,7 +107,8 @@ def test_inspect_and_status_cli(demo_run):
     assert f"{results['langid'].manifest['rows']:,} rows" in out.stdout
     assert "language_score: float" in out.stdout
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "status", str(run)], capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 10
+    assert out.returncode == 0 and out.stdout.count("committed") == len(results) == 18
+    assert "cut-offs quality_fasttext:" in out.stdout and "cut-offs quality_edu:" in out.stdout
 
 
 def test_demo_ends_with_a_tokenizer_and_shards_megatron_can_read(demo_run):
@@ -114,7 +118,8 @@ def test_demo_ends_with_a_tokenizer_and_shards_megatron_can_read(demo_run):
     tok = results["tokenizer"].manifest
     assert tok["kind"] == "artifact" and {f["name"] for f in tok["files"]} >= {"tokenizer.model", "tokenizer.json"}
     shards = dataset.read_dataset(DatasetRef(str(run / "shards")))
-    assert sum(shards.column("documents").to_pylist()) == results["select"].manifest["rows"]
+    assert sum(shards.column("documents").to_pylist()) == results["buckets"].manifest["rows"]
+    assert set(shards.column("bucket").to_pylist()) <= {str(b) for b in range(20)}  # shards per source and bucket
     prefix = str(run / "shards" / shards.column("prefix")[0].as_py())
     ds = IndexedDataset(prefix)
     assert len(ds) == shards.column("documents")[0].as_py()
