@@ -47,10 +47,13 @@ RULES = (
 )
 
 
-def oracle_documents(corpus: Path, n: int | None = None) -> list[str]:
+def oracle_documents(corpus: Path, n: int | None = None, *, pages: bool = False) -> list[str]:
     """The demo corpus's real documents (docutils docs, Botchan's paragraphs, Wikipedia
     articles) and their sections cut at blank lines into groups of 1, 3 and 8 paragraphs;
-    ``n`` picks a fixed sample (the smallest blake2b digests of the texts)."""
+    with ``pages``, also the ~170 real crawled pages of trafilatura's and htmldate's test
+    caches, each twice: trafilatura's main text, and every visible line of the page (menus,
+    footers, cookie banners: what a crawl without extraction holds). ``n`` picks a fixed
+    sample (the smallest blake2b digests of the texts)."""
     sys.path.insert(0, str(REPO / "benchmarks"))
     from bench_read import corpus_docs
 
@@ -62,9 +65,18 @@ def oracle_documents(corpus: Path, n: int | None = None) -> list[str]:
             continue
         for size in (1, 3, 8):
             out += ["\n\n".join(paras[i:i + size]) for i in range(0, len(paras), size)]
+    extra: list[str] = []
+    if pages:
+        from arcforge.pipelines.demo.labels.pages import load_pages
+
+        for page in load_pages(corpus):
+            extra += [t for t in (page.main, "\n".join(page.lines)) if t.strip()]
+    have = set(out)
+    extra = [t for t in dict.fromkeys(extra) if t not in have]
     out = list(dict.fromkeys(out))  # the same text twice would count twice
-    if n is not None and n < len(out):
-        out = sorted(out, key=lambda t: hashlib.blake2b(t.encode("utf-8", "surrogatepass")).digest())[:n]
+    if n is not None and n - len(extra) < len(out):  # every page is in a sample; corpus documents fill it
+        out = sorted(out, key=lambda t: hashlib.blake2b(t.encode("utf-8", "surrogatepass")).digest())[:n - len(extra)]
+    out += extra
     return out
 
 
@@ -154,7 +166,7 @@ def main() -> None:
     ap.add_argument("--rule", action="append", help="only these stages")
     args = ap.parse_args()
     corpus = Path(fetch_demo_corpus(quiet=True))
-    texts = oracle_documents(corpus, args.n)
+    texts = oracle_documents(corpus, args.n, pages=True)
     rules = [r for r in RULES if not args.rule or r.stage in args.rule]
     print(f"{len(texts):,} documents")
     print_table([agreement(r, texts) for r in rules])

@@ -24,7 +24,7 @@ GOAL = 0.995
 
 @pytest.fixture(scope="module")
 def documents(demo_corpus) -> list[str]:
-    texts = oracle_filters.oracle_documents(demo_corpus, SAMPLE)
+    texts = oracle_filters.oracle_documents(demo_corpus, SAMPLE, pages=True)
     assert len(texts) == SAMPLE
     return texts
 
