@@ -37,6 +37,7 @@ demo: setup
 	$(BIN)/arcforge funnel runs/demo
 	$(BIN)/arcforge inspect runs/demo/buckets -n 2
 	$(BIN)/arcforge mix configs/mixture.demo.yaml
+	$(BIN)/arcforge mix configs/mixture.ablate.yaml
 	$(BIN)/arcforge train configs/train.tiny.yaml
 
 # Does curation pay? Three proxies on raw / curated / uniformly sampled curated text (after `make demo`).
