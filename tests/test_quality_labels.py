@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from arcforge.pipelines.demo import corpus as dc
+from arcforge.pipelines.demo import packages
 from arcforge.pipelines.demo import labels as lb
 from arcforge.pipelines.demo.labels.common import BOILERPLATE_CHARS, MAX_CHARS, MIN_CHARS, SRC_REALWORLD
 from arcforge.pipelines.demo.labels.english import rst_paragraphs
@@ -343,7 +344,7 @@ def test_damaged_deb_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_missing_apt_get_is_a_clear_error(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    monkeypatch.setattr(dc.shutil, "which", lambda name: None)
+    monkeypatch.setattr(packages.shutil, "which", lambda name: None)
     pkg = PACKAGES["debian-reference-ja"]
     assert pkg.requirement == "debian-reference-ja=2.100"
     msg = "debian-reference-ja=2.100 is a Debian package and this host has no apt-get"
