@@ -16,7 +16,7 @@ import sys
 import tarfile
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO
 
@@ -166,7 +166,13 @@ def _deb_members(archive: Path) -> Iterator[tuple[str, IO[bytes]]]:
         raise DemoCorpusError(f"dpkg-deb --fsys-tarfile {archive.name} failed with exit status {proc.returncode}")
 
 
-def _tar_files(tf: tarfile.TarFile) -> Iterator[tuple[str, IO[bytes]]]:
+def _deb_path(name: str) -> str:
+    """A .deb data member below the root of the installed tree (``usr/share/...``)."""
+    return name[2:] if name.startswith("./") else name.lstrip("/")
+
+
+def _tar_files(tf: tarfile.TarFile, rename: Callable[[str], str] = _deb_path) -> Iterator[tuple[str, IO[bytes]]]:
+    """(renamed member path, reader) for the regular files of a tar archive, streamed."""
     for info in tf:
         if not info.isfile():
             continue
@@ -174,8 +180,7 @@ def _tar_files(tf: tarfile.TarFile) -> Iterator[tuple[str, IO[bytes]]]:
         if reader is None:
             continue
         with reader:
-            name = info.name[2:] if info.name.startswith("./") else info.name.lstrip("/")
-            yield name, reader
+            yield rename(info.name), reader
 
 
 def open_members(archive: Path, pkg: Package) -> Iterator[tuple[str, IO[bytes]]]:
@@ -198,11 +203,4 @@ def open_members(archive: Path, pkg: Package) -> Iterator[tuple[str, IO[bytes]]]
                     yield name, fh
     else:
         with tarfile.open(archive, "r:*") as tf:
-            for info in tf:
-                if not info.isfile():
-                    continue
-                reader = tf.extractfile(info)
-                if reader is None:
-                    continue
-                with reader:
-                    yield info.name.partition("/")[2], reader
+            yield from _tar_files(tf, lambda name: name.partition("/")[2])
