@@ -30,6 +30,8 @@ STAGES: dict[str, str] = {
     "quality.embedding": "arcforge.classifiers.stages:EMBEDDING_QUALITY",
     # dedup and tokenize
     "dedup.exact": "arcforge.dedup.exact:EXACT_DEDUP",
+    "dedup.semantic": "arcforge.dedup.semantic:SEMANTIC_DEDUP",
+    "dedup.minhash": "arcforge.dedup.fuzzy:MINHASH_DEDUP",
     "tokenize.train_spm": "arcforge.tokenize.spm:TRAIN_SPM",
     "tokenize.megatron_shards": "arcforge.tokenize.shards:MEGATRON_SHARDS",
 }

@@ -196,9 +196,10 @@ def token_hashes(tokens: pa.Array) -> np.ndarray:
 
 
 def shingle_hashes(
-    texts, ngram: int = 5, normalize: bool = True, cjk: bool | None = None
-) -> tuple[np.ndarray, np.ndarray]:
-    """64-bit hashes of every shingle of a batch and the documents' offsets into them.
+    texts, ngram: int = 5, normalize: bool = True, cjk: bool | None = None, *, token_counts: bool = False
+) -> tuple[np.ndarray, ...]:
+    """64-bit hashes of every shingle of a batch and the documents' offsets into them
+    (and, with ``token_counts``, each document's number of tokens).
 
     A shingle of tokens ``t_0 .. t_{L-1}`` hashes to ``fmix64(poly)``, ``poly = L`` then
     ``poly = poly * K + xxh3_64(t_k)`` for each token (wrapping, ``K`` odd), and CJK
@@ -212,4 +213,6 @@ def shingle_hashes(
     with np.errstate(over="ignore"):
         for k in range(ngram):
             acc = np.where(k < win.length, acc * _POLY + th[win.start + k], acc)
+    if token_counts:
+        return fmix64(acc), win.offsets, tok.counts
     return fmix64(acc), win.offsets
