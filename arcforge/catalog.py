@@ -32,6 +32,7 @@ STAGES: dict[str, str] = {
     "dedup.exact": "arcforge.dedup.exact:EXACT_DEDUP",
     "dedup.semantic": "arcforge.dedup.semantic:SEMANTIC_DEDUP",
     "dedup.minhash": "arcforge.dedup.fuzzy:MINHASH_DEDUP",
+    "dedup.url": "arcforge.dedup.exact:URL_DEDUP",
     "tokenize.train_spm": "arcforge.tokenize.spm:TRAIN_SPM",
     "tokenize.megatron_shards": "arcforge.tokenize.shards:MEGATRON_SHARDS",
 }

@@ -205,3 +205,29 @@ class _LocalOnly(GlobalStage):
 
 
 LOCAL_ONLY = _LocalOnly("test.local_only", NoParams)
+
+
+# dedup.minhash that SIGKILLs its own process after the second round of connected components,
+# once per marker directory: the test kills the run in the middle of the components, for real.
+from arcforge.dedup.fuzzy import MinhashDedup, MinhashParams  # noqa: E402
+
+
+class KillMinhashParams(MinhashParams):
+    marker_dir: str = ""
+
+
+class KillingMinhash(MinhashDedup):
+    def run(self, ctx):  # noqa: ANN001, ANN201
+        self._marker = os.path.join(ctx.stage.params.marker_dir, "killed")
+        return super().run(ctx)
+
+    def component_round(self, stats) -> None:  # noqa: ANN001
+        super().component_round(stats)
+        if stats.rounds == 2 and not os.path.exists(self._marker):
+            open(self._marker, "w").close()
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+KILLING_MINHASH = KillingMinhash("test.killing_minhash", KillMinhashParams, engine="local")

@@ -1,4 +1,4 @@
-"""Exact deduplication on normalised text.
+"""Exact deduplication on normalised text (``dedup.exact``) and on normalised URLs (``dedup.url``).
 
 Two passes, each a pure function of its inputs so retries and resumes give the
 same parts:
@@ -7,7 +7,11 @@ same parts:
    with the smallest ``(id, partition, row)``; the keeper does not depend on
    how the input is partitioned when ids are unique;
 2. rewrite each input partition without its duplicates, which go to the
-   rejected dataset with reason ``exact_duplicate`` and the keeper's id.
+   rejected dataset with reason ``exact_duplicate`` (``duplicate_url``) and the keeper's id.
+
+``dedup.url`` keys documents by their normalised URL instead (``normalize_url``: scheme and
+host lower-cased, default ports, ``#fragment`` and a trailing ``/`` of the path dropped, query
+kept); a document without a URL is never anyone's duplicate.
 
 The stage is written once against the engine-neutral primitives of
 ``arcforge.runtime.globalops``: on Spark and Ray the grouping and the routing of
@@ -26,6 +30,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from arcforge.runtime import storage
 from arcforge.runtime.globalops import group_index
@@ -43,6 +48,28 @@ class ExactDedupParams(StageParams):
     column: str = "text"
 
 
+class UrlDedupParams(StageParams):
+    column: str = "url"
+    drop_query: bool = False  # also ignore ?query (tracking parameters), at the risk of merging distinct pages
+
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def normalize_url(url: str, drop_query: bool = False) -> str:
+    """``HTTP://Example.com:80/a/?q=1#top`` -> ``http://example.com/a?q=1``."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(url.strip())
+    scheme, host = parts.scheme.lower(), (parts.hostname or "").lower()
+    port = parts.port if parts.port is not None else None
+    netloc = host if port is None or str(port) == _DEFAULT_PORTS.get(scheme) else f"{host}:{port}"
+    if parts.username:
+        netloc = f"{parts.username}@{netloc}"
+    path = parts.path.rstrip("/") if parts.path not in ("", "/") else ""
+    return urlunsplit((scheme, netloc, path, "" if drop_query else parts.query, ""))
+
+
 def normalize_text(text: str, params: ExactDedupParams = ExactDedupParams()) -> str:
     """NFKC, optional casefold and punctuation strip, collapsed whitespace."""
     text = unicodedata.normalize("NFKC", text)
@@ -57,17 +84,33 @@ def text_hashes(texts: Iterable[str], params: ExactDedupParams = ExactDedupParam
     return [hashlib.blake2b(normalize_text(t, params).encode(), digest_size=16).hexdigest() for t in texts]
 
 
-def hash_table(table: pa.Table, partition: int, params: ExactDedupParams) -> pa.Table:
-    """Pass 1 per partition: (partition, row, id, hash) for every document."""
+def _digest(key: str) -> str:
+    return hashlib.blake2b(key.encode(), digest_size=16).hexdigest()
+
+
+def key_hashes(values: Iterable[str | None], params: ExactDedupParams | UrlDedupParams) -> list[str | None]:
+    """The grouping key of each document; ``None`` (no URL) groups with nothing."""
+    if isinstance(params, UrlDedupParams):
+        return [None if not v or not v.strip() else _digest(normalize_url(v, params.drop_query)) for v in values]
+    return [_digest(normalize_text(t or "", params)) for t in values]
+
+
+def duplicate_reason(params: ExactDedupParams | UrlDedupParams) -> str:
+    return "duplicate_url" if isinstance(params, UrlDedupParams) else "exact_duplicate"
+
+
+def hash_table(table: pa.Table, partition: int, params: ExactDedupParams | UrlDedupParams) -> pa.Table:
+    """Pass 1 per partition: (partition, row, id, hash) for every document with a key."""
     n = table.num_rows
-    return pa.table(
+    out = pa.table(
         {
             "partition": pa.array([partition] * n, pa.int32()),
             "row": pa.array(range(n), pa.int32()),
             "id": table.column("id").cast(pa.string()),
-            "hash": pa.array(text_hashes(table.column(params.column).to_pylist(), params), pa.string()),
+            "hash": pa.array(key_hashes(table.column(params.column).to_pylist(), params), pa.string()),
         }
     )
+    return out.filter(pc.is_valid(out.column("hash"))) if out.column("hash").null_count else out
 
 
 def find_duplicates(hashes: pa.Table) -> dict[int, dict[int, str]]:
@@ -86,9 +129,9 @@ def find_duplicates(hashes: pa.Table) -> dict[int, dict[int, str]]:
     return drops
 
 
-def drop_rows(table: pa.Table, drops: dict[int, str]) -> Output:
+def drop_rows(table: pa.Table, drops: dict[int, str], reason: str = "exact_duplicate") -> Output:
     """Pass 2 per partition: split the input into kept rows and duplicates with their keeper."""
-    reasons = ["exact_duplicate" if i in drops else None for i in range(table.num_rows)]
+    reasons = [reason if i in drops else None for i in range(table.num_rows)]
     details = [f"duplicate_of={drops[i]}" if i in drops else None for i in range(table.num_rows)]
     return split_rejected(table, reasons, details)
 
@@ -98,7 +141,7 @@ def _read_input(task: PartitionTask) -> pa.Table:
     return storage.read_parquet(fs, path)
 
 
-def rewrite_partition(task: PartitionTask, drops: dict[int, str]) -> dict[str, Any]:
+def rewrite_partition(task: PartitionTask, drops: dict[int, str], reason: str = "exact_duplicate") -> dict[str, Any]:
     started = time.time()
     table = _read_input(task)
     stats = Stats()
@@ -106,7 +149,7 @@ def rewrite_partition(task: PartitionTask, drops: dict[int, str]) -> dict[str, A
     from arcforge.runtime.documents import conform, rejected_schema, text_bytes
 
     stats.update("bytes_in", text_bytes(table))
-    out = drop_rows(table, drops)
+    out = drop_rows(table, drops, reason)
     rejected = conform(out.rejected, rejected_schema(task.schema)) if out.rejected is not None else None
     return commit_partition(task, conform(out.kept, task.schema), rejected, stats, started)
 
@@ -135,15 +178,18 @@ def _duplicates(groups: pa.Table) -> pa.Table:
     )
 
 
-def _rewrite(task: PartitionTask, drops: pa.Table) -> dict[str, Any]:
+def _rewrite(task: PartitionTask, drops: pa.Table, reason: str) -> dict[str, Any]:
     """Pass 2 on a worker: the partition's part without its duplicates, committed."""
-    return rewrite_partition(task, dict(zip(drops.column("row").to_pylist(), drops.column("keeper").to_pylist())))
+    return rewrite_partition(task, dict(zip(drops.column("row").to_pylist(), drops.column("keeper").to_pylist())), reason)
 
 
 class ExactDedup(GlobalStage[ExactDedupParams]):
     """One algorithm on every engine (``arcforge.runtime.globalops``): hash each part,
     group by hash keeping the smallest (id, partition, row), key the duplicates by
     partition and rewrite each pending partition with its own list of duplicates."""
+
+    def required_columns(self, params: ExactDedupParams | UrlDedupParams) -> list[str]:
+        return ["id", params.column]
 
     def run(self, ctx: Any) -> list[dict[str, Any]]:
         if not ctx.pending:
@@ -154,7 +200,8 @@ class ExactDedup(GlobalStage[ExactDedupParams]):
                 ctx.tasks, _hash_partition, HASH_SCHEMA, read=["id", params.column], args=(params,), resources=self.resources
             )
             drops = hashes.group_reduce(["hash"], _duplicates, DROP_SCHEMA, order_by=["id", "partition", "row"], batched=True)
-            return ops.finish(ctx.pending, _rewrite, rows=drops, key="partition", on_commit=ctx.on_commit, resources=self.resources)
+            return ops.finish(ctx.pending, _rewrite, rows=drops, key="partition", args=(duplicate_reason(params),),
+                              on_commit=ctx.on_commit, resources=self.resources)
 
 
 EXACT_DEDUP = ExactDedup(
@@ -163,4 +210,12 @@ EXACT_DEDUP = ExactDedup(
     resources=Resources(cpus=1),
     engine="spark",
     doc="Exact dedup on normalised text; one deterministic keeper per group (local, Spark, Ray).",
+)
+
+URL_DEDUP = ExactDedup(
+    "dedup.url",
+    UrlDedupParams,
+    resources=Resources(cpus=1),
+    engine="spark",
+    doc="Exact dedup on normalised URLs (documents without one are kept); smallest id kept (local, Spark, Ray).",
 )

@@ -41,6 +41,7 @@ each cluster where its keeper lives), which ``arcforge inspect`` and the report 
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 import time
@@ -62,6 +63,7 @@ from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats, s
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
 
+log = logging.getLogger(__name__)
 REPORT_FILE = "minhash.json"
 ADDED = (pa.field("dup_cluster", pa.string()), pa.field("dup_cluster_size", pa.int64()))
 WORK_DIR = "_minhash_work"
@@ -270,12 +272,16 @@ class MinhashDedup(GlobalStage[MinhashParams]):
             counters["verified_pairs"] = edges.count()
         comps, cstats = connected_components(
             ops, edges, checkpoint_dir=storage.join(work, "components") if ops.engine == "spark" else None,
-            checkpoint_s3=ctx.tasks[0].s3)
+            checkpoint_s3=ctx.tasks[0].s3, on_round=self.component_round)
         counters.update(component_rounds=cstats.rounds, components=cstats.components,
                         largest_component=cstats.largest_component, docs_in_components=cstats.nodes)
         joined = comps.join(docs, ["node"])
         order = [f.name for f in lsh.docs_schema(rule) if f.name.startswith("keep_")]
         return joined.group_reduce(["component"], lsh.choose_keepers, lsh.MEMBERS, order_by=order, batched=True)
+
+    def component_round(self, stats: Any) -> None:
+        """Progress after each round of the connected components (a log line)."""
+        log.info("dedup.minhash: components round %d, %d edges changed", stats.rounds, stats.changed_edges[-1])
 
     def _verify(self, ops: Any, ctx: Any, params: MinhashParams, edges: Any, work: str) -> Any:
         cands = edges.map(lsh.candidate_nodes, lsh.CANDIDATES).aggregate(["partition", "node"], [("node", "count")])

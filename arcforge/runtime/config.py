@@ -255,7 +255,10 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
                 _check_chain_reads(path, key, params, input_schema)
             else:
                 _check_reads(path, key, sc.uses, stage, params, input_schema)
-            schema = stage.schema_for(params, input_schema)
+            try:  # params that only the input's schema can check (a keep rule's column types)
+                schema = stage.schema_for(params, input_schema)
+            except ValueError as exc:
+                raise ConfigError(f"{path}: {key}.params: {' '.join(str(exc).split())[:400]}") from None
         if steps is not None and schema is not None:
             _check_chain_reads(path, key, steps, schema)
             schema = CHAIN.schema_for(steps, schema)

@@ -35,6 +35,7 @@ order-preserving bijection, so "smallest id" keeps its unsigned meaning) and map
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -196,6 +197,7 @@ def connected_components(
     checkpoint_dir: str | None = None,
     checkpoint_parts: int = 8,
     checkpoint_s3: dict | None = None,
+    on_round: Callable[[ComponentStats], None] | None = None,
 ) -> tuple[Frame, ComponentStats]:
     """Label every endpoint of ``edges`` (integer columns ``src``, ``dst``; other columns are
     ignored; undirected; self-loops and duplicates allowed) with the smallest node id of its
@@ -210,7 +212,9 @@ def connected_components(
     and the previous round's frames are released. Spark needs it beyond a few rounds: its
     plans nest every cached frame's plan, and their text (built for every query) grows
     exponentially with the rounds (a 40-node chain: 7 rounds in 35 s, then an out-of-memory
-    driver). Without it nothing is released until ``ops.close()`` (see the module docstring)."""
+    driver). Without it nothing is released until ``ops.close()`` (see the module docstring).
+
+    ``on_round(stats)`` is called on the driver after every round (progress reports)."""
     types = [edges.schema.field(c).type for c in ("src", "dst")]
     if not all(pa.types.is_integer(t) for t in types):
         raise TypeError(f"connected_components: src and dst must be integer columns, not {types}")
@@ -236,6 +240,8 @@ def connected_components(
                 frame.release()
             a = fresh
         prev, n_prev = a, na  # without a checkpoint nothing is released: see the module docstring
+        if on_round is not None:
+            on_round(stats)
         if changed == 0:
             break
     else:
