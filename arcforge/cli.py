@@ -172,6 +172,11 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     for row in table.slice(0, args.rows).to_pylist():
         shown = {k: (v[: args.width] + "…" if isinstance(v, str) and len(v) > args.width else v) for k, v in row.items()}
         console.print_json(json.dumps(shown, default=str, ensure_ascii=False))
+    if origin != "one Parquet file" and args.clusters:
+        from arcforge.dedup.clusters import cluster_lines
+
+        for line in cluster_lines(ref, table, args.clusters, min(args.width, 120)):
+            console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
 
 
@@ -246,6 +251,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("path")
     i.add_argument("-n", "--rows", type=int, default=3)
     i.add_argument("--width", type=int, default=160, help="truncate strings to this many characters")
+    i.add_argument("--clusters", type=int, default=3, metavar="N",
+                   help="for a dedup stage: the cluster-size distribution and the N largest clusters (0: none)")
     i.set_defaults(fn=cmd_inspect)
     m = sub.add_parser("mix", help="turn a mixture config into Megatron data blends and an epochs table")
     m.add_argument("config")

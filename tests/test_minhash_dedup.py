@@ -193,6 +193,22 @@ def test_planted_near_duplicates_give_the_expected_clusters(planted):
     assert report["counters"]["verified_pairs"] <= report["counters"]["candidate_pairs"]
 
 
+def test_inspect_shows_cluster_sizes_and_members(planted, capsys):
+    from arcforge.cli import main
+
+    root, texts, expected = planted
+    run = root / "local3i"
+    Runner(load_plan(_config(root, "local3i", root / "in3", "local"))).run()
+    assert main(["inspect", str(run / "t" / "mh"), "-n", "0", "--clusters", "2"]) == 0
+    out = capsys.readouterr().out
+    pairs = sum(len(c) == 2 for c in expected)
+    assert f"duplicate clusters by size (clusters): 2: {pairs}" in out
+    shown = [line for line in out.splitlines() if line.startswith("cluster of ")]
+    assert len(shown) == 2 and all("(near_duplicate), kept doc" in line for line in shown)
+    removed = [line.split()[1].rstrip(":") for line in out.splitlines() if line.startswith("    removed ")]
+    assert removed and all(r.endswith(("-near", "-far")) or r in texts for r in removed)
+
+
 def test_same_output_on_every_engine_and_partitioning(planted, spark, ray_local):
     root, _, expected = planted
     Runner(load_plan(_config(root, "local1", root / "in1", "local"))).run()
