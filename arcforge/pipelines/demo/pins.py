@@ -255,6 +255,12 @@ BUNDLES: tuple[Bundle, ...] = (
         "7d6b93d6cf44a96c1d2d895c3c13b338139497a1be1b80bf211043497ff3efc7", 1278896,
         member="docs/**/*.txt except docs/releases/", exclude=("releases/",),
     ),
+    # Django's release notes: hundreds of pages of one template with different fill ("Django
+    # 4.2.7 fixes several bugs in 4.2.6. Bugfixes: ..."), SemDeDup's templated-page set.
+    JsonlBundle(
+        "sources/django-releases.jsonl.gz", "django", "docs/releases/", ".txt", "BSD-3-Clause",
+        "d5222441419fb3bc9e0c1d2cced3729bbf859ba3e380e48b2af2f4afaaee6c81", 446498, member="docs/releases/*.txt",
+    ),
     TarBundle(
         "sources/trafilatura-cache.tar.gz", "trafilatura", "tests/cache/", ".html",
         "eacffeedc4e4ded83befe31ff9acd28ef80d6715c16ce782587b40d17395b9be", 2580672, member="tests/cache/*.html",
