@@ -226,7 +226,7 @@ def _without_timings(stats: dict[str, Any]) -> dict[str, Any]:
 def _assert_same_outputs(embedded: Path, cluster: Path) -> int:
     """Every committed dataset (stages and their rejected/) and artifact, compared; returns the count."""
     manifests = sorted(embedded.rglob("_manifest.json"))
-    assert len(manifests) >= 35  # 18 stages, 17 of them (all but the tokenizer) with a rejected/ dataset
+    assert len(manifests) >= 39  # 20 stages, 19 of them (all but the tokenizer) with a rejected/ dataset
     for ma in manifests:
         rel = ma.parent.relative_to(embedded)
         mb = cluster / rel / "_manifest.json"
@@ -261,7 +261,7 @@ def test_demo_on_spark_and_ray_clusters_equals_the_embedded_run(
     monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path / "embedded"))
     monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
     results = Runner(load_plan(CONFIG)).run()
-    assert len(results) == 18
+    assert len(results) == 20
     t_embedded = time.monotonic() - t0
 
     # 2. The same config pointed at the clusters, run by the CLI as a user would.

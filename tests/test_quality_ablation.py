@@ -160,7 +160,7 @@ def test_the_reduced_pipeline_is_the_demo_one(ablation):
 
 def test_eval_pool_is_disjoint_from_train_pool(ablation):
     run = ablation["run"]
-    evals, trains, all_ids = set(_ids(run, "eval_pool")), set(_ids(run, "train_pool")), _ids(run, "dedup")
+    evals, trains, all_ids = set(_ids(run, "eval_pool")), set(_ids(run, "train_pool")), _ids(run, "near_dedup")
     assert evals and trains and not evals & trains
     assert evals | trains == set(all_ids) and len(all_ids) == len(evals) + len(trains)
     # and the held-out documents, and only they, are in shards_eval; every filter ran downstream of train_pool

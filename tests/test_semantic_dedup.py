@@ -194,3 +194,18 @@ def test_a_missing_model_is_a_config_error_before_any_engine(tmp_path):
         load_plan(cfg)
     assert not (tmp_path / "runs").exists()
     assert SemanticDedupParams().model is None and SemanticDedupParams().eps is None  # the bundled encoder; explore first
+
+
+def test_languages_limits_what_is_embedded_and_compared():
+    """The English encoder sees only the rows of the listed languages; the others keep their row
+    numbers out of the frame, so they get no cluster and are never removed."""
+    import pyarrow as pa
+
+    from arcforge.dedup.semantic import SemanticDedupParams, embed_table
+
+    table = pa.table({"id": ["a", "b", "c", "d"], "text": ["Hello world.", "你好，世界。", "Bonjour.", "Hi there."],
+                      "language": ["en", "zh", None, "en"]})
+    out = embed_table(table, 7, SemanticDedupParams(languages=["en"], device="cpu"), [("id", False)])
+    assert out.column("row").to_pylist() == [0, 3] and out.column("id").to_pylist() == ["a", "d"]
+    assert set(out.column("partition").to_pylist()) == {7}
+    assert all(len(e) == 768 for e in out.column("emb").to_pylist())

