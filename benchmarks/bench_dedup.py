@@ -180,8 +180,9 @@ def child(job: dict) -> dict:
 # ---------------------------------------------------------------------------- parent
 
 
-def _spawn(args: list[str], env: dict[str, str], timeout: float = 1800) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
+def _spawn(args: list[str], env: dict[str, str], timeout: float = 1800, script: str = __file__) -> dict:
+    """Run ``script`` (this benchmark, or another one's) with ``args`` in a child; its last JSON line."""
+    proc = subprocess.run([sys.executable, script, *args], capture_output=True, text=True, env=env, timeout=timeout)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
     if proc.returncode != 0 or not lines:
         raise RuntimeError(f"child {args[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")

@@ -181,12 +181,11 @@ def datatrove_child(job: dict) -> dict:
 # ---------------------------------------------------------------------------- parent
 
 
-def _spawn(args: list[str], env: dict[str, str], timeout: float = 7200) -> dict:
-    proc = subprocess.run([sys.executable, __file__, *args], capture_output=True, text=True, env=env, timeout=timeout)
-    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        raise RuntimeError(f"child {args[:2]} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    return json.loads(lines[-1])
+def _spawn(args: list[str], env: dict[str, str]) -> dict:
+    sys.path.insert(0, str(HERE))
+    from bench_dedup import _spawn as spawn
+
+    return spawn(args, env, timeout=7200, script=__file__)
 
 
 def main() -> None:

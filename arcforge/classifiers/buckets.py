@@ -39,9 +39,6 @@ the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is)
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 import time
 from typing import Any, Literal
 
@@ -181,10 +178,7 @@ def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: st
     files = []
     if task.partition == first:
         _cutoff_stats(stats, report["cutoffs"])
-        fd, local = tempfile.mkstemp(prefix="arcforge-buckets-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
-        files.append(storage.publish_file(local, task.output_uri, CUTOFFS_FILE, S3Options(**task.s3)))
+        files.append(storage.publish_json(report, task.output_uri, CUTOFFS_FILE, S3Options(**task.s3)))
     return commit_partition(task, out, None, stats, started, files=files)
 
 

@@ -40,10 +40,7 @@ each cluster where its keeper lives), which ``arcforge inspect`` and the report 
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import tempfile
 import time
 from dataclasses import replace
 from typing import Any
@@ -58,7 +55,7 @@ from arcforge.dedup.keep import DEFAULT_KEEP, parse_rule, resolve_rule
 from arcforge.dedup.minhash import lsh_params
 from arcforge.runtime import storage
 from arcforge.runtime.documents import DOC_SCHEMA, conform, rejected_schema, text_bytes, with_columns
-from arcforge.runtime.globalops.components import connected_components
+from arcforge.runtime.globalops.components import ORIENTED, connected_components, oriented_edges
 from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats, split_rejected
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
@@ -192,10 +189,7 @@ def _write(task: PartitionTask, members: pa.Table, params: MinhashParams, report
     if task.partition == first:
         for k, v in report["counters"].items():
             stats.update(f"minhash.{k}", v)
-        fd, local = tempfile.mkstemp(prefix="arcforge-minhash-", suffix=".json")
-        with os.fdopen(fd, "w") as f:
-            json.dump(report, f, indent=1, sort_keys=True)
-        files.append(storage.publish_file(local, task.output_uri, REPORT_FILE, S3Options(**task.s3)))
+        files.append(storage.publish_json(report, task.output_uri, REPORT_FILE, S3Options(**task.s3)))
     rejected = conform(out.rejected, rejected_schema(task.schema)) if out.rejected is not None else None
     return commit_partition(task, conform(out.kept, task.schema), rejected, stats, started, files=files)
 
@@ -264,7 +258,7 @@ class MinhashDedup(GlobalStage[MinhashParams]):
         s = sizes[0] if sizes else {"size_max": 0, "size_count": 0, "big_sum": 0, "big_docs_sum": 0}
         counters.update(largest_bucket=s["size_max"], buckets=s["size_count"], large_buckets=s["big_sum"],
                         large_bucket_docs=s["big_docs_sum"], large_bucket_limit=limit)
-        pairs = raw.map(lsh.oriented_pairs, lsh.COUNTED_PAIRS).aggregate(["src", "dst"], [("w", "sum")]).cache()
+        pairs = raw.map(oriented_edges, ORIENTED).aggregate(["src", "dst"], [("pw", "sum")]).cache()
         counters["candidate_pairs"] = pairs.count()
         edges = pairs.map(_pair_cols, lsh.PAIRS)
         if params.verify:

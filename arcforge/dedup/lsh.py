@@ -35,7 +35,6 @@ from arcforge.runtime.globalops import group_index
 BANDS = pa.schema([("band", pa.int32()), ("key", pa.int64()), ("node", pa.int64()), ("idh", pa.int64())])
 BUCKET_EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("bucket", pa.int64())])
 PAIRS = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
-COUNTED_PAIRS = pa.schema([("src", pa.int64()), ("dst", pa.int64()), ("w", pa.int64())])
 BUCKET_SIZES = pa.schema([("k", pa.int8()), ("size", pa.int64()), ("big", pa.int64()), ("big_docs", pa.int64())])
 CANDIDATES = pa.schema([("partition", pa.int32()), ("node", pa.int64())])
 SETS = pa.schema([("node", pa.int64()), ("sh", pa.binary())])
@@ -130,14 +129,6 @@ def bucket_sizes(table: pa.Table, limit: int) -> pa.Table:
     big = size > limit
     return pa.table({"k": np.zeros(len(size), np.int8), "size": size, "big": big.astype(np.int64),
                      "big_docs": np.where(big, size, 0)}, schema=BUCKET_SIZES)
-
-
-def oriented_pairs(table: pa.Table) -> pa.Table:
-    """Edges as (smaller, larger) node, self-rows dropped, each with weight 1 (to dedupe)."""
-    src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
-    keep = src != dst
-    lo, hi = np.minimum(src, dst)[keep], np.maximum(src, dst)[keep]
-    return pa.table({"src": lo, "dst": hi, "w": np.ones(len(lo), np.int64)}, schema=COUNTED_PAIRS)
 
 
 def candidate_nodes(table: pa.Table) -> pa.Table:

@@ -268,6 +268,17 @@ def publish_file(local_path: str, dest_uri: str, name: str, s3: S3Options | None
     return {"name": name, "bytes": size, "sha256": h.hexdigest()}
 
 
+def publish_json(obj: Any, dest_uri: str, name: str, s3: S3Options | None = None) -> dict[str, Any]:
+    """``publish_file`` of ``obj`` as indented, key-sorted JSON (a stage's report file)."""
+    import json
+    import tempfile
+
+    fd, local = tempfile.mkstemp(prefix="arcforge-", suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+    return publish_file(local, dest_uri, name, s3)
+
+
 def _copy(src: str, dest: str) -> None:
     import shutil
 

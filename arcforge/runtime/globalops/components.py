@@ -48,7 +48,7 @@ from arcforge.runtime.globalops import Frame, GlobalOps, group_index
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask
 
-__all__ = ["ComponentStats", "connected_components"]
+__all__ = ["ORIENTED", "ComponentStats", "connected_components", "oriented_edges"]
 
 _TOP = np.uint64(1 << 63)
 EDGES = pa.schema([("src", pa.int64()), ("dst", pa.int64())])
@@ -99,7 +99,7 @@ def _endpoints(table: pa.Table) -> pa.Table:
     return pa.table({"node": nodes, "nw": np.ones(len(nodes), np.int64)}, schema=NODES)
 
 
-def _oriented(table: pa.Table) -> pa.Table:
+def oriented_edges(table: pa.Table) -> pa.Table:
     """Each edge as (larger, smaller), self-loops dropped: the form every round's edges take."""
     src, dst = table.column("src").to_numpy(), table.column("dst").to_numpy()
     keep = src != dst
@@ -222,7 +222,7 @@ def connected_components(
     stats = ComponentStats()
     start = edges.map(_prepare, EDGES, args=(unsigned,)).cache()
     stats.edges_in = start.count()
-    prev = start.map(_oriented, ORIENTED).aggregate(["src", "dst"], [("pw", "sum")]).cache()
+    prev = start.map(oriented_edges, ORIENTED).aggregate(["src", "dst"], [("pw", "sum")]).cache()
     n_prev = prev.count()
     for _ in range(max_rounds):
         stats.rounds += 1
