@@ -116,3 +116,23 @@ def install_demo_classifiers(trained: Path, runs_root: Path) -> None:
     import shutil
 
     shutil.copytree(trained / "classifiers", runs_root / "classifiers", dirs_exist_ok=True)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, demo_corpus, demo_classifiers, spark, ray_local):
+    """configs/demo.yaml run once per session, in this process on the session's Spark and Ray
+    (ARCFORGE_RUNS = the returned root's parent, which holds the classifiers): the slice tests
+    read it, and the cluster test compares the clusters' run with it."""
+    from arcforge.runtime.config import load_plan
+    from arcforge.runtime.runner import Runner
+
+    root = tmp_path_factory.mktemp("demo")
+    install_demo_classifiers(demo_classifiers, root)
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ARCFORGE_RUNS", str(root))
+    mp.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
+    try:
+        results = {r.name: r for r in Runner(load_plan(TESTS.parent / "configs" / "demo.yaml")).run()}
+    finally:
+        mp.undo()
+    return root / "demo", results

@@ -30,10 +30,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import install_demo_classifiers
 
-from arcforge.runtime.config import load_plan
-from arcforge.runtime.runner import Runner
 
 pytestmark = pytest.mark.slow
 
@@ -251,23 +248,18 @@ def _assert_same_outputs(embedded: Path, cluster: Path) -> int:
     return len(manifests)
 
 
-def test_demo_on_spark_and_ray_clusters_equals_the_embedded_run(
-    clusters, demo_corpus, demo_classifiers, spark, ray_local, tmp_path, monkeypatch
-):
+def test_demo_on_spark_and_ray_clusters_equals_the_embedded_run(clusters, demo_corpus, demo_run, tmp_path):
     t0 = time.monotonic()
-    # 1. The embedded run, in this process (local Spark and Ray), while the cluster workers boot.
-    #    Both runs load the classifiers from ${ARCFORGE_RUNS}/classifiers: the same files.
-    install_demo_classifiers(demo_classifiers, tmp_path / "embedded")
-    monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path / "embedded"))
-    monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
-    results = Runner(load_plan(CONFIG)).run()
+    # 1. The embedded run: the session's run of configs/demo.yaml (local Spark and Ray, in this
+    #    process), made while the cluster workers booted. Both runs load the classifiers from
+    #    ${ARCFORGE_RUNS}/classifiers: the same files.
+    embedded, results = demo_run
     assert len(results) == 20
-    t_embedded = time.monotonic() - t0
 
     # 2. The same config pointed at the clusters, run by the CLI as a user would.
     clusters.wait_ready()
     cfg = _cluster_config(tmp_path / "cluster.yaml", tmp_path / "cluster", clusters)
-    env = {**clusters.env, "ARCFORGE_DEMO_CORPUS": str(demo_corpus), "ARCFORGE_RUNS": str(tmp_path / "embedded")}
+    env = {**clusters.env, "ARCFORGE_DEMO_CORPUS": str(demo_corpus), "ARCFORGE_RUNS": str(embedded.parent)}
     t1 = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "arcforge.cli", "run", str(cfg)], capture_output=True, text=True,
                          env=env, cwd=tmp_path, timeout=480)
@@ -288,6 +280,6 @@ def test_demo_on_spark_and_ray_clusters_equals_the_embedded_run(
     assert list(session_logs.glob("python-core-driver-*")), "the run never joined the Ray cluster"
 
     # 4. Same committed outputs: kept and rejected rows of every stage, fingerprints, shard bytes.
-    n = _assert_same_outputs(tmp_path / "embedded" / "demo", run)
-    print(f"\ncluster test: embedded run {t_embedded:.0f} s, cluster run {t_cluster:.0f} s, "
+    n = _assert_same_outputs(embedded, run)
+    print(f"\ncluster test: waited {t1 - t0:.0f} s for the clusters, cluster run {t_cluster:.0f} s, "
           f"{n} datasets/artifacts identical, total {time.monotonic() - t0:.0f} s")

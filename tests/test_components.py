@@ -107,11 +107,13 @@ def test_random_graph_matches_scipy_and_ignores_partitioning(ops, engine, tmp_pa
     pairs = [(int(a), int(b)) for a, b in zip(rng.integers(0, 400, 330), rng.integers(0, 400, 330))]
     pairs += [(int(a), int(b)) for a, b in zip(rng.integers(1000, 1040, 60), rng.integers(1000, 1040, 60))]  # a dense part
     want = _table(_scipy_labels(pairs))
-    one, stats = _run(ops[engine], _edges(pairs), parts=1, checkpoint=tmp_path / "one")
     four, stats4 = _run(ops[engine], _edges(pairs, shuffle_seed=5), parts=4, checkpoint=tmp_path / "four")
-    assert one.equals(want), (one.slice(0, 10).to_pylist(), want.slice(0, 10).to_pylist())
     assert four.equals(want)
-    assert stats.large_star_edges == stats4.large_star_edges and stats.rounds == stats4.rounds  # sets, not orders
+    stats = stats4
+    if engine != "spark":  # Spark's jobs cost ~1 s each; one partitioning there, two elsewhere
+        one, stats = _run(ops[engine], _edges(pairs), parts=1, checkpoint=tmp_path / "one")
+        assert one.equals(want), (one.slice(0, 10).to_pylist(), want.slice(0, 10).to_pylist())
+        assert stats.large_star_edges == stats4.large_star_edges and stats.rounds == stats4.rounds  # sets, not orders
     sizes = np.unique(want.column("component").to_numpy(), return_counts=True)[1]
     assert stats.components == len(sizes) > 1 and stats.largest_component == sizes.max()
 

@@ -5,29 +5,9 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
-
-import pytest
-from conftest import install_demo_classifiers
 
 from arcforge.runtime import dataset
-from arcforge.runtime.config import load_plan
 from arcforge.runtime.dataset import DatasetRef
-from arcforge.runtime.runner import Runner
-
-CONFIG = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory, demo_corpus, demo_classifiers, spark, ray_local):
-    root = tmp_path_factory.mktemp("demo")
-    install_demo_classifiers(demo_classifiers, root)
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ARCFORGE_RUNS", str(root))
-    mp.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
-    results = {r.name: r for r in Runner(load_plan(CONFIG)).run()}
-    yield root / "demo", results
-    mp.undo()
 
 
 def test_every_document_is_kept_or_rejected_with_a_reason(demo_run):
@@ -76,6 +56,26 @@ def test_dedup_unions_sources_and_drops_exact_copies(demo_run):
     norm = [normalize_text(t) for t in kept.column("text").to_pylist()]
     assert len(norm) == len(set(norm))
     assert set(kept.column("source").to_pylist()) == {"web", "wikipedia", "books", "docs", "multilingual"}
+
+
+def test_near_and_semantic_dedup_run_on_the_demo(demo_run):
+    """MinHash: every document carries its cluster, the docutils menu-bar include files are near
+    copies; SemDeDup embeds only the English rows and reports its similarity distribution."""
+    import pyarrow.compute as pc
+
+    run, results = demo_run
+    near = results["near_dedup"].manifest["stats"]
+    assert near["minhash.docs"] == results["dedup"].manifest["rows"] and near["dropped.near_duplicate"] >= 1
+    kept = dataset.read_dataset(DatasetRef(str(run / "near_dedup")), ["id", "dup_cluster", "dup_cluster_size"])
+    assert kept.column("dup_cluster").null_count == 0 and pc.min(kept.column("dup_cluster_size")).as_py() >= 1
+    removed = dataset.read_dataset(DatasetRef(str(run / "near_dedup" / "rejected")), ["id", "detail"]).to_pylist()
+    assert {"header.txt"} <= {r["id"] for r in removed} and all(r["detail"].startswith("duplicate_of=") for r in removed)
+    sem = results["semantic"].manifest["stats"]
+    table = dataset.read_dataset(DatasetRef(str(run / "semantic")), ["language", "sem_cluster"])
+    english = pc.equal(table.column("language"), "en")
+    assert sem["semantic.docs"] == pc.sum(english).as_py() > 0
+    assert table.filter(pc.invert(english)).column("sem_cluster").null_count == table.num_rows - sem["semantic.docs"]
+    assert "semantic.sim_ge_0.90" in sem
 
 
 def test_langid_labels_every_document_and_the_filter_selects(demo_run, spark):
