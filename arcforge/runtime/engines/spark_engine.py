@@ -47,6 +47,14 @@ def _with_retries(master: str, retries: int) -> str:
     return f"local[{m.group(1) or '1'},{retries + 1}]"
 
 
+def local_driver_memory() -> str:
+    """The embedded JVM's heap: a quarter of the machine's memory (at least 1 GiB), not
+    Spark's 1 GiB default, under which the global stages' shuffles and caches of a few
+    hundred thousand documents stop the SparkContext. ``engines.spark.conf`` overrides it."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return f"{max(1 << 30, total // 4) >> 20}m"
+
+
 def build_session(cfg: SparkConfig) -> Any:
     """Start (or join) a SparkSession; the embedded default binds to loopback with no UI."""
     os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -66,7 +74,8 @@ def build_session(cfg: SparkConfig) -> Any:
     defaults["spark.driver.extraJavaOptions"] = f"-Dlog4j2.configurationFile={quiet.as_uri()}"
     if cfg.master.startswith("local"):
         os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")
-        defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1"})
+        defaults.update({"spark.driver.host": "127.0.0.1", "spark.driver.bindAddress": "127.0.0.1",
+                         "spark.driver.memory": local_driver_memory()})
     for key, value in {**defaults, **cfg.conf}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()
