@@ -36,6 +36,7 @@ demo: setup
 	$(BIN)/arcforge status runs/demo
 	$(BIN)/arcforge funnel runs/demo
 	$(BIN)/arcforge inspect runs/demo/buckets -n 2
+	$(BIN)/arcforge inspect runs/demo/near_dedup -n 0 --clusters 3
 	$(BIN)/arcforge mix configs/mixture.demo.yaml
 	$(BIN)/arcforge mix configs/mixture.ablate.yaml
 	$(BIN)/arcforge train configs/train.tiny.yaml
