@@ -136,3 +136,17 @@ def demo_run(tmp_path_factory, demo_corpus, demo_classifiers, spark, ray_local):
     finally:
         mp.undo()
     return root / "demo", results
+
+
+@pytest.fixture(scope="module")
+def engine_ops(spark, ray_local):
+    """The global operations of each engine, on the session's Spark and Ray: {name: ops}."""
+    from arcforge.runtime.config import RayConfig, SparkConfig
+    from arcforge.runtime.engines.local import LocalEngine
+    from arcforge.runtime.engines.ray_engine import RayEngine
+    from arcforge.runtime.engines.spark_engine import SparkEngine
+
+    found = {"local": LocalEngine().ops(), "spark": SparkEngine(SparkConfig(master="local[2]")).ops(), "ray": RayEngine(RayConfig()).ops()}
+    yield found
+    for o in found.values():
+        o.close()

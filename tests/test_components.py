@@ -16,16 +16,8 @@ ENGINES = ("local", "spark", "ray")
 
 
 @pytest.fixture(scope="module")
-def ops(spark, ray_local):
-    from arcforge.runtime.config import RayConfig, SparkConfig
-    from arcforge.runtime.engines.local import LocalEngine
-    from arcforge.runtime.engines.ray_engine import RayEngine
-    from arcforge.runtime.engines.spark_engine import SparkEngine
-
-    found = {"local": LocalEngine().ops(), "spark": SparkEngine(SparkConfig(master="local[2]")).ops(), "ray": RayEngine(RayConfig()).ops()}
-    yield found
-    for o in found.values():
-        o.close()
+def ops(engine_ops):
+    return engine_ops
 
 
 def _edges(pairs, dtype=pa.int64(), shuffle_seed=None) -> pa.Table:

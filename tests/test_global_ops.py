@@ -68,16 +68,8 @@ def data(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def ops(spark, ray_local):
-    from arcforge.runtime.config import RayConfig, SparkConfig
-    from arcforge.runtime.engines.local import LocalEngine
-    from arcforge.runtime.engines.ray_engine import RayEngine
-    from arcforge.runtime.engines.spark_engine import SparkEngine
-
-    found = {"local": LocalEngine().ops(), "spark": SparkEngine(SparkConfig(master="local[2]")).ops(), "ray": RayEngine(RayConfig()).ops()}
-    yield found
-    for o in found.values():
-        o.close()
+def ops(engine_ops):
+    return engine_ops
 
 
 # ---------------------------------------------------------------------------- worker functions (imported by workers)
