@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.arcforge-installed
 
-.PHONY: setup demo ablate test test-fast clean check-java check-python
+.PHONY: setup demo ablate test test-fast clean check-java check-python browser dagster
 
 check-java:
 	@command -v java >/dev/null 2>&1 || { echo "make: Java is missing: Spark needs a Java 17+ runtime (e.g. apt-get install openjdk-17-jre-headless), then re-run make." >&2; exit 1; }
@@ -40,13 +40,28 @@ demo: setup
 	$(BIN)/arcforge mix configs/mixture.demo.yaml
 	$(BIN)/arcforge mix configs/mixture.ablate.yaml
 	$(BIN)/arcforge train configs/train.tiny.yaml
+	$(BIN)/arcforge report runs/demo
+
+# Debian's Chromium: the report and Dagster UI tests open pages in it headless (Playwright
+# drives it; no browser is downloaded). Installed with apt-get when missing (root, or sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "make: installing Debian's chromium for the browser tests"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium >/dev/null; } \
+	  || { echo "make: chromium is missing and could not be installed (apt-get install chromium)" >&2; exit 1; }
+
+# The demo pipeline in Dagster's UI (assets, checks, partitions, sensors, schedule) on 127.0.0.1.
+dagster: setup
+	DAGSTER_HOME=$${DAGSTER_HOME:-$$PWD/runs/.dagster} && mkdir -p $$DAGSTER_HOME && export DAGSTER_HOME && \
+	  $(BIN)/dagster dev -h 127.0.0.1 -p $${PORT:-3000} -f dags/demo.py
 
 # Does curation pay? Three proxies on raw / curated / uniformly sampled curated text (after `make demo`).
 ablate: setup
 	$(BIN)/arcforge mix configs/mixture.ablate.yaml
 	$(BIN)/arcforge ablate configs/ablate.quality.yaml
 
-test: setup
+test: setup browser
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 test-fast: setup

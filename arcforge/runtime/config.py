@@ -12,6 +12,7 @@ from typing import Any, Literal
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from arcforge.runtime.checkspec import CheckConfig
 from arcforge.runtime.chain import CHAIN, ChainParams, ChainStage, Step, StepSpec, resolve_steps
 from arcforge.runtime.stage import ENGINES, ArtifactStage, GlobalStage, MapStage, PartitionStage, SourceStage, Stage, resolve_stage
 from arcforge.runtime.storage import S3Options, expand_inputs
@@ -100,6 +101,8 @@ class StageConfig(_Strict):
     # Rows quarantined because the stage raised on them, as a share of its input: above this the
     # run fails (a bug is never a green run). Not part of the fingerprint: changing it reruns nothing.
     max_error_fraction: float = Field(0.01, ge=0, le=1)
+    # Data-quality expectations on the stage's stats (arcforge.runtime.checkspec); not fingerprinted.
+    checks: list[CheckConfig] = Field(default_factory=list)
 
     @model_validator(mode="after")
     def _uses_or_steps(self) -> StageConfig:
@@ -113,6 +116,10 @@ class StageConfig(_Strict):
             dup = sorted({n for n in names if names.count(n) > 1})
             if dup:
                 raise ValueError(f"step names must be unique; name the repeated step(s) {dup} with `name:`")
+        checks = [c.check_name for c in self.checks]
+        dup = sorted({n for n in checks if checks.count(n) > 1})
+        if dup:
+            raise ValueError(f"check names must be unique within a stage; give the repeated check(s) {dup} a `name:`")
         return self
 
     @field_validator("input")
@@ -262,11 +269,22 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
         if steps is not None and schema is not None:
             _check_chain_reads(path, key, steps, schema)
             schema = CHAIN.schema_for(steps, schema)
+        _check_checks(path, key, sc, schema)
         rs = ResolvedStage(sc, stage, params, engine, files, schema, datasets, steps)
         seen[sc.name] = rs
         out.append(rs)
     assert all(e in ENGINES for e in (s.engine for s in out))
     return out
+
+
+def _check_checks(path: str, key: str, sc: StageConfig, schema: pa.Schema | None) -> None:
+    """Checks that cannot hold for this stage, whatever its data: one line now, not a red asset later."""
+    for check in sc.checks:
+        where = f"{path}: {key}.checks[{check.check_name}].metric"
+        if check.metric.startswith("bucket") and sc.uses != "quality.buckets":
+            raise ConfigError(f"{where}: {check.metric} needs a quality.buckets stage, not {sc.uses}")
+        if check.metric == "language_distance" and schema is not None and "language" not in schema.names:
+            raise ConfigError(f"{where}: language_distance needs a `language` column, which {sc.name}'s output lacks")
 
 
 def _find_stage(path: str, key: str, uses: str) -> Stage[Any]:

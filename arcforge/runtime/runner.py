@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,6 +30,11 @@ from arcforge.runtime.tasks import PartitionTask
 RUN_FILE = "_run.json"
 
 
+def task_files(task: PartitionTask) -> list[str]:
+    """The input files a source partition reads: its file, or the small files grouped into it."""
+    return list(task.split.get("files") or [task.input_uri])
+
+
 class StageFailed(RuntimeError):
     """A stage whose own code failed on too many rows; ``str()`` is the one line for the user,
     ``traceback`` the first failing row's, for the log."""
@@ -43,7 +48,7 @@ class StageFailed(RuntimeError):
 class StageResult:
     name: str
     engine: str
-    status: str  # "skipped" (already committed), "ran", "resumed"
+    status: str  # "skipped" (already committed), "ran", "resumed", "partial" (only_files ran; no manifest yet)
     partitions: int
     ran: int
     seconds: float
@@ -112,14 +117,15 @@ class Runner:
 
     def run(self, only: str | None = None, start: str | None = None, force: bool = False) -> list[StageResult]:
         selected = self.select(only, start)
-        self._write_run_file()
+        self.write_run_file()
         try:
             return [self.run_stage(rs, force=force) for rs in selected]
         finally:
             if self._owns_engines:
                 self.engines.stop()
 
-    def _write_run_file(self) -> None:
+    def write_run_file(self) -> None:
+        """``_run.json``: the stages, their inputs and checks, and the config path (status, report, lineage)."""
         fs, base = self.run_ref.fs()
         storage.write_json_atomic(
             fs,
@@ -129,7 +135,8 @@ class Runner:
                 "config": os.path.abspath(self.plan.path),  # status finds it from any directory
                 "stages": [
                     {"name": s.name, "uses": s.cfg.uses, "engine": s.engine, "inputs": s.cfg.input_stages(),
-                     "artifacts": dict(s.cfg.artifacts)}
+                     "artifacts": dict(s.cfg.artifacts),
+                     "checks": [c.model_dump(mode="json", exclude_none=True) for c in s.cfg.checks]}
                     for s in self.plan.stages
                 ],
             },
@@ -298,7 +305,12 @@ class Runner:
         self.progress.end_stage(result)
         return result
 
-    def run_stage(self, rs: ResolvedStage, force: bool = False) -> StageResult:
+    def run_stage(self, rs: ResolvedStage, force: bool = False, only_files: Collection[str] | None = None) -> StageResult:
+        """Run a stage's pending partitions and commit its manifest once all are committed.
+
+        ``only_files`` (a source stage reading files) runs just the partitions reading those
+        input files: Dagster's per-file partitions. The manifest is written when that leaves
+        no partition pending; until then the result's status is ``partial``."""
         self.current = rs.name
         if isinstance(rs.stage, ArtifactStage):
             return self.run_artifact_stage(rs, force)
@@ -315,6 +327,13 @@ class Runner:
         commits = dataset.read_commits(out)
         done = {t.partition: commits[t.partition] for t in tasks if commits.get(t.partition, {}).get("fingerprint") == t.fingerprint}
         pending = [t for t in tasks if t.partition not in done]
+        waiting: list[PartitionTask] = []
+        if only_files is not None:
+            if not (isinstance(rs.stage, SourceStage) and rs.stage.reads_files):
+                raise ValueError(f"stage {rs.name}: only a source stage that reads files runs per input file")
+            chosen = set(only_files)
+            waiting = [t for t in pending if not chosen.intersection(task_files(t))]
+            pending = [t for t in pending if chosen.intersection(task_files(t))]
         dataset.remove_stale(out, {t.partition for t in tasks})
         self.progress.start_stage(rs.name, len(tasks), len(done))
         engine = self.engines.get(rs.engine)
@@ -325,6 +344,10 @@ class Runner:
             new = engine.run_tasks(rs.stage, pending, self.progress.advance)
         records = list(done.values()) + new
         self._check_errors(rs, out, records)
+        if waiting:  # other input files still to run: no manifest yet
+            result = StageResult(rs.name, rs.engine, "partial", len(tasks), len(pending), time.time() - started, {})
+            self.progress.end_stage(result)
+            return result
         self._write_stats(rs, out, records, schema, stage_fp)
         manifest = dataset.write_manifests(
             out,
