@@ -269,7 +269,7 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
         if steps is not None and schema is not None:
             _check_chain_reads(path, key, steps, schema)
             schema = CHAIN.schema_for(steps, schema)
-        _check_checks(path, key, sc, schema)
+        _check_checks(path, key, sc)
         rs = ResolvedStage(sc, stage, params, engine, files, schema, datasets, steps)
         seen[sc.name] = rs
         out.append(rs)
@@ -277,14 +277,12 @@ def _resolve_stages(path: str, cfg: RunConfig, data: dict[str, Any]) -> list[Res
     return out
 
 
-def _check_checks(path: str, key: str, sc: StageConfig, schema: pa.Schema | None) -> None:
+def _check_checks(path: str, key: str, sc: StageConfig) -> None:
     """Checks that cannot hold for this stage, whatever its data: one line now, not a red asset later."""
     for check in sc.checks:
         where = f"{path}: {key}.checks[{check.check_name}].metric"
         if check.metric.startswith("bucket") and sc.uses != "quality.buckets":
             raise ConfigError(f"{where}: {check.metric} needs a quality.buckets stage, not {sc.uses}")
-        if check.metric == "language_distance" and schema is not None and "language" not in schema.names:
-            raise ConfigError(f"{where}: language_distance needs a `language` column, which {sc.name}'s output lacks")
 
 
 def _find_stage(path: str, key: str, uses: str) -> Stage[Any]:
