@@ -15,6 +15,7 @@ from rich.table import Table
 from arcforge.classifiers.cli import register as add_classifiers_parser
 from arcforge.model.cli import add_model_parser
 from arcforge.model.train_cli import add_train_parser
+from arcforge.report.cli import register as add_report_parser
 from arcforge.runtime.config import ConfigError
 from arcforge.run_cli import add_run_parser
 
@@ -117,7 +118,22 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for line in status_lines(args.run_dir, args.blends):  # input files -> stages -> blends, stale marked
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    from arcforge.report import checks
+
+    for line in checks.status_lines(args.run_dir) + [report_pointer(args.run_dir)]:
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
     return 0
+
+
+def report_pointer(run_dir: str) -> str:
+    """Where the run's HTML report is, or how to write it."""
+    from arcforge.runtime import storage
+
+    fs, base = storage.filesystem(run_dir.rstrip("/"))
+    path = storage.join(base, "report.html")
+    if storage.exists(fs, path):
+        return f"report: {run_dir.rstrip('/')}/report.html (re-write it with `arcforge report {run_dir}`)"
+    return f"report: none yet; `arcforge report {run_dir}` writes {run_dir.rstrip('/')}/report.html"
 
 
 def _print_distributions(run: Any, stages: list[str]) -> None:
@@ -275,6 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_model_parser(sub)
     add_train_parser(sub)
     add_classifiers_parser(sub)
+    add_report_parser(sub)
     return p
 
 
