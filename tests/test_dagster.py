@@ -12,7 +12,7 @@ import pytest
 
 from arcforge.orchestrate.dagster_defs import arcforge_definitions, file_keys
 from arcforge.runtime import dataset
-from arcforge.runtime.config import ConfigError
+from arcforge.runtime.config import ConfigError, load_plan
 from arcforge.runtime.dataset import DatasetRef
 from conftest import TESTS, write_config
 
@@ -193,5 +193,6 @@ def test_the_demo_materialises_and_its_metadata_equals_the_manifests(demo_run, d
         if result.manifest.get("kind") != "artifact":
             _check_manifest_metadata(meta, result.manifest)
     evals = rest.get_asset_check_evaluations()
-    assert len(evals) == 8 and all(e.passed for e in evals)
+    configured = sum(len(rs.cfg.checks) for rs in load_plan(TESTS.parent / "configs" / "demo.yaml").stages)
+    assert configured == 9 and len(evals) == configured and all(e.passed for e in evals)
     assert Path(_metadata(rest, "demo_report")["report"]).is_file()
