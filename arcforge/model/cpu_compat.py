@@ -7,9 +7,10 @@
    attention, rotary embedding, linear layers), even with ``use_cpu_initialization=True``;
    without CUDA the real function raises. Only installed when CUDA is absent (or ``force``),
    so it cannot redirect a real GPU.
-2. ``moe_utils.te_general_gemm = None``. The router's gating linear tests
-   ``te_general_gemm is not None``, a name that only exists when Transformer Engine imports:
-   ``NameError`` without TE (fixed in later megatron releases).
+2. ``megatron_model.apply_no_te_shims()`` (``moe_utils.te_general_gemm = None``): the
+   router's gating linear tests ``te_general_gemm is not None``, a name that only exists when
+   Transformer Engine imports: ``NameError`` without TE. Not CPU-specific: the GPU path
+   applies the same shim when TE does not import.
 3. The model-parallel RNG tracker is replaced by one that keeps *CPU* generator states
    (megatron's stores CUDA RNG states). Expert initialisation and dropout regions ``fork()``
    a named tracker state, so the states must exist.
@@ -60,11 +61,10 @@ def _patch_current_device() -> None:
 
 
 def _patch_te_general_gemm() -> None:
-    # 2. NameError in RouterGatingLinearFunction when Transformer Engine is not installed.
-    from megatron.core.transformer.moe import moe_utils
+    # 2. NameError in RouterGatingLinearFunction without Transformer Engine (CPU and GPU alike).
+    from arcforge.model.megatron_model import apply_no_te_shims
 
-    if not hasattr(moe_utils, "te_general_gemm"):
-        moe_utils.te_general_gemm = None
+    apply_no_te_shims()
 
 
 class CpuRNGStatesTracker:

@@ -35,9 +35,42 @@ from arcforge.model.arch import ArchConfig, layer_specs, to_transformer_config
 _CUDA_INITIALISED = False
 
 
+def have_transformer_engine() -> bool:
+    """Whether Transformer Engine imports (megatron then offers TE layer specs and kernels)."""
+    try:
+        import transformer_engine  # noqa: F401
+    except Exception:  # noqa: BLE001 - missing, or a broken build
+        return False
+    return True
+
+
+def apply_no_te_shims() -> None:
+    """Shims megatron-core 0.16.1 needs when Transformer Engine does not import, on CPU and GPU.
+
+    ``moe_utils.te_general_gemm``: the router's gating linear (``RouterGatingLinearFunction``)
+    tests ``te_general_gemm is not None``, a name defined only when TE imports, so without TE
+    the first forward fails with ``NameError`` (issue 12, finding 1). Setting it to ``None``
+    selects the plain ``torch`` matmul. Idempotent; does nothing when TE defined the name.
+    """
+    from megatron.core.transformer.moe import moe_utils
+
+    if not hasattr(moe_utils, "te_general_gemm"):
+        moe_utils.te_general_gemm = None
+
+
+def mark_cuda_initialised() -> None:
+    """Tell ``init_runtime``/``build_model`` that the caller (the trainer's megatron backend)
+    has set up NCCL, megatron's parallel groups and the CUDA RNG itself: not to redo it."""
+    global _CUDA_INITIALISED
+    _CUDA_INITIALISED = True
+
+
+def cuda_initialised() -> bool:
+    return _CUDA_INITIALISED
+
+
 def init_runtime(device: str = "cpu", seed: int = 1234) -> None:
     """Process-level set-up before building a model: CPU compat layer, or NCCL + RNG on CUDA."""
-    global _CUDA_INITIALISED
     if device == "cpu":
         if not cpu_compat.cuda_absent() and not cpu_compat.is_applied():
             import warnings
@@ -46,6 +79,7 @@ def init_runtime(device: str = "cpu", seed: int = 1234) -> None:
                           "forcing the CPU compatibility layer for the whole process")
         cpu_compat.apply(seed, force=True)
         return
+    apply_no_te_shims()
     if _CUDA_INITIALISED:
         return
     import os
@@ -62,7 +96,7 @@ def init_runtime(device: str = "cpu", seed: int = 1234) -> None:
     if not parallel_state.model_parallel_is_initialized():
         parallel_state.initialize_model_parallel()
     tensor_parallel.model_parallel_cuda_manual_seed(seed)
-    _CUDA_INITIALISED = True
+    mark_cuda_initialised()
 
 
 def build_model(
@@ -155,8 +189,10 @@ def lm_loss(
     reported separately. With gradient accumulation over N micro-batches pass
     ``loss_scale=1/N`` so that all three terms are averaged alike.
     """
-    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler, get_moe_layer_wise_logging_tracker
-    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler, MTPLossLoggingHelper
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+    from megatron.core.transformer.multi_token_prediction import MTPLossAutoScaler
+
+    from arcforge.model.losses import reset_loss_trackers
 
     if loss_mask is None:
         loss_mask = torch.ones_like(labels, dtype=torch.float32)
@@ -167,9 +203,7 @@ def lm_loss(
     MTPLossAutoScaler.set_loss_scale(scale)
     MoEAuxLossAutoScaler.set_loss_scale(scale)
     # megatron's loss trackers are process-global and accumulate; here they hold this call only
-    # (cleared, not zeroed: they are sized by the first model that wrote them)
-    MTPLossLoggingHelper.tracker.clear()
-    get_moe_layer_wise_logging_tracker().clear()
+    reset_loss_trackers()
     per_token = model(
         tokens,
         position_ids_for(tokens),
@@ -256,36 +290,64 @@ def routers(model) -> list:
     return [m for m in model.modules() if isinstance(m, TopKRouter)]
 
 
-@torch.no_grad()
-def expert_bias_update(model, update_rate: float | None = None) -> int:
-    """Loss-free balancing update; call once after every optimizer step.
+def updated_expert_bias(tokens_per_expert: torch.Tensor, expert_bias: torch.Tensor, rate: float) -> torch.Tensor:
+    """The loss-free balancing rule (arXiv 2408.15664): ``bias + rate * sign(mean - load)``.
 
-    This is what megatron's ``finalize_model_grads`` does on the GPU path
-    (``_update_router_expert_bias`` + ``reset_model_temporary_tensors``), done locally: for
-    each router, ``expert_bias += rate * sign(mean_load - load)`` where ``load`` is the number
-    of tokens routed to each expert since the last update (counted in training forwards with
-    grad enabled, i.e. over all micro-batches of the step), then the counts are zeroed. With
-    data parallelism the counts must be all-reduced over the data-parallel group first
-    (``torch.distributed.all_reduce`` on ``router.local_tokens_per_expert``), which this does
-    when ``torch.distributed`` has more than one rank. Returns the number of routers updated.
+    ``tokens_per_expert`` ``[..., E]`` are the tokens routed to each expert over the step (all
+    data-parallel ranks); experts above the mean load move down by ``rate``, those below move
+    up, those exactly at it stay. Pure; the same arithmetic as megatron-core 0.16.1's
+    ``moe_utils.get_updated_expert_bias`` without its all-reduce.
+    """
+    counts = tokens_per_expert.float()
+    mean = counts.sum(dim=-1, keepdim=True) / counts.shape[-1]
+    return expert_bias + torch.sign(mean - counts) * rate
+
+
+def balance_group():
+    """The process group over which routers' token counts are summed: megatron's
+    tensor x data (x context) parallel group, as ``finalize_model_grads`` uses (each pipeline
+    stage has its own routers, so never the whole world); None for one process."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return None
+    from megatron.core import parallel_state
+
+    if parallel_state.model_parallel_is_initialized():
+        return parallel_state.get_tensor_and_data_parallel_group(with_context_parallel=True)
+    return dist.group.WORLD
+
+
+@torch.no_grad()
+def expert_bias_update(model, update_rate: float | None = None, *, group: Any = "auto") -> int:
+    """Loss-free balancing update; call once after every optimizer step (both trainer paths).
+
+    For each router, ``expert_bias = updated_expert_bias(load, expert_bias, rate)`` where
+    ``load`` is the number of tokens routed to each expert since the last update (megatron
+    counts them in ``router.local_tokens_per_expert`` during training forwards with grad
+    enabled, i.e. over all micro-batches of the step), then the counts are zeroed. With several
+    processes the counts of all routers are summed over ``group`` first (one all-reduce; by
+    default ``balance_group()``). ``update_rate`` defaults to ``config.moe_router_bias_update_rate``.
+    Returns the number of routers updated. On the GPU path megatron's own update inside
+    ``finalize_model_grads`` is switched off so that this is the only one.
     """
     import torch.distributed as dist
 
-    rate = update_rate
-    if rate is None:
-        rate = model.config.moe_router_bias_update_rate
-    n = 0
-    for r in routers(model):
-        if getattr(r, "expert_bias", None) is None:
-            continue
-        counts = r.local_tokens_per_expert
-        if dist.is_initialized() and dist.get_world_size() > 1:
-            dist.all_reduce(counts)
-        mean = counts.sum() / counts.numel()
-        r.expert_bias.add_(torch.sign(mean - counts) * rate)
-        counts.zero_()
-        n += 1
-    return n
+    rate = model.config.moe_router_bias_update_rate if update_rate is None else update_rate
+    rs = [r for r in routers(model) if getattr(r, "expert_bias", None) is not None]
+    if not rs:
+        return 0
+    if group == "auto":
+        group = balance_group()
+    counts = [r.local_tokens_per_expert for r in rs]
+    if group is not None and dist.get_world_size(group) > 1:
+        stacked = torch.stack(counts)
+        dist.all_reduce(stacked, group=group)
+        counts = list(stacked.unbind(0))
+    for r, c in zip(rs, counts):
+        r.expert_bias.copy_(updated_expert_bias(c, r.expert_bias, rate))
+        r.local_tokens_per_expert.zero_()
+    return len(rs)
 
 
 def count_parameters(model, *, include_expert_bias: bool = True, include_mtp: bool = True) -> int:

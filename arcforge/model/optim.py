@@ -126,7 +126,11 @@ class CombinedOptimizer(torch.optim.Optimizer):
         self.optimizers = optimizers
         self.param_groups = [g for o in optimizers for g in o.param_groups]
         self.defaults: dict = {}
-        self.state = {}  # type: ignore[assignment]
+
+    @property
+    def state(self) -> dict:  # type: ignore[override]
+        """The sub-optimizers' states in one view (megatron's wrappers read ``optimizer.state``)."""
+        return {p: st for o in self.optimizers for p, st in o.state.items()}
 
     def step(self, closure: Callable[[], float] | None = None) -> float | None:
         loss = closure() if closure is not None else None
@@ -146,6 +150,56 @@ class CombinedOptimizer(torch.optim.Optimizer):
             opt.load_state_dict(st)
 
 
+# torch optimizer hyper-parameters that do not carry over from a group of one optimizer to
+# the Muon/AdamW groups made from it (other keys, e.g. megatron's wd_mult, are kept)
+_HYPER_KEYS = {"params", "lr", "betas", "eps", "weight_decay", "amsgrad", "foreach", "maximize", "capturable",
+               "differentiable", "fused", "decoupled_weight_decay", "initial_lr", "momentum", "nesterov",
+               "ns_steps", "update_rms", "adjust_lr_fn"}
+
+
+def muon_adamw(
+    groups: list[dict],
+    names: dict[int, str],
+    lr: float,
+    weight_decay: float = 0.1,
+    betas: tuple[float, float] = (0.9, 0.95),
+    num_experts: int = 0,
+) -> torch.optim.Optimizer:
+    """Muon for matrices, AdamW for embeddings, output layer, biases and norms, over existing groups.
+
+    ``groups``: param groups (dicts with ``params`` and optionally ``weight_decay`` and other
+    keys); ``names``: ``id(param) -> model parameter name`` for every param (the rule
+    ``is_adamw_param`` and the fused-expert layout go by name). Each group's params split into
+    a Muon part and an AdamW part, keeping the group's weight decay and its extra keys. The one
+    implementation behind ``build_optimizer("muon")`` (CPU) and the megatron backend, which
+    calls it on the groups of megatron's mixed-precision optimizer (its fp32 main params;
+    ``num_experts`` is then the experts local to the rank).
+    """
+    muon_groups, adam_groups, layouts = [], [], {}
+    for g in groups:
+        extra = {k: v for k, v in g.items() if k not in _HYPER_KEYS}
+        wd = g.get("weight_decay", weight_decay)
+        muon_part, adam_part = [], []
+        for p in g["params"]:
+            name = names[id(p)]
+            if p.dim() >= 2 and not is_adamw_param(name, p):
+                muon_part.append(p)
+                if lay := grouped_expert_layout(name, p, num_experts):
+                    layouts[p] = lay
+            else:
+                adam_part.append(p)
+        if muon_part:
+            muon_groups.append({**extra, "params": muon_part, "weight_decay": wd})
+        if adam_part:
+            adam_groups.append({**extra, "params": adam_part, **({"weight_decay": wd} if "weight_decay" in g else {})})
+    opts: list[torch.optim.Optimizer] = []
+    if muon_groups:
+        opts.append(Muon(muon_groups, lr=lr, weight_decay=weight_decay, layouts=layouts))
+    if adam_groups:
+        opts.append(torch.optim.AdamW(adam_groups, lr=lr, betas=betas, weight_decay=weight_decay))
+    return CombinedOptimizer(opts)
+
+
 def build_optimizer(
     model: nn.Module,
     name: str,
@@ -159,29 +213,17 @@ def build_optimizer(
     Every group records ``base_lr`` so a schedule can scale all groups by one factor.
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for n, p in named if p.dim() >= 2]
     no_decay = [p for n, p in named if p.dim() < 2]
     if name == "adamw":
-        decay = [p for n, p in named if p.dim() >= 2]
-        opt = torch.optim.AdamW(
+        combined: torch.optim.Optimizer = torch.optim.AdamW(
             [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=lr, betas=betas, weight_decay=weight_decay
         )
-        opts: list[torch.optim.Optimizer] = [opt]
     elif name == "muon":
-        adam_matrices = [p for n, p in named if p.dim() >= 2 and is_adamw_param(n, p)]
-        muon_named = [(n, p) for n, p in named if p.dim() >= 2 and not is_adamw_param(n, p)]
-        layouts = {p: lay for n, p in muon_named if (lay := grouped_expert_layout(n, p, num_experts))}
-        opts = [
-            Muon([p for _, p in muon_named], lr=lr, weight_decay=weight_decay, layouts=layouts),
-            torch.optim.AdamW(
-                [{"params": adam_matrices}, {"params": no_decay, "weight_decay": 0.0}],
-                lr=lr,
-                betas=betas,
-                weight_decay=weight_decay,
-            ),
-        ]
+        groups = [{"params": decay}, {"params": no_decay, "weight_decay": 0.0}]
+        combined = muon_adamw(groups, {id(p): n for n, p in named}, lr, weight_decay, betas, num_experts)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
-    combined = opts[0] if len(opts) == 1 else CombinedOptimizer(opts)
     for group in combined.param_groups:
         group["base_lr"] = lr
     return combined

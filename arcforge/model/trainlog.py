@@ -78,14 +78,16 @@ class RouterLoad:
     def _hook(self, key: str):
         def hook(module, args, output):
             if module.training and torch.is_grad_enabled():
-                routing_map = output[1]
-                self.counts[key] += routing_map.detach().sum(dim=0).to("cpu", torch.long)
+                c = output[1].detach().sum(dim=0).to(torch.long)
+                if self.counts[key].device != c.device:  # on GPU: count there, no sync per forward
+                    self.counts[key] = self.counts[key].to(c.device)
+                self.counts[key] += c
 
         return hook
 
     def take(self) -> dict[str, list[int]]:
         """The counts since the last call (then zeroed)."""
-        out = {k: [int(x) for x in v] for k, v in self.counts.items()}
+        out = {k: [int(x) for x in v.tolist()] for k, v in self.counts.items()}
         for v in self.counts.values():
             v.zero_()
         return out

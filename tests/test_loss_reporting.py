@@ -1,0 +1,104 @@
+"""The per-step loss columns (``arcforge.model.losses``), as pure functions and against
+megatron-core 0.16.1's real MTP and aux-loss trackers (issue 12, finding 3: on GPU the logged
+MTP/aux losses were summed over micro-batches and never reset between steps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from arcforge.model.losses import LossSums, reset_loss_trackers, step_losses, sum_micro_batches, tracker_aux_total, tracker_mtp_values
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+def test_step_losses_average_over_micro_batches_and_dp_ranks():
+    # 2 DP ranks x 4 micro-batches; sums over both ranks' micro-batches
+    row = step_losses(8 * 6.0, [8 * 8.0, 8 * 9.0], 8 * 4.0, micro_batches=4, dp_size=2)
+    assert row == {"loss": 6.0, "mtp_loss": 8.5, "aux_loss": 4.0}
+    assert step_losses(3.0, [], None, micro_batches=3)["mtp_loss"] is None
+    assert step_losses(3.0, [], None, micro_batches=3)["aux_loss"] is None
+    with pytest.raises(ValueError):
+        step_losses(1.0, [], 0.0, micro_batches=0)
+
+
+def test_loss_sums_match_the_cpu_columns_meaning():
+    """mean over micro-batches; MTP: mean over depths; aux: summed over layers and kinds."""
+    per_micro = [(6.0, [8.0, 9.0], {"seq_load_balancing_loss": 4.0, "z_loss": 0.5}),
+                 (5.0, [7.0, 8.0], {"seq_load_balancing_loss": 3.0, "z_loss": 0.5})]
+    row = sum_micro_batches(per_micro).row()
+    assert row["loss"] == pytest.approx(5.5)
+    assert row["mtp_loss"] == pytest.approx((8.0 + 9.0 + 7.0 + 8.0) / 4)
+    assert row["aux_loss"] == pytest.approx(4.0)
+    # the same numbers from two DP ranks that each saw one micro-batch
+    a, b = LossSums(), LossSums()
+    a.add(*per_micro[0])
+    b.add(*per_micro[1])
+    both = step_losses(a.lm + b.lm, [x + y for x, y in zip(a.mtp, b.mtp)], a.aux + b.aux, micro_batches=1, dp_size=2)
+    assert both == pytest.approx(row)
+    with pytest.raises(ValueError):
+        a.add(1.0, [1.0], 0.0)  # a different number of MTP depths
+
+
+@pytest.fixture(scope="module")
+def megatron_trackers():
+    from arcforge.model import cpu_compat
+
+    cpu_compat.apply(0, force=True)  # the MTP tracker allocates on torch.cuda.current_device()
+    from megatron.core.transformer.moe.moe_utils import save_to_aux_losses_tracker
+    from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
+
+    def micro_batch(mtp: list[float], aux_per_layer: list[float]) -> None:
+        """What one training forward of megatron 0.16.1 writes: GPTModel adds each depth's
+        masked mean MTP CE, every MoE router its unweighted aux loss (layer numbers from 1)."""
+        for depth, v in enumerate(mtp):
+            MTPLossLoggingHelper.save_loss_to_tracker(torch.tensor(v), depth, len(mtp))
+        for layer, v in enumerate(aux_per_layer, start=1):
+            save_to_aux_losses_tracker("seq_load_balancing_loss", torch.tensor(v), layer, len(aux_per_layer))
+
+    reset_loss_trackers()
+    yield micro_batch
+    reset_loss_trackers()
+
+
+def test_gpu_reporting_bug_is_fixed(megatron_trackers):
+    """proxy-100m on GPU: 4 micro-batches per step, MTP CE 8.4 per micro-batch. Read without a
+    reset and without dividing (the old GPU path: ``mtp_loss_values()`` once per step), the
+    column reads 33.6, 67.2, 100.8: summed over micro-batches and accumulated over steps. With
+    one reset per step and ``step_losses`` it reads 8.4 every step, as the CPU column does."""
+    from arcforge.model.megatron_model import aux_loss_values, mtp_loss_values
+
+    micro, steps, mtp_ce, aux = 4, 3, 8.4, [1.0, 1.5]  # two MoE layers: 2.5 per micro-batch
+    old_mtp, old_aux, new_rows = [], [], []
+    reset_loss_trackers()
+    for _ in range(steps):  # the old path: never reset
+        for _ in range(micro):
+            megatron_trackers([mtp_ce], aux)
+        old_mtp.append(sum(mtp_loss_values()) / len(mtp_loss_values()))
+        old_aux.append(sum(aux_loss_values().values()))
+    assert old_mtp == pytest.approx([33.6, 67.2, 100.8], rel=1e-6)
+    assert old_aux == pytest.approx([10.0, 20.0, 30.0], rel=1e-6)
+    for _ in range(steps):  # the fixed path: reset, run the micro-batches, read once, reduce
+        reset_loss_trackers()
+        for _ in range(micro):
+            megatron_trackers([mtp_ce], aux)
+        mtp = tracker_mtp_values(1).tolist()
+        new_rows.append(step_losses(micro * 6.0, mtp, float(tracker_aux_total()), micro_batches=micro, dp_size=1))
+    for row in new_rows:
+        assert row["mtp_loss"] == pytest.approx(mtp_ce, rel=1e-6)
+        assert row["aux_loss"] == pytest.approx(2.5, rel=1e-6)
+        assert row["loss"] == pytest.approx(6.0)
+
+
+def test_tracker_readers_when_nothing_was_recorded(megatron_trackers):
+    """A pipeline stage without the MTP block or MoE layers contributes zeros of the right size."""
+    reset_loss_trackers()
+    assert tracker_mtp_values(2).tolist() == [0.0, 0.0]
+    assert float(tracker_aux_total()) == 0.0
+    megatron_trackers([2.0, 3.0], [0.5])
+    assert tracker_mtp_values(2).tolist() == [2.0, 3.0]
+    assert math.isclose(float(tracker_aux_total()), 0.5)
+    reset_loss_trackers()
+    assert tracker_mtp_values(2).tolist() == [0.0, 0.0]
