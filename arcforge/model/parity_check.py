@@ -83,23 +83,13 @@ def set_weights(model, values: dict[str, Any]) -> None:
 
 def first_losses(cfg, steps: int, *, init: str = "parity") -> list[dict[str, Any]]:
     """Rows of the first ``steps`` optimizer steps of ``cfg`` (a ``TrainConfig``), from its seed."""
-    import torch
+    from arcforge.model.train_loop import _unwrap, started
 
-    from arcforge.model.train_loop import Trainer, _unwrap
-
-    threads = torch.get_num_threads()
-    if cfg.threads is not None and cfg.device == "cpu":
-        torch.set_num_threads(cfg.threads)
-    trainer = Trainer(cfg, resume=False, verbose=False)
-    try:
-        trainer.setup()
+    with started(cfg, resume=False, verbose=False) as trainer:
         if init == "parity":
             model = _unwrap(trainer.model)
             set_weights(model, parity_weights(model, cfg.seed, trainer.arch.init_std))
         return [trainer.advance(None) for _ in range(min(steps, trainer.total_steps))]
-    finally:
-        trainer.close()
-        torch.set_num_threads(threads)
 
 
 def run(config: str, device: str, steps: int, *, init: str = "parity", work_dir: str | None = None) -> dict[str, Any]:

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -408,11 +410,9 @@ def _unwrap(model):
     return getattr(model, "module", model)
 
 
-def train(cfg: TrainConfig | str | os.PathLike, *, resume: bool = True, max_steps: int | None = None,
-          verbose: bool | None = None) -> TrainResult:
-    """Train a config (or a YAML path); resume from the latest checkpoint unless ``resume=False``."""
-    if not isinstance(cfg, TrainConfig):
-        cfg = load_train_config(cfg)
+@contextmanager
+def started(cfg: TrainConfig, *, resume: bool, verbose: bool | None) -> Iterator[Trainer]:
+    """A set-up ``Trainer`` with the config's CPU thread count; closed (and threads restored) after."""
     import torch
 
     threads = torch.get_num_threads()
@@ -421,9 +421,18 @@ def train(cfg: TrainConfig | str | os.PathLike, *, resume: bool = True, max_step
     trainer = Trainer(cfg, resume=resume, verbose=verbose)
     try:
         trainer.setup()
-        return trainer.run(max_steps=max_steps)
+        yield trainer
     finally:
         trainer.close()
         torch.set_num_threads(threads)
+
+
+def train(cfg: TrainConfig | str | os.PathLike, *, resume: bool = True, max_steps: int | None = None,
+          verbose: bool | None = None) -> TrainResult:
+    """Train a config (or a YAML path); resume from the latest checkpoint unless ``resume=False``."""
+    if not isinstance(cfg, TrainConfig):
+        cfg = load_train_config(cfg)
+    with started(cfg, resume=resume, verbose=verbose) as trainer:
+        return trainer.run(max_steps=max_steps)
 
 
