@@ -1,0 +1,259 @@
+"""GPU throughput and MFU: arcforge's trainer against the plain-PyTorch reference, same shapes, same run.
+
+For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4096, bf16):
+
+* **arcforge**: ``arcforge.model.train.train`` on ``configs/train.<preset>.gpu.yaml`` (device
+  cuda, bf16, AdamW, megatron-core GPTModel with MTP, the real loop: schedules, router-load
+  hooks, logs), ``--warmup`` steps then ``--steps`` timed steps; tokens/s from the trainer's
+  ``train_log.csv`` (``step_seconds`` is CUDA-synchronised and covers forward, backward,
+  optimizer step and bias update of every micro-batch of the step);
+* **reference**: ``benchmarks/peers/moe_ref.py`` with the same layer shapes, micro-batch and
+  sequence length (SDPA flash attention, ``torch._grouped_mm`` experts, fused AdamW), eager and,
+  with ``--ref-compile``, ``torch.compile``.
+
+Each side runs in its own child process of this run, one after the other on the same GPU (a
+failure of one side is reported and does not stop the other; GPU memory is clean for each).
+
+MFU (also in docs/benchmarks.md, "GPU"): model FLOPs per token = 6 x active matmul parameters
+(attention QKV and output projections, dense MLPs, top-k routed + shared experts, routers, and
+the output layer; no embedding, norms or biases; the MTP layer not counted) + 12 x layers x
+hidden x seq (attention scores and values, causal **not** halved), the same for both sides;
+tokens counted are the non-padding tokens (the synthetic shards have no pad id, so all of
+them); MFU = tokens/s x FLOPs per token / 989e12 (H100 SXM and H200 dense bf16 peak).
+
+    python benchmarks/bench_gpu_mfu.py --data DIR [--presets proxy-100m,proxy-1b] [--steps 10] [--warmup 3]
+    python benchmarks/bench_gpu_mfu.py --make-data DIR      # the synthetic shard only (CPU is fine)
+
+Exits 2 with one line when CUDA is unavailable (``--make-data`` needs no GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+
+VOCAB, EOD, PAD = 4000, 2, 3
+DEFAULT_MBS = {"proxy-100m": 8, "proxy-1b": 4, "proxy-tiny": 8}
+
+
+def make_data(out: str | Path, *, tokens: int = 2_000_000, vocab: int = VOCAB, seed: int = 0) -> str:
+    """A synthetic Megatron shard ``DIR/synthetic`` (.bin/.idx, uint16) plus ``DIR/tokenizer.json``.
+
+    Documents of 256-6,000 tokens drawn from a fixed random first-order Markov chain (each id
+    has 8 successors chosen from a Zipf-like distribution over ids 4..vocab-1): learnable,
+    unevenly used tokens, deterministic for a seed; ids 0-3 are arcforge's specials (2 = eod
+    ends each document, the pad id 3 never occurs). Written with megatron-core's
+    ``IndexedDatasetBuilder`` (``arcforge.tokenize.shards.megatron_builder``). About 1 s per
+    million tokens."""
+    import numpy as np
+
+    from arcforge.tokenize.shards import megatron_builder
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / "synthetic"
+    if Path(str(prefix) + ".idx").exists() and (out / "tokenizer.json").exists():
+        return str(prefix)
+    rng = np.random.default_rng(seed)
+    ids = np.arange(4, vocab)
+    p = 1.0 / np.arange(1, len(ids) + 1) ** 1.1
+    p /= p.sum()
+    succ = rng.choice(ids, size=(vocab, 8), p=p).astype(np.uint16)
+    builder = megatron_builder()(str(prefix) + ".bin", dtype=np.uint16)
+    n = docs = 0
+    while n < tokens:
+        length = int(rng.integers(256, 6000))
+        pick = rng.integers(0, 8, size=length)
+        doc = np.empty(length + 1, dtype=np.uint16)
+        t = int(rng.choice(ids, p=p))
+        for i in range(length):
+            doc[i] = t
+            t = int(succ[t, pick[i]])
+        doc[length] = EOD
+        builder.add_document(doc, [len(doc)])
+        n += len(doc)
+        docs += 1
+    builder.finalize(str(prefix) + ".idx")
+    (out / "tokenizer.json").write_text(json.dumps({"vocab_size": vocab, "eod_id": EOD, "pad_id": PAD}))
+    print(f"synthetic data: {docs} documents, {n:,} tokens, vocab {vocab} -> {prefix}.bin/.idx", flush=True)
+    return str(prefix)
+
+
+def _shape(preset: str):
+    from moe_ref import shape_from_arch
+
+    from arcforge.model.arch import get_preset
+
+    return shape_from_arch(get_preset(preset), VOCAB)
+
+
+def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters: int, seq: int) -> str:
+    """configs/train.<preset>.gpu.yaml with this run's data, batch, step count and output dir."""
+    import yaml
+
+    from arcforge.runtime.config import read_yaml
+
+    os.environ["ARCFORGE_GPU_DATA"] = data
+    src = ROOT / "configs" / f"train.{preset}.gpu.yaml"
+    cfg = read_yaml(str(src))
+    cfg["name"] = f"mfu-{preset}"
+    cfg["output_dir"] = str(Path(workdir) / preset)
+    cfg["model"]["seq_length"] = seq
+    cfg["batch"] = {"micro_batch_size": mbs, "global_batch_size": mbs * accum}
+    cfg["train"] = {"iters": iters}
+    cfg["data"]["split"] = "100,0,0"  # no validation share: no evaluation at the end
+    cfg["eval"] = {"interval": 0}
+    cfg["checkpoint"] = {"interval": 0, "keep": 1}
+    cfg["log"] = {"print_interval": 1, "plot": False}
+    path = Path(workdir) / f"{preset}.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    return str(path)
+
+
+def child_arcforge(a) -> dict:
+    from moe_ref import PEAK_BF16, flops_per_token
+
+    from arcforge.model.train import load_train_config, train
+
+    mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
+    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq)
+    cfg = load_train_config(path)
+    t0 = time.perf_counter()
+    train(cfg, resume=False, verbose=True)
+    wall = time.perf_counter() - t0
+    rows = [r for r in csv.DictReader(open(Path(cfg.output_dir) / "train_log.csv")) if r["kind"] == "train"]
+    timed = [r for r in rows if int(r["step"]) > a.warmup]
+    tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
+    secs = sum(float(r["step_seconds"]) for r in timed)
+    tok = tokens / secs
+    f = flops_per_token(_shape(a.preset), a.seq)
+    import torch
+
+    return dict(side="arcforge", preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed), warmup=a.warmup,
+                tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=float(rows[-1]["loss"]),
+                mtp_loss=rows[-1].get("mtp_loss"), aux_loss=rows[-1].get("aux_loss"),
+                balance_max_mean_worst=rows[-1].get("balance_max_mean_worst"),
+                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, wall_s=wall, flops_per_token=f)
+
+
+def child_reference(a) -> dict:
+    from moe_ref import run
+
+    mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
+    r = run(_shape(a.preset), a.seq, mbs, steps=a.steps, warmup=a.warmup, compile=a.compile)
+    r["preset"] = a.preset
+    r["side"] = "reference" + (" (compile)" if a.compile else "")
+    return r
+
+
+def _spawn(args: list[str], timeout: float) -> dict:
+    """Run a child; its last ``RESULT {json}`` line is the result, else an error row."""
+    cmd = [sys.executable, __file__, *args]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        return {"error": f"timed out after {timeout:.0f} s", "tail": (exc.stdout or "")[-2000:] if isinstance(exc.stdout, str) else ""}
+    sys.stderr.write(p.stderr[-4000:] if p.returncode else "")
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("RESULT "):
+            return json.loads(line[7:])
+    tail = (p.stdout + p.stderr).strip().splitlines()[-12:]
+    return {"error": f"exit {p.returncode}", "tail": "\n".join(tail)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", default=None, help="directory with the synthetic shard (built there if missing)")
+    ap.add_argument("--make-data", metavar="DIR", default=None, help="only build the synthetic shard in DIR and exit")
+    ap.add_argument("--presets", default="proxy-100m,proxy-1b")
+    ap.add_argument("--seq", type=int, default=4096)
+    ap.add_argument("--mbs", type=int, default=None, help="micro-batch (default: proxy-100m 8, proxy-1b 4)")
+    ap.add_argument("--accum", type=int, default=1, help="micro-batches per optimizer step on the arcforge side")
+    ap.add_argument("--steps", type=int, default=10, help="timed steps after the warm-up")
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--ref-compile", action="store_true", help="also run the reference under torch.compile")
+    ap.add_argument("--sides", default="arcforge,reference")
+    ap.add_argument("--timeout", type=float, default=240, help="seconds per child process")
+    ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--child", choices=("arcforge", "reference"), help=argparse.SUPPRESS)
+    ap.add_argument("--preset", help=argparse.SUPPRESS)
+    ap.add_argument("--workdir", help=argparse.SUPPRESS)
+    ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    a = ap.parse_args()
+
+    if a.make_data:
+        make_data(a.make_data)
+        return 0
+    import torch
+
+    if not torch.cuda.is_available():
+        print("bench_gpu_mfu: needs a CUDA GPU and torch sees none (torch.cuda.is_available() is False); "
+              "nothing was measured", file=sys.stderr)
+        return 2
+    if a.child:
+        r = child_arcforge(a) if a.child == "arcforge" else child_reference(a)
+        print("RESULT " + json.dumps(r), flush=True)
+        return 0
+
+    data = a.data or tempfile.mkdtemp(prefix="arcforge-gpu-data-")
+    make_data(data)
+    work = tempfile.mkdtemp(prefix="arcforge-mfu-")
+    dev = torch.cuda.get_device_name(0)
+    print(f"device: {dev}; torch {torch.__version__}; seq {a.seq}; vocab {VOCAB}; steps {a.steps} after {a.warmup} warm-up", flush=True)
+    rows = []
+    common = ["--data", data, "--workdir", work, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
+              "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
+    for preset in a.presets.split(","):
+        runs = []
+        if "arcforge" in a.sides:
+            runs.append(["--child", "arcforge"])
+        if "reference" in a.sides:
+            runs.append(["--child", "reference"])
+            if a.ref_compile:
+                runs.append(["--child", "reference", "--compile"])
+        for extra in runs:
+            t0 = time.perf_counter()
+            r = _spawn(["--preset", preset, *common, *extra], a.timeout)
+            mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
+            while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1:
+                mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry
+                print(f"  {preset} {extra[1]}: out of memory, retrying with micro-batch {mbs}", flush=True)
+                cm = [x for i, x in enumerate(common) if x != "--mbs" and (i == 0 or common[i - 1] != "--mbs")]
+                r = _spawn(["--preset", preset, *cm, "--mbs", str(mbs), *extra], a.timeout)
+            r.setdefault("preset", preset)
+            r.setdefault("side", extra[1] + (" (compile)" if "--compile" in extra else ""))
+            r["child_s"] = time.perf_counter() - t0
+            rows.append(r)
+            msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"
+            print(f"  {preset} {r['side']}: {msg} ({r['child_s']:.0f} s)", flush=True)
+            if r.get("error") and r.get("tail"):
+                print("    " + r["tail"].replace("\n", "\n    "), flush=True)
+    print()
+    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | peak GiB | vs reference (eager) |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        ref = next((x for x in rows if x["preset"] == r["preset"] and x["side"] == "reference" and "error" not in x), None)
+        if "error" in r:
+            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | |")
+            continue
+        ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
+        print(f"| {r['preset']} | {r['side']} | {r['mbs']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | "
+              f"{r['mfu'] * 100:.1f}% | {r['peak_mem_gib']:.1f} | {ratio} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,161 @@
+#!/usr/bin/env bash
+# The prepared GPU check (issue 12): from a bare one-GPU machine (Python 3.12, torch + CUDA, no
+# network, no megatron-core, no pydantic) to one summary table, in at most 8 minutes.
+#
+#   bash benchmarks/gpu_wheels.sh          # here, with network: benchmarks/gpu_wheels/*.whl (5.3 MB)
+#   bash benchmarks/gpu_check.sh           # there, from the repository root
+#
+# Parts, each time-boxed with `timeout` and inside one overall deadline (GPU_CHECK_BUDGET_S, 480 s):
+#   install   pip install --no-index --no-deps the carried wheels into $WORK/site (PYTHONPATH)
+#   preflight imports (torch, megatron.core, pydantic, arcforge's trainer) and the GPU's name
+#   data      a synthetic Megatron shard + tokenizer.json (benchmarks/bench_gpu_mfu.py --make-data)
+#   smoke     arcforge train configs/train.proxy-100m.gpu.yaml --no-resume --steps 3 (bf16, cuda)
+#   resume    the same command without --no-resume, --steps 3: must continue at step 4 from the checkpoint
+#   parity    python -m arcforge.model.parity_check on a small derived config (proxy-100m, seq 256, 4 steps):
+#             --device cpu, then --device cuda --compare-with the CPU file (bf16 tolerance, rtol 0.03)
+#   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-100m and
+#             proxy-1b at seq 4096 (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
+#
+# Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
+# resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
+# refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
+# GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
+# PYTHON (default python3). Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
+set -uo pipefail
+cd "$(dirname "$0")/.." || exit 1
+REPO=$(pwd)
+PY=${PYTHON:-python3}
+WORK=${GPU_CHECK_WORK:-${TMPDIR:-/tmp}/arcforge-gpu-check}
+CPU=${GPU_CHECK_CPU:-0}
+BUDGET=${GPU_CHECK_BUDGET_S:-480}
+START=$(date +%s)
+rm -rf "$WORK/runs" "$WORK/parity" && mkdir -p "$WORK"
+export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERED=1
+export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONWARNINGS=ignore
+SUMMARY=()
+
+# part NAME MAX_SECONDS DETAIL_CMD -- COMMAND...: run COMMAND under timeout (its max, capped by what is
+# left of the budget), log to $WORK/NAME.log, then DETAIL_CMD (a shell snippet) prints one summary line.
+part() {
+  local name=$1 max=$2 detail=$3; shift 4
+  local left=$((BUDGET - ($(date +%s) - START) - 5))
+  local t=$((max < left ? max : left)) t0 rc status
+  if [ "$t" -le 5 ]; then SUMMARY+=("| $name | skipped | 0 | no time left in the ${BUDGET} s budget |"); return 1; fi
+  echo "== $name (timeout ${t} s): $*"
+  t0=$(date +%s)
+  timeout --kill-after=10 "$t" "$@" >"$WORK/$name.log" 2>&1
+  rc=$?
+  local dt=$(($(date +%s) - t0))
+  case $rc in 0) status=ok ;; 124|137) status="TIMEOUT (${t} s)" ;; *) status="FAILED (exit $rc)" ;; esac
+  local info
+  info=$(eval "$detail" 2>/dev/null | tr '\n' ' ' | cut -c1-300)
+  [ $rc -ne 0 ] && { tail -n 15 "$WORK/$name.log" | sed 's/^/   | /'; info="${info:-$(grep -v '^\s*$' "$WORK/$name.log" | tail -n 1 | cut -c1-200)}"; }
+  echo "   $status in ${dt} s: $info"
+  SUMMARY+=("| $name | $status | $dt | ${info//|//} |")
+  return $rc
+}
+
+# derive SRC DST key=value ...: a config with dotted keys replaced (values parsed as YAML)
+derive() {
+  "$PY" - "$@" <<'EOF'
+import sys, yaml
+from arcforge.runtime.config import read_yaml
+src, dst, *pairs = sys.argv[1:]
+cfg = read_yaml(src)
+for pair in pairs:
+    key, value = pair.split("=", 1)
+    *path, last = key.split(".")
+    node = cfg
+    for k in path:
+        node = node.setdefault(k, {})
+    node[last] = yaml.safe_load(value)
+open(dst, "w").write(yaml.safe_dump(cfg, sort_keys=False))
+EOF
+}
+
+# the steps and losses of a run's train_log.csv, in one line
+steps_of() {
+  "$PY" -c "
+import csv, sys
+rows = [r for r in csv.DictReader(open(sys.argv[1])) if r['kind'] == 'train']
+print('steps', ','.join(r['step'] for r in rows), '| loss %s -> %s' % (rows[0]['loss'][:6], rows[-1]['loss'][:6]),
+      '| tokens/s %s' % rows[-1]['tokens_per_s'].split('.')[0], '| mtp %s aux %s' % (rows[-1]['mtp_loss'][:6], rows[-1]['aux_loss'][:6]))
+" "$1"
+}
+
+# --- install ------------------------------------------------------------------------------------
+if [ "$CPU" = 1 ]; then
+  SUMMARY+=("| install | skipped | 0 | CPU mode: the wheels are cp312 for the GPU machine; using $PY's packages |")
+elif ls benchmarks/gpu_wheels/*.whl >/dev/null 2>&1; then
+  part install 90 "ls benchmarks/gpu_wheels/*.whl | wc -l | sed 's/$/ wheels into \$WORK\/site/'" -- \
+    "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$WORK/site" benchmarks/gpu_wheels/*.whl
+else
+  SUMMARY+=("| install | skipped | 0 | no benchmarks/gpu_wheels/*.whl (run benchmarks/gpu_wheels.sh where there is network); using $PY's packages |")
+fi
+
+# --- preflight ------------------------------------------------------------------------------------
+part preflight 90 "tail -n 1 \$WORK/preflight.log" -- "$PY" -c "
+import warnings; warnings.simplefilter('ignore')
+import sys, torch, pydantic, megatron.core
+import arcforge.model.train, arcforge.model.parity_check
+gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA'
+print(f'python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, pydantic {pydantic.__version__}, {gpu}')
+if not torch.cuda.is_available() and '$CPU' != '1':
+    sys.exit('torch sees no GPU (set GPU_CHECK_CPU=1 for the CPU-only parts)')
+" || { [ "$CPU" = 1 ] || { printf '%s\n' "${SUMMARY[@]}"; echo "preflight failed: stopping"; exit 1; }; }
+
+# --- data -----------------------------------------------------------------------------------------
+part data 60 "grep 'synthetic data' \$WORK/data.log || ls \$WORK/data" -- \
+  "$PY" benchmarks/bench_gpu_mfu.py --make-data "$WORK/data"
+
+# --- smoke + resume -------------------------------------------------------------------------------
+if [ "$CPU" = 1 ]; then
+  CFG="$WORK/smoke.cpu.yaml"
+  derive configs/train.proxy-100m.gpu.yaml "$CFG" device=cpu dtype=fp32 threads=1 model.seq_length=256 \
+    batch.micro_batch_size=2 batch.global_batch_size=4 train.iters=8 checkpoint.interval=3 eval.interval=0 eval.iters=1
+else
+  CFG=configs/train.proxy-100m.gpu.yaml
+fi
+RUN_DIR=$("$PY" -c "from arcforge.runtime.config import read_yaml; print(read_yaml('$CFG')['output_dir'])")
+part smoke 150 "steps_of \$RUN_DIR/train_log.csv" -- "$PY" -m arcforge.cli train "$CFG" --no-resume --steps 3
+part resume 150 "steps_of \$RUN_DIR/train_log.csv; grep -o -i 'resum[a-z]* [^,]*' \$WORK/resume.log | head -n 1" -- \
+  bash -c "'$PY' -m arcforge.cli train '$CFG' --steps 3 && '$PY' -c \"
+import csv, sys
+steps = [int(r['step']) for r in csv.DictReader(open('$RUN_DIR/train_log.csv')) if r['kind'] == 'train']
+sys.exit(0 if steps == list(range(1, 7)) else f'expected steps 1..6 after the resume, got {steps}')\""
+
+# --- CPU/GPU loss parity --------------------------------------------------------------------------
+PCFG="$WORK/parity.yaml"
+derive configs/train.proxy-100m.gpu.yaml "$PCFG" name=parity model.seq_length=256 batch.micro_batch_size=2 \
+  batch.global_batch_size=4 train.iters=4 optimizer.warmup_iters=1 output_dir="$WORK/parity" eval.interval=0
+if [ "$CPU" = 1 ]; then
+  part parity-cpu 150 "$PY -c \"import json; d = json.load(open('\$WORK/parity_cpu.json')); print('cpu losses', d.get('loss') or [s.get('loss') for s in d.get('steps', [])])\"" -- \
+    "$PY" -m arcforge.model.parity_check "$PCFG" --device cpu --steps 4 --out "$WORK/parity_cpu.json"
+else
+  part parity 240 "grep -i -E 'max|mismatch|agree|ok' \$WORK/parity.log | tail -n 2" -- bash -c "
+    '$PY' -m arcforge.model.parity_check '$PCFG' --device cpu --steps 4 --out '$WORK/parity_cpu.json' &&
+    '$PY' -m arcforge.model.parity_check '$PCFG' --device cuda --steps 4 --out '$WORK/parity_gpu.json' --compare-with '$WORK/parity_cpu.json'"
+fi
+
+# --- MFU ------------------------------------------------------------------------------------------
+if [ "$CPU" = 1 ]; then
+  # must refuse in one line (exit 2) without CUDA
+  part mfu-refuses 60 "tail -n 1 \$WORK/mfu-refuses.log" -- bash -c \
+    "'$PY' benchmarks/bench_gpu_mfu.py --data '$WORK/data'; test \$? -eq 2"
+else
+  part mfu 330 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
+    "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-100m,proxy-1b --steps 10 --warmup 3 --timeout 150 \
+    --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile}
+  [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
+fi
+
+# --- summary --------------------------------------------------------------------------------------
+{
+  echo
+  echo "GPU check: $(date -u +%FT%TZ), $(($(date +%s) - START)) s of ${BUDGET} s; mode: $([ "$CPU" = 1 ] && echo 'CPU-only (GPU_CHECK_CPU=1)' || echo GPU)"
+  echo "| part | status | seconds | detail |"
+  echo "|---|---|---|---|"
+  printf '%s\n' "${SUMMARY[@]}"
+} | tee "$WORK/summary.md"
+grep -q -E 'FAILED|TIMEOUT' "$WORK/summary.md" && exit 1 || exit 0
