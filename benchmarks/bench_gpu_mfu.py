@@ -6,7 +6,13 @@ For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4
   cuda, bf16, AdamW, megatron-core GPTModel with MTP, the real loop: schedules, router-load
   hooks, logs), ``--warmup`` steps then ``--steps`` timed steps; tokens/s from the trainer's
   ``train_log.csv`` (``step_seconds`` is CUDA-synchronised and covers forward, backward,
-  optimizer step and bias update of every micro-batch of the step);
+  optimizer step and bias update of every micro-batch of the step). One run per ``--kernels``
+  variant (the config's ``kernels`` section, ``arcforge.model.kernels``): ``auto`` (without
+  Transformer Engine: SDPA attention + grouped experts on ``torch._grouped_mm``) or
+  ``ATTENTION,EXPERTS`` with attention ``sdpa``/``local`` (megatron's unfused
+  DotProductAttention) and experts ``grouped``/``sequential`` (megatron's SequentialMLP), so
+  each lever is measured alone: ``--kernels local,sequential sdpa,sequential sdpa,grouped``.
+  ``PRESET:VARIANT`` limits a variant to one preset (``proxy-1b:sdpa,sequential``);
 * **reference**: ``benchmarks/peers/moe_ref.py`` with the same layer shapes, micro-batch and
   sequence length (SDPA flash attention, ``torch._grouped_mm`` experts, fused AdamW), eager and,
   with ``--ref-compile``, ``torch.compile``.
@@ -22,6 +28,7 @@ tokens counted are the non-padding tokens (the synthetic shards have no pad id, 
 them); MFU = tokens/s x FLOPs per token / 989e12 (H100 SXM and H200 dense bf16 peak).
 
     python benchmarks/bench_gpu_mfu.py --data DIR [--presets proxy-100m,proxy-1b] [--steps 10] [--warmup 3]
+        [--kernels auto local,sequential sdpa,sequential sdpa,grouped] [--sides arcforge,reference]
     python benchmarks/bench_gpu_mfu.py --make-data DIR      # the synthetic shard only (CPU is fine)
 
 Exits 2 with one line when CUDA is unavailable (``--make-data`` needs no GPU).
@@ -98,8 +105,20 @@ def _shape(preset: str):
     return shape_from_arch(get_preset(preset), VOCAB)
 
 
-def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters: int, seq: int) -> str:
-    """configs/train.<preset>.gpu.yaml with this run's data, batch, step count and output dir."""
+def parse_variant(text: str) -> tuple[str | None, str]:
+    """``[PRESET:]auto`` or ``[PRESET:]ATTENTION,EXPERTS`` -> (preset or None, variant)."""
+    preset, _, variant = text.rpartition(":")
+    if variant != "auto":
+        att, _, exp = variant.partition(",")
+        if att not in ("sdpa", "local", "auto") or exp not in ("grouped", "sequential", "auto"):
+            raise SystemExit(f"bench_gpu_mfu: --kernels {text!r}: expected auto or ATTENTION,EXPERTS with attention "
+                             "sdpa|local|auto and experts grouped|sequential|auto")
+    return preset or None, variant
+
+
+def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters: int, seq: int,
+            kernels: str = "auto") -> str:
+    """configs/train.<preset>.gpu.yaml with this run's data, batch, step count, kernels and output dir."""
     import yaml
 
     from arcforge.runtime.config import read_yaml
@@ -107,8 +126,12 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
     os.environ["ARCFORGE_GPU_DATA"] = data
     src = ROOT / "configs" / f"train.{preset}.gpu.yaml"
     cfg = read_yaml(str(src))
-    cfg["name"] = f"mfu-{preset}"
-    cfg["output_dir"] = str(Path(workdir) / preset)
+    tag = preset if kernels == "auto" else f"{preset}-{kernels.replace(',', '-')}"
+    cfg["name"] = f"mfu-{tag}"
+    cfg["output_dir"] = str(Path(workdir) / tag)
+    if kernels != "auto":
+        att, exp = kernels.split(",")
+        cfg["kernels"] = {"attention": att, "experts": exp}
     cfg["model"]["seq_length"] = seq
     cfg["batch"] = {"micro_batch_size": mbs, "global_batch_size": mbs * accum}
     cfg["train"] = {"iters": iters}
@@ -116,7 +139,7 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
     cfg["eval"] = {"interval": 0}
     cfg["checkpoint"] = {"interval": 0, "keep": 1}
     cfg["log"] = {"print_interval": 1, "plot": False}
-    path = Path(workdir) / f"{preset}.yaml"
+    path = Path(workdir) / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return str(path)
 
@@ -127,7 +150,8 @@ def child_arcforge(a) -> dict:
     from arcforge.model.train import load_train_config, train
 
     mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
-    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq)
+    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq,
+                   kernels=a.variant)
     cfg = load_train_config(path)
     t0 = time.perf_counter()
     train(cfg, resume=False, verbose=True)
@@ -140,7 +164,12 @@ def child_arcforge(a) -> dict:
     f = flops_per_token(_shape(a.preset), a.seq)
     import torch
 
-    return dict(side="arcforge", preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed), warmup=a.warmup,
+    from arcforge.model.kernels import resolve_kernels
+    from arcforge.model.megatron_model import have_transformer_engine
+
+    used = ",".join(resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda",
+                                    te=have_transformer_engine()))
+    return dict(side=f"arcforge [{used}]", kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed), warmup=a.warmup,
                 tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=float(rows[-1]["loss"]),
                 mtp_loss=rows[-1].get("mtp_loss"), aux_loss=rows[-1].get("aux_loss"),
                 balance_max_mean_worst=rows[-1].get("balance_max_mean_worst"),
@@ -184,17 +213,22 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--ref-compile", action="store_true", help="also run the reference under torch.compile")
     ap.add_argument("--sides", default="arcforge,reference")
+    ap.add_argument("--kernels", nargs="+", default=["auto"], metavar="[PRESET:]VARIANT",
+                    help="arcforge runs: auto, or ATTENTION,EXPERTS (sdpa|local, grouped|sequential); "
+                         "PRESET: limits one to a preset")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per child process")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--child", choices=("arcforge", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
     ap.add_argument("--compile", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--variant", default="auto", help=argparse.SUPPRESS)
     a = ap.parse_args()
 
     if a.make_data:
         make_data(a.make_data)
         return 0
+    variants = [parse_variant(k) for k in a.kernels]
     import torch
 
     if not torch.cuda.is_available():
@@ -215,13 +249,14 @@ def main() -> int:
     common = ["--data", data, "--workdir", work, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
     for preset in a.presets.split(","):
-        runs = []
-        if "arcforge" in a.sides:
-            runs.append(["--child", "arcforge"])
+        ours = [["--child", "arcforge", "--variant", v] for p, v in variants if p in (None, preset)]
+        ours = ours if "arcforge" in a.sides else []
+        refs = []
         if "reference" in a.sides:
-            runs.append(["--child", "reference"])
+            refs.append(["--child", "reference"])
             if a.ref_compile:
-                runs.append(["--child", "reference", "--compile"])
+                refs.append(["--child", "reference", "--compile"])
+        runs = ours[:1] + refs + ours[1:]  # the first variant and the reference first (time-boxed callers)
         for extra in runs:
             t0 = time.perf_counter()
             r = _spawn(["--preset", preset, *common, *extra], a.timeout)
@@ -232,7 +267,8 @@ def main() -> int:
                 cm = [x for i, x in enumerate(common) if x != "--mbs" and (i == 0 or common[i - 1] != "--mbs")]
                 r = _spawn(["--preset", preset, *cm, "--mbs", str(mbs), *extra], a.timeout)
             r.setdefault("preset", preset)
-            r.setdefault("side", extra[1] + (" (compile)" if "--compile" in extra else ""))
+            r.setdefault("side", extra[1] + (f" [{extra[3]}]" if "--variant" in extra else "")
+                         + (" (compile)" if "--compile" in extra else ""))
             r["child_s"] = time.perf_counter() - t0
             rows.append(r)
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"

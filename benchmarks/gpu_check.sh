@@ -11,10 +11,14 @@
 #   data      a synthetic Megatron shard + tokenizer.json (benchmarks/bench_gpu_mfu.py --make-data)
 #   smoke     arcforge train configs/train.proxy-100m.gpu.yaml --no-resume --steps 3 (bf16, cuda)
 #   resume    the same command without --no-resume, --steps 3: must continue at step 4 from the checkpoint
-#   parity    python -m arcforge.model.parity_check on a small derived config (proxy-100m, seq 256, 4 steps):
+#   parity    python -m arcforge.model.parity_check on a small derived config (proxy-100m, seq 256, 4 steps,
+#             kernels sdpa + grouped on both devices, so both build the same parameters):
 #             --device cpu, then --device cuda --compare-with the CPU file (bf16 tolerance, rtol 0.03)
-#   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-100m and
-#             proxy-1b at seq 4096 (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
+#   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-1b then
+#             proxy-100m at seq 4096, arcforge with the default kernels (no TE: SDPA attention + grouped
+#             experts on torch._grouped_mm) and, for proxy-1b, one baseline without the grouped experts
+#             (sdpa,sequential; GPU_CHECK_BASELINE overrides it, e.g. local,sequential = the old path)
+#             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
 # resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
@@ -128,7 +132,8 @@ sys.exit(0 if steps == list(range(1, 7)) else f'expected steps 1..6 after the re
 # --- CPU/GPU loss parity --------------------------------------------------------------------------
 PCFG="$WORK/parity.yaml"
 derive configs/train.proxy-100m.gpu.yaml "$PCFG" name=parity model.seq_length=256 batch.micro_batch_size=2 \
-  batch.global_batch_size=4 train.iters=4 optimizer.warmup_iters=1 output_dir="$WORK/parity" eval.interval=0
+  batch.global_batch_size=4 train.iters=4 optimizer.warmup_iters=1 output_dir="$WORK/parity" eval.interval=0 \
+  kernels.attention=sdpa kernels.experts=grouped
 if [ "$CPU" = 1 ]; then
   part parity-cpu 150 "$PY -c \"import json; d = json.load(open('\$WORK/parity_cpu.json')); print('cpu losses', d.get('loss') or [s.get('loss') for s in d.get('steps', [])])\"" -- \
     "$PY" -m arcforge.model.parity_check "$PCFG" --device cpu --steps 4 --out "$WORK/parity_cpu.json"
@@ -144,8 +149,9 @@ if [ "$CPU" = 1 ]; then
   part mfu-refuses 60 "tail -n 1 \$WORK/mfu-refuses.log" -- bash -c \
     "'$PY' benchmarks/bench_gpu_mfu.py --data '$WORK/data'; test \$? -eq 2"
 else
-  part mfu 330 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
-    "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-100m,proxy-1b --steps 10 --warmup 3 --timeout 150 \
+  part mfu 360 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
+    "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 120 \
+    --kernels auto "proxy-1b:${GPU_CHECK_BASELINE:-sdpa,sequential}" \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
 fi

@@ -31,7 +31,7 @@ def test_muon_matches_torch_muon_on_plain_matrices():
     torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize("experts_on_dim", [0, 1])
+@pytest.mark.parametrize("experts_on_dim", [0, 1, -1])
 def test_fused_experts_are_orthogonalised_one_by_one(experts_on_dim):
     n_exp, m, n = 4, 16, 8
     layout = ExpertLayout(n_exp, experts_on_dim)
@@ -100,3 +100,19 @@ def test_batch_size_warmup():
     assert batch_size_at(1000, **kw) == 16
     assert batch_size_at(10**9, **kw) == 16
     assert math.isclose(batch_size_at(0, start=16, end=16, ramp_tokens=0), 16)
+
+
+def test_grouped_mlp_weight1_splits_as_megatron_reads_it():
+    """GroupedMLP computes expert e with ``weight1.view(E, hidden, -1)[e]``: Muon must orthogonalise that."""
+    from arcforge.model.optim import grouped_expert_layout
+
+    n_exp, hidden, ffn2 = 4, 8, 6
+    w1 = torch.randn(hidden, n_exp * ffn2)
+    layout = grouped_expert_layout("decoder.layers.1.mlp.experts.weight1", w1, n_exp)
+    for e in range(n_exp):
+        torch.testing.assert_close(layout.split(w1)[e], w1.view(n_exp, hidden, -1)[e], rtol=0, atol=0)
+    torch.testing.assert_close(layout.join(layout.split(w1), w1), w1, rtol=0, atol=0)
+    w2 = torch.randn(n_exp * ffn2, hidden)
+    layout2 = grouped_expert_layout("decoder.layers.1.mlp.experts.weight2", w2, n_exp)
+    for e in range(n_exp):
+        torch.testing.assert_close(layout2.split(w2)[e], w2.view(n_exp, -1, hidden)[e], rtol=0, atol=0)

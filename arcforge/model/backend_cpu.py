@@ -31,11 +31,14 @@ class CpuBackend:
     def build(self, t: Trainer) -> None:
         import torch
 
+        from arcforge.model.kernels import resolve_kernels
         from arcforge.model.megatron_model import build_model, causal_attention_mask
         from arcforge.model.optim import build_optimizer
 
         cfg = t.cfg
-        t.model = build_model(t.arch, seq_length=cfg.model.seq_length, params_dtype=torch.float32, device="cpu", seed=cfg.seed)
+        attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cpu", te=False)
+        t.model = build_model(t.arch, seq_length=cfg.model.seq_length, params_dtype=torch.float32, device="cpu",
+                              seed=cfg.seed, attention=attention, experts=experts)
         t.model.train()
         o = cfg.optimizer
         t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts)

@@ -1,8 +1,9 @@
 """The megatron-core GPU backend (``device: cuda``), written against megatron-core 0.16.1.
 
 torchrun + NCCL (or one process without torchrun), ``parallel_state.initialize_model_parallel
-(tp, pp, ep)``, ``GPTModel`` with Transformer-Engine specs when TE imports (else local specs
-plus ``megatron_model.apply_no_te_shims``), the ``alltoall`` dispatcher, bf16 parameters,
+(tp, pp, ep)``, ``GPTModel`` with Transformer-Engine specs when TE imports and ``kernels`` is
+``auto`` (else local specs plus ``megatron_model.apply_no_te_shims``, with torch SDPA attention
+and grouped experts on ``torch._grouped_mm`` by default: ``arcforge.model.kernels``), the ``alltoall`` dispatcher, bf16 parameters,
 megatron's ``DistributedDataParallel``, its pipeline schedules (``get_forward_backward_func``)
 with ``finalize_model_grads``, and its mixed-precision optimizer wrappers (fp32 main weights,
 model-parallel-aware clipping) around ``torch.optim.AdamW`` or arcforge's Muon.
@@ -88,22 +89,33 @@ class MegatronBackend:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
 
         from arcforge.model.arch import to_transformer_config
+        from arcforge.model.kernels import apply_kernels, resolve_kernels
         from arcforge.model.megatron_model import causal_attention_mask
 
         cfg, arch, te = t.cfg, t.arch, self.te
         bf16 = cfg.dtype == "bf16"
         dtype = torch.bfloat16 if bf16 else torch.float32
         p = cfg.parallel
+        # kernels: TE's specs (TE imports, both auto), else megatron's local specs with
+        # SDPAttention and/or GroupedMLP on torch._grouped_mm (arcforge.model.kernels)
+        attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda", te=te)
+        te_specs = attention == "te"
+        self.kernels = (attention, experts)
+        t.say(f"kernels: attention {attention}, experts {experts}")
         config = to_transformer_config(
             arch, params_dtype=dtype, use_cpu_initialization=False,
             tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp, expert_model_parallel_size=p.ep,
-            sequence_parallel=p.tp > 1, moe_token_dispatcher_type="alltoall", moe_grouped_gemm=te,
+            sequence_parallel=p.tp > 1, moe_token_dispatcher_type="alltoall",
+            moe_grouped_gemm=te_specs or experts == "grouped",
             pipeline_dtype=dtype, bias_activation_fusion=te, masked_softmax_fusion=te, apply_rope_fusion=False,
             bias_dropout_fusion=te, gradient_accumulation_fusion=False,
         )
         pre, post = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
-        block = get_gpt_decoder_block_spec(config, use_transformer_engine=te, normalization="RMSNorm")
-        mtp = get_gpt_mtp_block_spec(config, block, use_transformer_engine=te) if arch.mtp_layers and post else None
+        block = get_gpt_decoder_block_spec(config, use_transformer_engine=te_specs, normalization="RMSNorm")
+        mtp = get_gpt_mtp_block_spec(config, block, use_transformer_engine=te_specs) if arch.mtp_layers and post else None
+        if not te_specs:
+            block = apply_kernels(block, attention=attention, experts=experts)
+            mtp = apply_kernels(mtp, attention=attention, experts=experts)
         torch.manual_seed(cfg.seed)
         model = GPTModel(
             config=config, transformer_layer_spec=block, vocab_size=arch.vocab_size,

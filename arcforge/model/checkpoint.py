@@ -22,6 +22,8 @@ collide with the reserved ones above.
 from __future__ import annotations
 
 import os
+import random
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -94,3 +96,69 @@ def load_model_state(model: Any, state: Mapping[str, torch.Tensor]) -> None:
         raise RuntimeError(
             f"checkpoint does not match the model: missing {missing[:8]}, unexpected {list(unexpected)[:8]}"
         )
+
+
+# ---- the trainer's checkpoint files, RNG state, expert weight naming -------------------
+
+CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
+
+
+def list_checkpoints(ckpt_dir: str, rank: int | None = None) -> list[tuple[int, Path]]:
+    """``(step, path)`` of the trainer's checkpoints in ``ckpt_dir``, oldest first."""
+    d = Path(ckpt_dir)
+    if not d.is_dir():
+        return []
+    out = []
+    for p in d.iterdir():
+        m = CKPT_RE.match(p.name)
+        if m and ((rank is None and m.group(2) is None) or (rank is not None and m.group(2) is not None and int(m.group(2)) == rank)):
+            out.append((int(m.group(1)), p))
+    return sorted(out)
+
+
+def rng_state() -> dict[str, Any]:
+    import numpy as np
+    import torch
+
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    try:
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        state["megatron_tracker"] = dict(get_cuda_rng_tracker().get_states())
+    except Exception:  # noqa: BLE001 - no tracker yet
+        pass
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    import numpy as np
+    import torch
+
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    if "megatron_tracker" in state:
+        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
+
+        get_cuda_rng_tracker().set_states(dict(state["megatron_tracker"]))
+
+
+def expert_kind(names: Any) -> str | None:
+    """``grouped`` (GroupedMLP's fused weight1/weight2), ``sequential`` (one MLP per expert) or None."""
+    names = list(names)
+    if any(n.endswith("experts.weight1") for n in names):
+        return "grouped"
+    if any(".experts.local_experts." in n for n in names):
+        return "sequential"
+    return None

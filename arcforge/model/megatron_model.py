@@ -106,12 +106,16 @@ def build_model(
     params_dtype: torch.dtype = torch.float32,
     device: str = "cpu",
     seed: int | None = None,
+    attention: str = "local",
+    experts: str = "sequential",
     **config_overrides: Any,
 ):
     """A megatron-core ``GPTModel`` for ``arch``: dense first layers, then MoE layers, plus MTP.
 
     ``seq_length`` is the training sequence length (megatron's ``max_sequence_length``).
     ``seed`` (if given) seeds torch before initialisation so two builds are identical.
+    ``attention`` (``local`` | ``sdpa``) and ``experts`` (``sequential`` | ``grouped``) pick the
+    kernels (``arcforge.model.kernels``; the train config's ``kernels`` section).
     ``config_overrides`` go to ``TransformerConfig`` (e.g. ``recompute_granularity``).
     """
     from megatron.core.models.gpt import GPTModel
@@ -121,10 +125,12 @@ def build_model(
     init_runtime(device)
     if seed is not None:
         torch.manual_seed(seed)
+    if experts == "grouped":
+        config_overrides.setdefault("moe_grouped_gemm", True)
     config = to_transformer_config(
         arch, params_dtype=params_dtype, use_cpu_initialization=device == "cpu", **config_overrides
     )
-    block_spec, mtp_spec = layer_specs(arch, config)
+    block_spec, mtp_spec = local_specs(arch, config, attention=attention, experts=experts)
     model = GPTModel(
         config=config,
         transformer_layer_spec=block_spec,
@@ -143,6 +149,21 @@ def build_model(
         model = model.cuda()
     model.arch = arch  # type: ignore[attr-defined]
     return model
+
+
+def local_specs(arch: ArchConfig, config: Any, *, attention: str = "local", experts: str = "sequential"):
+    """(decoder block spec, MTP block spec or None) from megatron's local specs
+    (``arch.layer_specs``) with the chosen kernels (``kernels.apply_kernels``).
+    ``experts="grouped"`` needs ``config.moe_grouped_gemm``."""
+    if experts == "grouped" and not config.moe_grouped_gemm:
+        raise ValueError("experts='grouped' needs a config with moe_grouped_gemm=True")
+    block, mtp = layer_specs(arch, config)
+    if attention == "local" and experts == "sequential":
+        return block, mtp
+    from arcforge.model.kernels import apply_kernels
+
+    return (apply_kernels(block, attention=attention, experts=experts),
+            apply_kernels(mtp, attention=attention, experts=experts))
 
 
 # ---- forward helpers ---------------------------------------------------------------------

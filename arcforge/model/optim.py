@@ -26,11 +26,16 @@ class ExpertLayout:
     """How a fused parameter splits into per-expert matrices: a (E, m, n) view of it."""
 
     num_experts: int
-    experts_on_dim: int  # the dimension of the 2-D tensor that concatenates the experts
+    # the dimension of the 2-D tensor that concatenates the experts; -1: the shape is (m, E*n)
+    # but the storage is experts-major, (E, m, n) (megatron GroupedMLP's weight1, read as
+    # ``weight1.view(E, hidden, -1)[e]``)
+    experts_on_dim: int
 
     def split(self, t: torch.Tensor) -> torch.Tensor:
         if t.dim() == 3:
             return t
+        if self.experts_on_dim == -1:  # storage (E, m, n) behind a (m, E*n) shape
+            return t.reshape(self.num_experts, t.shape[0], -1)
         if self.experts_on_dim == 1:  # (m, E*n) -> (E, m, n)
             m = t.shape[0]
             return t.view(m, self.num_experts, -1).permute(1, 0, 2)
@@ -111,9 +116,10 @@ def is_adamw_param(name: str, p: nn.Parameter) -> bool:
 
 
 def grouped_expert_layout(name: str, p: nn.Parameter, num_experts: int) -> ExpertLayout | None:
-    """Megatron's legacy GroupedMLP stores experts fused: weight1 (hidden, E*2*ffn), weight2 (E*ffn, hidden)."""
+    """Megatron's legacy GroupedMLP stores experts fused: weight1 (hidden, E*2*ffn), which it reads as
+    ``view(E, hidden, 2*ffn)`` (experts-major storage), and weight2 (E*ffn, hidden)."""
     if name.endswith("experts.weight1"):
-        return ExpertLayout(num_experts, experts_on_dim=1)
+        return ExpertLayout(num_experts, experts_on_dim=-1)
     if name.endswith("experts.weight2"):
         return ExpertLayout(num_experts, experts_on_dim=0)
     return None

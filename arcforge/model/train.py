@@ -15,17 +15,14 @@ from __future__ import annotations
 
 from arcforge.model.train_config import TrainConfig, check_config, load_train_config, parse_train_config
 from arcforge.model.train_data import DataPlan, check_data_files, resolve_data
+from arcforge.model.checkpoint import CKPT_RE, list_checkpoints, rng_state, set_rng_state
 from arcforge.model.train_loop import (
-    CKPT_RE,
     TRAINER_FORMAT,
     Trainer,
     TrainResult,
     bias_rate_at,
-    list_checkpoints,
     lr_at,
     mtp_weight_at,
-    rng_state,
-    set_rng_state,
     step_batch_sizes,
     train,
 )

@@ -173,6 +173,16 @@ class ParallelSection(_Strict):
     ep: int = Field(1, gt=0)
 
 
+class KernelsSection(_Strict):
+    """Which megatron modules run attention and the routed experts (``arcforge.model.kernels``).
+    ``auto``: on CUDA without Transformer Engine ``sdpa`` + ``grouped``, with TE its own
+    modules; on CPU ``local`` + ``sequential``. Grouped and sequential experts store their
+    weights under different parameter names: a checkpoint resumes with the same choice only."""
+
+    attention: Literal["auto", "sdpa", "local"] = "auto"  # torch SDPA (flash) | megatron's DotProductAttention
+    experts: Literal["auto", "grouped", "sequential"] = "auto"  # GroupedMLP on torch._grouped_mm | SequentialMLP
+
+
 class LogSection(_Strict):
     print_interval: int = Field(10, ge=0)  # 0 = silent
     plot: bool = True
@@ -199,6 +209,7 @@ class TrainConfig(_Strict):
     eval: EvalSection = Field(default_factory=EvalSection)
     checkpoint: CheckpointSection = Field(default_factory=CheckpointSection)
     parallel: ParallelSection = Field(default_factory=ParallelSection)
+    kernels: KernelsSection = Field(default_factory=KernelsSection)
     log: LogSection = Field(default_factory=LogSection)
     storage: TrainStorage = Field(default_factory=lambda: TrainStorage())
 

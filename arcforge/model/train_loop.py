@@ -19,17 +19,16 @@ import os
 import random
 from collections.abc import Iterator
 from contextlib import contextmanager
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from arcforge.model.backend import Backend, StepRates, get_backend
+from arcforge.model.checkpoint import expert_kind, list_checkpoints, rng_state, set_rng_state
 from arcforge.model.train_config import TrainConfig, load_train_config
 from arcforge.runtime.config import ConfigError
 
 TRAINER_FORMAT = "arcforge.train/1"
-CKPT_RE = re.compile(r"^step_(\d+)(?:-rank(\d+))?\.pt$")
 
 # ---- the step plan ------------------------------------------------------------------------
 
@@ -76,60 +75,6 @@ def bias_rate_at(cfg: TrainConfig, arch, tokens: int) -> float:
     if cfg.balance.bias_update_until_tokens is not None and tokens >= cfg.balance.bias_update_until_tokens:
         return 0.0
     return arch.bias_update_rate
-
-
-# ---- checkpoints --------------------------------------------------------------------------
-
-
-def list_checkpoints(ckpt_dir: str, rank: int | None = None) -> list[tuple[int, Path]]:
-    """``(step, path)`` of the trainer's checkpoints in ``ckpt_dir``, oldest first."""
-    d = Path(ckpt_dir)
-    if not d.is_dir():
-        return []
-    out = []
-    for p in d.iterdir():
-        m = CKPT_RE.match(p.name)
-        if m and ((rank is None and m.group(2) is None) or (rank is not None and m.group(2) is not None and int(m.group(2)) == rank)):
-            out.append((int(m.group(1)), p))
-    return sorted(out)
-
-
-def rng_state() -> dict[str, Any]:
-    import numpy as np
-    import torch
-
-    np_state = np.random.get_state()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), int(np_state[2]), int(np_state[3]), float(np_state[4])],
-        "python": random.getstate(),
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state()
-    try:
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-        state["megatron_tracker"] = dict(get_cuda_rng_tracker().get_states())
-    except Exception:  # noqa: BLE001 - no tracker yet
-        pass
-    return state
-
-
-def set_rng_state(state: dict[str, Any]) -> None:
-    import numpy as np
-    import torch
-
-    torch.set_rng_state(state["torch"])
-    n = state["numpy"]
-    np.random.set_state((n[0], n[1].numpy().astype(np.uint32), n[2], n[3], n[4]))
-    py = state["python"]
-    random.setstate((py[0], tuple(py[1]), py[2]))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state(state["cuda"])
-    if "megatron_tracker" in state:
-        from megatron.core.tensor_parallel.random import get_cuda_rng_tracker
-
-        get_cuda_rng_tracker().set_states(dict(state["megatron_tracker"]))
 
 
 # the sections whose change makes a checkpoint's trajectory meaningless to continue
@@ -242,6 +187,10 @@ class Trainer:
                 )
         if arch != self.arch:
             raise ConfigError(f"{self.cfg._path}: model: the checkpoint {path.name} holds a different architecture")
+        have, want = expert_kind(state.keys()), expert_kind(_unwrap(self.model).state_dict().keys())
+        if have != want:  # grouped and sequential experts name their weights differently
+            raise ConfigError(f"{self.cfg._path}: kernels.experts: the checkpoint {path.name} holds {have} experts and "
+                              f"this run builds {want} ones; set kernels.experts: {have}, or use --no-resume to start over")
         load_model_state(_unwrap(self.model), state)
         self.backend.load_optimizer(self, extra["optimizer"])
         set_rng_state(extra["rng"])

@@ -1,0 +1,244 @@
+"""The GPU levers of issue 12 checked on CPU (fp32): grouped GEMM for the experts
+(``kernels.gmm`` with grouped_gemm's semantics, megatron's ``GroupedMLP`` on it) and torch SDPA
+attention (``kernels.SDPAttention``), each against the megatron module it replaces, alone, in
+a built model, and through the CPU backend of the trainer. Their speed needs a GPU: not here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+SIZES = [3, 0, 5, 2, 0, 6]  # tokens per expert, two experts without any
+
+
+def _reference(a, b, sizes):
+    return torch.cat([x @ b[e] for e, x in enumerate(torch.split(a, sizes))])
+
+
+@pytest.mark.parametrize("backend", ["loop", "grouped_mm"])
+@pytest.mark.parametrize("trans_b", [False, True])
+def test_gmm_equals_per_expert_matmuls_with_empty_experts(backend, trans_b):
+    from arcforge.model.kernels import gmm
+
+    g = torch.Generator().manual_seed(0)
+    m, k, n, e = sum(SIZES), 8, 12, len(SIZES)  # 16-byte aligned rows for torch._grouped_mm in fp32
+    a = torch.randn(m, k, generator=g, requires_grad=True)
+    w = torch.randn(e, k, n, generator=g, requires_grad=True)
+    b = w.detach().transpose(1, 2).contiguous().requires_grad_() if trans_b else w
+    up = torch.randn(m, n, generator=g)
+    out = gmm(a, b, torch.tensor(SIZES), trans_b=trans_b, backend=backend)
+    (out * up).sum().backward()
+    a64, w64 = a.detach().double().requires_grad_(), w.detach().double().requires_grad_()
+    ref = _reference(a64, w64, SIZES)
+    (ref * up.double()).sum().backward()
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(a.grad.double(), a64.grad, rtol=1e-5, atol=1e-5)
+    gw = b.grad.transpose(1, 2) if trans_b else b.grad
+    torch.testing.assert_close(gw.double(), w64.grad, rtol=1e-5, atol=1e-5)
+    assert gw[1].abs().max() == 0 and gw[4].abs().max() == 0  # no tokens, exactly no gradient
+    # a stride-0 incoming gradient (torch._grouped_mm's own backward rejects it)
+    gmm(a, b, torch.tensor(SIZES), trans_b=trans_b, backend=backend).sum().backward()
+
+
+def test_gmm_picks_the_loop_where_grouped_mm_cannot_run_and_installs_into_megatron():
+    from megatron.core.transformer.moe import grouped_gemm_util as gg
+
+    from arcforge.model import kernels
+
+    a, b = torch.randn(10, 6), torch.randn(3, 6, 5)  # CPU, fp32, unaligned: the loop
+    assert not kernels.grouped_mm_usable(a, b)
+    torch.testing.assert_close(kernels.gmm(a, b, torch.tensor([4, 0, 6])), _reference(a, b, [4, 0, 6]))
+    assert kernels.gmm(torch.randn(0, 6), b, torch.tensor([0, 0, 0])).shape == (0, 5)
+    with pytest.raises(ValueError):
+        kernels.gmm(a, b, torch.tensor([10]))
+    kernels.install_torch_grouped_gemm()
+    assert gg.grouped_gemm_is_available() and gg.ops.gmm is kernels.gmm
+    gg.assert_grouped_gemm_is_available()
+
+
+def test_sdpa_attention_equals_dot_product_attention_with_gqa():
+    from megatron.core.transformer.dot_product_attention import DotProductAttention
+    from megatron.core.transformer.enums import AttnMaskType
+
+    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.kernels import SDPAttention
+    from arcforge.model.megatron_model import causal_attention_mask, init_runtime
+
+    init_runtime("cpu")
+    arch = get_preset("proxy-tiny")  # 4 heads, 2 query groups, head dim 32
+    config = to_transformer_config(arch)
+    sq, b, np_, ng, hn = 16, 3, arch.num_attention_heads, arch.num_query_groups, arch.head_dim
+    assert ng < np_
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(sq, b, h, hn, generator=g) for h in (np_, ng, ng))
+    up = torch.randn(sq, b, np_ * hn, generator=g)
+    mask = causal_attention_mask(sq)
+    for scale in (None, 0.3):
+        kw = dict(config=config, layer_number=1, attn_mask_type=AttnMaskType.causal, attention_type="self",
+                  softmax_scale=scale)
+        outs = []
+        for cls in (DotProductAttention, SDPAttention):
+            x = [t.clone().requires_grad_() for t in (q, k, v)]
+            out = cls(**kw).train()(*x, mask, attn_mask_type=AttnMaskType.causal)
+            (out * up).sum().backward()
+            outs.append((out, *(t.grad for t in x)))
+        assert outs[1][0].shape == (sq, b, np_ * hn)
+        for ref, new in zip(*outs):
+            torch.testing.assert_close(new, ref, rtol=1e-5, atol=1e-5)
+
+
+def _copy_weights(src, dst) -> None:
+    """dst (grouped experts) := src (sequential experts); the other parameters share names."""
+    from megatron.core.transformer.moe.experts import GroupedMLP, SequentialMLP
+
+    from arcforge.model.kernels import copy_sequential_to_grouped
+
+    own = dst.state_dict()
+    missing, _ = dst.load_state_dict({k: v for k, v in src.state_dict().items() if k in own}, strict=False)
+    seq = [m for m in src.modules() if isinstance(m, SequentialMLP)]
+    grp = [m for m in dst.modules() if isinstance(m, GroupedMLP)]
+    assert len(seq) == len(grp) > 0 and all(k.endswith(("weight1", "weight2")) for k in missing)
+    for s, g in zip(seq, grp):
+        copy_sequential_to_grouped(s, g)
+
+
+@pytest.mark.parametrize("gmm_backend", ["auto", "grouped_mm"])
+def test_model_with_sdpa_and_grouped_experts_equals_the_local_model(monkeypatch, gmm_backend):
+    """proxy-tiny (dense layer, MoE layers with a shared expert, MTP, GQA) built with
+    SDPAttention + GroupedMLP (on the loop, then on torch._grouped_mm) against the local specs
+    (DotProductAttention + SequentialMLP) with the same weights: same losses and gradients."""
+    from functools import partial
+
+    from megatron.core.transformer.moe.experts import GroupedMLP, SequentialMLP
+
+    from arcforge.model import kernels
+    from arcforge.model.arch import get_preset
+    from arcforge.model.megatron_model import build_model, lm_loss
+
+    monkeypatch.setattr(kernels.ops, "gmm", partial(kernels.gmm, backend=gmm_backend))
+    arch = get_preset("proxy-tiny")
+    ref = build_model(arch, seq_length=32, seed=0)
+    new = build_model(arch, seq_length=32, seed=0, attention="sdpa", experts="grouped")
+    assert kernels.uses(ref) == {"attention": "local", "experts": "sequential"}
+    assert kernels.uses(new) == {"attention": "sdpa", "experts": "grouped"}
+    assert any(isinstance(m, kernels.SDPAttention) for m in new.mtp.modules())  # the MTP layer too
+    _copy_weights(ref, new)
+    g = torch.Generator().manual_seed(1)
+    tokens, labels = (torch.randint(4, arch.vocab_size, (2, 32), generator=g) for _ in range(2))
+    outs = []
+    for model in (ref, new):
+        model.train()
+        out = lm_loss(model, tokens, labels)
+        out.loss.backward()
+        outs.append(out)
+    assert outs[1].lm_loss == pytest.approx(outs[0].lm_loss, rel=1e-6)
+    assert outs[1].mtp_losses == pytest.approx(outs[0].mtp_losses, rel=1e-6)
+    assert outs[1].aux_losses == pytest.approx(outs[0].aux_losses, rel=1e-6)
+    rp = dict(ref.named_parameters())
+    for name, p in new.named_parameters():
+        if name in rp:
+            torch.testing.assert_close(p.grad, rp[name].grad, rtol=1e-4, atol=1e-7, msg=name)
+    for s, gm in zip([m for m in ref.modules() if isinstance(m, SequentialMLP)],
+                     [m for m in new.modules() if isinstance(m, GroupedMLP)]):
+        e, h = gm.num_local_experts, gm.config.hidden_size
+        g1, g2 = gm.weight1.grad.view(e, h, -1), gm.weight2.grad.view(e, -1, h)
+        for i, mlp in enumerate(s.local_experts):
+            torch.testing.assert_close(g1[i], mlp.linear_fc1.weight.grad.t(), rtol=1e-4, atol=1e-7)
+            torch.testing.assert_close(g2[i], mlp.linear_fc2.weight.grad.t(), rtol=1e-4, atol=1e-7)
+
+
+def test_kernel_choice_and_spec_rewrite():
+    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.kernels import SDPAttention, TorchGroupedMLP, resolve_kernels
+    from arcforge.model.megatron_model import init_runtime, local_specs
+
+    assert resolve_kernels("auto", "auto", device="cpu", te=False) == ("local", "sequential")
+    assert resolve_kernels("auto", "auto", device="cuda", te=False) == ("sdpa", "grouped")
+    assert resolve_kernels("auto", "auto", device="cuda", te=True) == ("te", "te")
+    assert resolve_kernels("local", "auto", device="cuda", te=True) == ("local", "grouped")
+    assert resolve_kernels("sdpa", "sequential", device="cpu", te=False) == ("sdpa", "sequential")
+    init_runtime("cpu")
+    arch = get_preset("proxy-tiny")
+    with pytest.raises(ValueError, match="moe_grouped_gemm"):
+        local_specs(arch, to_transformer_config(arch), experts="grouped")
+    block, mtp = local_specs(arch, to_transformer_config(arch, moe_grouped_gemm=True), attention="sdpa", experts="grouped")
+    text = repr(block) + repr(mtp)
+    assert "SDPAttention" in text and "TorchGroupedMLP" in text
+    assert "DotProductAttention'" not in text.replace("SDPAttention", "") and "SequentialMLP" not in text
+    assert SDPAttention.__mro__[1].__name__ == "DotProductAttention"
+    assert TorchGroupedMLP.__mro__[1].__name__ == "GroupedMLP"
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> str:
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    prefix = str(tmp_path_factory.mktemp("kshard") / "rand")
+    rng = np.random.default_rng(0)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(80):
+        arr = np.append(rng.integers(4, 2048, size=int(rng.integers(20, 200))), 2).astype(np.uint16)
+        builder.add_document(arr, [len(arr)])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
+def _cfg(tmp_path: Path, prefix: str, name: str, kernels: dict | None):
+    from arcforge.model.train_config import parse_train_config
+
+    data = {"name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
+            "model": {"preset": "proxy-tiny", "seq_length": 32},
+            "data": {"blend": [prefix], "split": "100,0,0"},
+            "batch": {"micro_batch_size": 2, "global_batch_size": 4},
+            "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
+            "log": {"print_interval": 0, "plot": False}}
+    if kernels is not None:
+        data["kernels"] = kernels
+    return parse_train_config(data, f"{name}.yaml")
+
+
+def test_cpu_backend_with_sdpa_and_grouped_kernels_gives_the_same_steps(tmp_path, shard):
+    """The trainer's CPU backend built with ``kernels: {attention: sdpa, experts: grouped}``,
+    started from the default (local) run's weights: the same first two steps (loss, MTP, aux,
+    gradient norm; AdamW, clipping, bias update). The ablation on CPU that predicts the GPU run."""
+    from arcforge.model.kernels import uses
+    from arcforge.model.train_loop import started
+    from arcforge.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match="kernels.experts"):
+        _cfg(tmp_path, shard, "bad", {"experts": "fast"})
+    base = _cfg(tmp_path, shard, "local", None)
+    assert (base.kernels.attention, base.kernels.experts) == ("auto", "auto")
+    fast = _cfg(tmp_path, shard, "fast", {"attention": "sdpa", "experts": "grouped"})
+    with started(base, resume=False, verbose=False) as a, started(fast, resume=False, verbose=False) as b:
+        assert uses(a.model) == {"attention": "local", "experts": "sequential"}
+        assert uses(b.model) == {"attention": "sdpa", "experts": "grouped"}
+        _copy_weights(a.model, b.model)
+        for _ in range(2):
+            ra, rb = a.advance(None), b.advance(None)
+            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm"):
+                assert rb[key] == pytest.approx(ra[key], rel=2e-5), key
+
+
+def test_resuming_with_the_other_expert_kernel_is_one_clear_line(tmp_path, shard):
+    """Grouped and sequential experts name their weights differently: switching between
+    checkpoint and config is a ConfigError naming kernels.experts, not a key error mid-load."""
+    from arcforge.model.train_loop import started
+    from arcforge.runtime.config import ConfigError
+
+    grouped = _cfg(tmp_path, shard, "switch", {"experts": "grouped"})
+    with started(grouped, resume=False, verbose=False) as t:
+        t.advance(None)
+        t.save()
+    sequential = _cfg(tmp_path, shard, "switch", {"experts": "sequential"})
+    with pytest.raises(ConfigError, match=r"kernels\.experts: the checkpoint step_0000001\.pt holds grouped experts "
+                                          r"and this run builds sequential ones"):
+        with started(sequential, resume=True, verbose=False):
+            pass
+    with started(grouped, resume=True, verbose=False) as again:  # the same kernels resume
+        assert again.step == 1
