@@ -24,7 +24,8 @@
 # resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
 # refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
-# PYTHON (default python3). Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
+# GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3).
+# Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 REPO=$(pwd)
@@ -38,6 +39,10 @@ export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERE
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore
 SUMMARY=()
+# GPU_CHECK_OUT: a folder that gets the logs, summary.md and the JSON results when the script ends
+# (the device tool's $OUT), without the data and checkpoints, which stay in $WORK
+copy_out() { [ -n "${GPU_CHECK_OUT:-}" ] && mkdir -p "$GPU_CHECK_OUT" && cp "$WORK"/*.log "$WORK"/*.md "$WORK"/*.json "$GPU_CHECK_OUT"/ 2>/dev/null; true; }
+trap copy_out EXIT
 
 # part NAME MAX_SECONDS DETAIL_CMD -- COMMAND...: run COMMAND under timeout (its max, capped by what is
 # left of the budget), log to $WORK/NAME.log, then DETAIL_CMD (a shell snippet) prints one summary line.
