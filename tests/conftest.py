@@ -71,6 +71,21 @@ def s3_endpoint():
     server.stop()
 
 
+def write_random_shard(prefix: str, n_docs: int, seed: int = 0) -> str:
+    """A Megatron .bin/.idx of random token ids (4..2047, 20-200 per document, each ended by eod 2),
+    written with megatron-core's own builder; returns the prefix."""
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
+
+    rng = np.random.default_rng(seed)
+    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
+    for _ in range(n_docs):
+        arr = np.append(rng.integers(4, 2048, size=int(rng.integers(20, 200))), 2).astype(np.uint16)
+        builder.add_document(arr, [len(arr)])
+    builder.finalize(prefix + ".idx")
+    return prefix
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
+
+from conftest import write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -176,16 +177,7 @@ def test_kernel_choice_and_spec_rewrite():
 
 @pytest.fixture(scope="module")
 def shard(tmp_path_factory) -> str:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    prefix = str(tmp_path_factory.mktemp("kshard") / "rand")
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(80):
-        arr = np.append(rng.integers(4, 2048, size=int(rng.integers(20, 200))), 2).astype(np.uint16)
-        builder.add_document(arr, [len(arr)])
-    builder.finalize(prefix + ".idx")
-    return prefix
+    return write_random_shard(str(tmp_path_factory.mktemp("kshard") / "rand"), 80)
 
 
 def _cfg(tmp_path: Path, prefix: str, name: str, kernels: dict | None):

@@ -8,10 +8,11 @@ import json
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 from torch import nn
+
+from conftest import write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -196,17 +197,7 @@ def test_megatron_optimizer_state_round_trip():
 
 @pytest.fixture(scope="module")
 def random_shard(tmp_path_factory) -> str:
-    from megatron.core.datasets.indexed_dataset import IndexedDatasetBuilder
-
-    d = tmp_path_factory.mktemp("shard")
-    prefix = str(d / "rand")
-    rng = np.random.default_rng(0)
-    builder = IndexedDatasetBuilder(prefix + ".bin", dtype=np.uint16)
-    for _ in range(120):
-        arr = np.append(rng.integers(4, 2048, size=int(rng.integers(20, 200))), 2).astype(np.uint16)
-        builder.add_document(arr, [len(arr)])
-    builder.finalize(prefix + ".idx")
-    return prefix
+    return write_random_shard(str(tmp_path_factory.mktemp("shard") / "rand"), 120)
 
 
 def _config(tmp_path: Path, prefix: str) -> Path:
