@@ -10,11 +10,10 @@ but *not evaluated* (``passed`` is None): there is nothing to judge yet.
 
 from __future__ import annotations
 
-from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.parquet as pq
+import pyarrow.compute as pc
 
 from arcforge.runtime import dataset, storage
 from arcforge.runtime.checkspec import CheckConfig
@@ -35,18 +34,18 @@ class CheckOutcome:
 
 
 def language_counts(ref: DatasetRef, column: str = "language") -> dict[str, int]:
-    """Documents per language of a committed stage's output ({} without such a column)."""
+    """Documents per language of a committed stage's output ({} without such a column), most
+    frequent first; a null language counts as ``unknown``."""
     manifest = dataset.read_manifest(ref)
     if manifest is None or not manifest.get("schema_ipc"):
         return {}
     if column not in dataset.schema_from_b64(manifest["schema_ipc"]).names:
         return {}
-    fs, _ = ref.fs()
-    counts: Counter[str] = Counter()
-    for part in manifest.get("parts", []):
-        with fs.open_input_file(ref.part_uri(part["name"])) as fh:
-            values = pq.read_table(fh, columns=[column]).column(column).to_pylist()
-        counts.update("null" if v is None else str(v) for v in values)
+    table = dataset.read_dataset(ref, [column])
+    if table.num_rows == 0:
+        return {}
+    counts = {("unknown" if c["values"] is None else str(c["values"])): int(c["counts"])
+              for c in pc.value_counts(table.column(column)).to_pylist()}
     return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 

@@ -32,7 +32,8 @@ def write_report(run_dir: str, output: str | None = None, compare_with: str | No
 
     Raises ``RunDirError`` (one line) for a path that is not a run directory. Used by the
     command and by the Dagster code location's report asset."""
-    from arcforge.report.collect import RunDirError, collect, compare
+    from arcforge.report.collect import RunDirError, collect
+    from arcforge.report.compare import compare
     from arcforge.report.html import render
 
     if output is None and storage.is_s3(run_dir):
