@@ -234,3 +234,22 @@ def test_resuming_with_the_other_expert_kernel_is_one_clear_line(tmp_path, shard
             pass
     with started(grouped, resume=True, verbose=False) as again:  # the same kernels resume
         assert again.step == 1
+
+
+def test_hf_export_reads_grouped_experts_as_it_reads_sequential_ones():
+    """A model trained with ``kernels.experts: grouped`` exports to the same HF weights as the
+    sequential model it equals (``hf_convert`` reads GroupedMLP's weight1/weight2 per expert)."""
+    from arcforge.model.arch import get_preset
+    from arcforge.model.hf_convert import megatron_to_hf_state_dict
+    from arcforge.model.megatron_model import build_model
+
+    arch = get_preset("proxy-tiny")
+    ref = build_model(arch, seq_length=32, seed=0)
+    new = build_model(arch, seq_length=32, seed=0, experts="grouped")
+    _copy_weights(ref, new)
+    for fused in (False, True):
+        a = megatron_to_hf_state_dict(ref.state_dict(), arch, fused_experts=fused)
+        b = megatron_to_hf_state_dict(new.state_dict(), arch, fused_experts=fused)
+        assert a.keys() == b.keys() and any("experts" in k for k in a)
+        for k in a:
+            torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)

@@ -97,8 +97,7 @@ def _layer_to_hf(arch: ArchConfig, sd: Mapping[str, Tensor], src: str, dst: str,
         out[hm + "gate.e_score_correction_bias"] = sd[m + "router.expert_bias"].float()
     else:  # HF always has the buffer; zeros = no correction
         out[hm + "gate.e_score_correction_bias"] = torch.zeros(arch.num_experts, dtype=torch.float32)
-    fc1 = [sd[f"{m}experts.local_experts.{e}.linear_fc1.weight"] for e in range(arch.num_experts)]
-    fc2 = [sd[f"{m}experts.local_experts.{e}.linear_fc2.weight"] for e in range(arch.num_experts)]
+    fc1, fc2 = _expert_weights(sd, m, arch)
     if fused_experts:
         out[hm + "experts.gate_up_proj"] = torch.stack(fc1)  # [E, 2I, H], gate first
         out[hm + "experts.down_proj"] = torch.stack(fc2)  # [E, H, I]
@@ -114,6 +113,18 @@ def _layer_to_hf(arch: ArchConfig, sd: Mapping[str, Tensor], src: str, dst: str,
         out[hm + "shared_experts.up_proj.weight"] = up
         out[hm + "shared_experts.down_proj.weight"] = sd[m + "shared_experts.linear_fc2.weight"]
     return out
+
+
+def _expert_weights(sd: Mapping[str, Tensor], m: str, arch: ArchConfig) -> tuple[list[Tensor], list[Tensor]]:
+    """Per-expert ``linear_fc1`` [2I, H] and ``linear_fc2`` [H, I] weights, from sequential experts
+    (``experts.local_experts.e.*``) or from grouped ones (``GroupedMLP``: ``weight1`` read as
+    ``view(E, H, 2I)[e]``, ``weight2`` as ``view(E, I, H)[e]``; ``kernels.experts: grouped``)."""
+    e, h = arch.num_experts, arch.hidden_size
+    if m + "experts.weight1" in sd:
+        w1, w2 = sd[m + "experts.weight1"].view(e, h, -1), sd[m + "experts.weight2"].view(e, -1, h)
+        return [w1[i].t().contiguous() for i in range(e)], [w2[i].t().contiguous() for i in range(e)]
+    return ([sd[f"{m}experts.local_experts.{i}.linear_fc1.weight"] for i in range(e)],
+            [sd[f"{m}experts.local_experts.{i}.linear_fc2.weight"] for i in range(e)])
 
 
 def _mtp_extras(sd: Mapping[str, Tensor], src: str, dst: str, final_norm_name: str) -> dict[str, Tensor]:
