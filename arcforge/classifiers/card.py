@@ -11,13 +11,13 @@ traced to the data that taught the model.
 from __future__ import annotations
 
 import hashlib
-import importlib.metadata
 import json
 import os
 from pathlib import Path
 from typing import Any
 
 from arcforge.runtime import storage
+from arcforge.runtime.versions import package_versions
 
 CARD = "model_card.json"
 FULL_HASH_BYTES = 64 << 20  # model files up to this size are hashed whole; larger ones are sampled
@@ -57,13 +57,7 @@ def model_identity(path: str | os.PathLike[str]) -> str:
 
 
 def library_versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in LIBRARIES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(LIBRARIES)
 
 
 def read_card(directory: str | os.PathLike[str]) -> dict[str, Any] | None:

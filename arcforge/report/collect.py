@@ -15,7 +15,6 @@ only a missing or non-arcforge run directory is an error (``RunDirError``).
 from __future__ import annotations
 
 import dataclasses
-import importlib.metadata
 import os
 import platform
 import re
@@ -24,6 +23,7 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from arcforge.report.checks import evaluate_run, language_counts
+from arcforge.runtime.versions import package_versions
 from arcforge.runtime import dataset, storage
 from arcforge.runtime.dataset import DatasetRef
 from arcforge.runtime.distribution import read_stats
@@ -170,13 +170,7 @@ def _blends(run_dir: str, warnings: list[str]) -> list[dict[str, Any]]:
 
 
 def _packages() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for name in PACKAGES:
-        try:
-            out[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            out[name] = None
-    return out
+    return package_versions(PACKAGES)
 
 
 def _config(path: str | None) -> dict[str, Any]:
