@@ -23,10 +23,10 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from arcforge.report.checks import evaluate_run, language_counts
-from arcforge.runtime.versions import package_versions
 from arcforge.runtime import dataset, storage
 from arcforge.runtime.dataset import DatasetRef
 from arcforge.runtime.distribution import read_stats
+from arcforge.runtime.versions import package_versions
 
 FORMAT = "arcforge.report/1"
 SAMPLE_CHARS = 500  # text shown per sample document
