@@ -37,9 +37,9 @@ Exits 2 with one line when CUDA is unavailable (``--make-data`` needs no GPU).
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -116,9 +116,16 @@ def parse_variant(text: str) -> tuple[str | None, str]:
     return preset or None, variant
 
 
+def _set_label(item: str, sep: str = "=") -> str:
+    """``model.overrides.mtp_layers=0`` -> ``mtp_layers=0`` (``sep`` between key and value)."""
+    key, _, value = item.partition("=")
+    return re.sub(r"[^A-Za-z0-9_.=-]", "-", f"{key.rpartition('.')[2]}{sep}{value}")
+
+
 def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters: int, seq: int,
-            kernels: str = "auto") -> str:
-    """configs/train.<preset>.gpu.yaml with this run's data, batch, step count, kernels and output dir."""
+            kernels: str = "auto", sets: list[str] = ()) -> str:
+    """configs/train.<preset>.gpu.yaml with this run's data, batch, step count, kernels and output
+    dir, then ``sets`` (``dotted.key=YAML value``, e.g. ``model.overrides.mtp_layers=0``)."""
     import yaml
 
     from arcforge.runtime.config import read_yaml
@@ -127,6 +134,7 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
     src = ROOT / "configs" / f"train.{preset}.gpu.yaml"
     cfg = read_yaml(str(src))
     tag = preset if kernels == "auto" else f"{preset}-{kernels.replace(',', '-')}"
+    tag += "".join("_" + _set_label(x, "-") for x in sets)
     cfg["name"] = f"mfu-{tag}"
     cfg["output_dir"] = str(Path(workdir) / tag)
     if kernels != "auto":
@@ -139,41 +147,79 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
     cfg["eval"] = {"interval": 0}
     cfg["checkpoint"] = {"interval": 0, "keep": 1}
     cfg["log"] = {"print_interval": 1, "plot": False}
+    for item in sets:
+        key, _, value = item.partition("=")
+        *parents, last = key.split(".")
+        node = cfg
+        for k in parents:
+            node = node.setdefault(k, {})
+        node[last] = yaml.safe_load(value)
+    Path(workdir).mkdir(parents=True, exist_ok=True)
     path = Path(workdir) / f"{tag}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return str(path)
 
 
 def child_arcforge(a) -> dict:
-    from moe_ref import PEAK_BF16, flops_per_token
-
-    from arcforge.model.train import load_train_config, train
-
-    mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
-    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq,
-                   kernels=a.variant)
-    cfg = load_train_config(path)
-    t0 = time.perf_counter()
-    train(cfg, resume=False, verbose=True)
-    wall = time.perf_counter() - t0
-    rows = [r for r in csv.DictReader(open(Path(cfg.output_dir) / "train_log.csv")) if r["kind"] == "train"]
-    timed = [r for r in rows if int(r["step"]) > a.warmup]
-    tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
-    secs = sum(float(r["step_seconds"]) for r in timed)
-    tok = tokens / secs
-    f = flops_per_token(_shape(a.preset), a.seq)
+    """Drive arcforge's trainer step by step (``train_loop.started`` + ``Trainer.advance``): the
+    warm-up steps, then the timed ones (under torch.profiler with ``--profile``), no checkpoint
+    at the end (its device-to-host copy is not training)."""
     import torch
+    from moe_ref import PEAK_BF16, flops_per_token
 
     from arcforge.model.kernels import resolve_kernels
     from arcforge.model.megatron_model import have_transformer_engine
+    from arcforge.model.train import load_train_config
+    from arcforge.model.train_loop import started
 
+    mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
+    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq,
+                   kernels=a.variant, sets=a.set)
+    cfg = load_train_config(path)
+    t0 = time.perf_counter()
+    with started(cfg, resume=False, verbose=True) as trainer:
+        for _ in range(a.warmup):
+            trainer.advance(None)
+        timed_steps = lambda: [trainer.advance(None) for _ in range(a.steps)]  # noqa: E731
+        timed = _profiled(timed_steps, Path(a.profile) / f"profile-{Path(path).stem}.txt") if a.profile else timed_steps()
+    wall = time.perf_counter() - t0
+    tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
+    tok = tokens / sum(float(r["step_seconds"]) for r in timed)
+    f = flops_per_token(_shape(a.preset), a.seq)
     used = ",".join(resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda",
                                     te=have_transformer_engine()))
-    return dict(side=f"arcforge [{used}]", kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed), warmup=a.warmup,
-                tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=float(rows[-1]["loss"]),
-                mtp_loss=rows[-1].get("mtp_loss"), aux_loss=rows[-1].get("aux_loss"),
-                balance_max_mean_worst=rows[-1].get("balance_max_mean_worst"),
-                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, wall_s=wall, flops_per_token=f)
+    label = f"arcforge [{used}]" + "".join(" " + _set_label(x) for x in a.set) + (" (profiled)" if a.profile else "")
+    last = timed[-1]
+    return dict(side=label, kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed),
+                warmup=a.warmup, tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=last["loss"],
+                mtp_loss=last.get("mtp_loss"), aux_loss=last.get("aux_loss"),
+                balance_max_mean_worst=last.get("balance_max_mean_worst"),
+                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                wall_s=wall, flops_per_token=f)
+
+
+def _profiled(fn, out: Path):
+    """``fn()`` under torch.profiler; writes the ops by CUDA time (self, then with children) to
+    ``out``, headed by the wall time against the summed kernel time (the gap: the GPU idles,
+    waiting on the host). Profiling slows the steps: its rows are for where time goes, not speed."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)  # CPU: the bench's own test
+    sync()
+    t0 = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        result = fn()
+        sync()
+    wall = time.perf_counter() - t0
+    avg = prof.key_averages()
+    gpu_us = sum(e.self_device_time_total for e in avg if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(f"wall {wall:.3f} s; kernels and copies {gpu_us / 1e6:.3f} s of GPU time\n\n"
+                   + avg.table(sort_by="self_device_time_total", row_limit=45, max_name_column_width=70) + "\n\n"
+                   + avg.table(sort_by="device_time_total", row_limit=45, max_name_column_width=70))
+    print(f"profile: {out}", flush=True)
+    return result
 
 
 def child_reference(a) -> dict:
@@ -218,6 +264,10 @@ def main() -> int:
                          "PRESET: limits one to a preset")
     ap.add_argument("--timeout", type=float, default=240, help="seconds per child process")
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a dotted train-config key for the arcforge runs, e.g. model.overrides.mtp_layers=0 (repeatable)")
+    ap.add_argument("--profile", default=None, metavar="DIR",
+                    help="profile the arcforge runs with torch.profiler: ops by CUDA time in DIR/profile-*.txt")
     ap.add_argument("--child", choices=("arcforge", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)
@@ -248,6 +298,7 @@ def main() -> int:
     rows = []
     common = ["--data", data, "--workdir", work, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
+    common += [x for item in a.set for x in ("--set", item)] + (["--profile", a.profile] if a.profile else [])
     for preset in a.presets.split(","):
         ours = [["--child", "arcforge", "--variant", v] for p, v in variants if p in (None, preset)]
         ours = ours if "arcforge" in a.sides else []

@@ -24,7 +24,9 @@
 # resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
 # refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
-# GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3).
+# GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
+# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu to run; default all; install, preflight and
+# data always run), GPU_CHECK_MFU_ARGS (more arguments for bench_gpu_mfu.py, e.g. --profile DIR).
 # Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
 set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
@@ -39,6 +41,8 @@ export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERE
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore
 SUMMARY=()
+PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu}
+want() { [[ ",$PARTS," == *",$1,"* ]]; }
 # GPU_CHECK_OUT: a folder that gets the logs, summary.md and the JSON results when the script ends
 # (the device tool's $OUT), without the data and checkpoints, which stay in $WORK
 copy_out() { [ -n "${GPU_CHECK_OUT:-}" ] && mkdir -p "$GPU_CHECK_OUT" && cp "$WORK"/*.log "$WORK"/*.md "$WORK"/*.json "$GPU_CHECK_OUT"/ 2>/dev/null; true; }
@@ -127,8 +131,8 @@ else
   CFG=configs/train.proxy-100m.gpu.yaml
 fi
 RUN_DIR=$("$PY" -c "from arcforge.runtime.config import read_yaml; print(read_yaml('$CFG')['output_dir'])")
-part smoke 150 "steps_of \$RUN_DIR/train_log.csv" -- "$PY" -m arcforge.cli train "$CFG" --no-resume --steps 3
-part resume 150 "steps_of \$RUN_DIR/train_log.csv; grep -o -i 'resum[a-z]* [^,]*' \$WORK/resume.log | head -n 1" -- \
+want smoke && part smoke 150 "steps_of \$RUN_DIR/train_log.csv" -- "$PY" -m arcforge.cli train "$CFG" --no-resume --steps 3
+want resume && part resume 150 "steps_of \$RUN_DIR/train_log.csv; grep -o -i 'resum[a-z]* [^,]*' \$WORK/resume.log | head -n 1" -- \
   bash -c "'$PY' -m arcforge.cli train '$CFG' --steps 3 && '$PY' -c \"
 import csv, sys
 steps = [int(r['step']) for r in csv.DictReader(open('$RUN_DIR/train_log.csv')) if r['kind'] == 'train']
@@ -139,17 +143,21 @@ PCFG="$WORK/parity.yaml"
 derive configs/train.proxy-100m.gpu.yaml "$PCFG" name=parity model.seq_length=256 batch.micro_batch_size=2 \
   batch.global_batch_size=4 train.iters=4 optimizer.warmup_iters=1 output_dir="$WORK/parity" eval.interval=0 \
   kernels.attention=sdpa kernels.experts=grouped
-if [ "$CPU" = 1 ]; then
+if ! want parity; then
+  :
+elif [ "$CPU" = 1 ]; then
   part parity-cpu 150 "$PY -c \"import json; d = json.load(open('\$WORK/parity_cpu.json')); print('cpu losses', d.get('loss') or [s.get('loss') for s in d.get('steps', [])])\"" -- \
     "$PY" -m arcforge.model.parity_check "$PCFG" --device cpu --steps 4 --out "$WORK/parity_cpu.json"
 else
-  part parity 240 "grep -i -E 'max|mismatch|agree|ok' \$WORK/parity.log | tail -n 2" -- bash -c "
+  part parity 240 "grep -E '^(parity ok|MISMATCH)' \$WORK/parity.log | tail -n 2" -- bash -c "
     '$PY' -m arcforge.model.parity_check '$PCFG' --device cpu --steps 4 --out '$WORK/parity_cpu.json' &&
     '$PY' -m arcforge.model.parity_check '$PCFG' --device cuda --steps 4 --out '$WORK/parity_gpu.json' --compare-with '$WORK/parity_cpu.json'"
 fi
 
 # --- MFU ------------------------------------------------------------------------------------------
-if [ "$CPU" = 1 ]; then
+if ! want mfu; then
+  :
+elif [ "$CPU" = 1 ]; then
   # must refuse in one line (exit 2) without CUDA
   part mfu-refuses 60 "tail -n 1 \$WORK/mfu-refuses.log" -- bash -c \
     "'$PY' benchmarks/bench_gpu_mfu.py --data '$WORK/data'; test \$? -eq 2"
@@ -157,7 +165,7 @@ else
   part mfu 360 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 120 \
     --kernels auto "proxy-1b:${GPU_CHECK_BASELINE:-sdpa,sequential}" \
-    --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile}
+    --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
 fi
 

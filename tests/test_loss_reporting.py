@@ -102,3 +102,24 @@ def test_tracker_readers_when_nothing_was_recorded(megatron_trackers):
     assert math.isclose(float(tracker_aux_total()), 0.5)
     reset_loss_trackers()
     assert tracker_mtp_values(2).tolist() == [0.0, 0.0]
+
+
+def test_logged_lm_loss_survives_megatrons_in_place_division():
+    """megatron-core 0.16.1's schedule divides the returned loss in place by the number of
+    micro-batches; the GPU backend's ``lm loss`` must be the undivided mean (the GPU check found
+    the logged loss at exactly 1/2 of the CPU loss with 2 micro-batches per step)."""
+    from types import SimpleNamespace
+
+    from megatron.core.pipeline_parallel.schedules import forward_step_calc_loss
+
+    from arcforge.model.backend_megatron import _loss_func
+
+    per_token = torch.tensor([[2.0, 4.0, 6.0, 100.0]], requires_grad=True)
+    mask = torch.tensor([[1.0, 1.0, 1.0, 0.0]])
+    store: list = []
+    config = SimpleNamespace(timers=None, num_moe_experts=None, calculate_per_token_loss=False)
+    out, _ = forward_step_calc_loss(None, per_token, lambda o: _loss_func(mask, o), config, None, False, 4, store,
+                                    cp_group_size=1, is_last_stage=True)
+    assert float(out) == pytest.approx(4.0 / 4)  # what is back-propagated: the mean / micro-batches
+    assert float(store[0]["lm loss"]) == pytest.approx(4.0)  # what is logged: the mean
+    assert store[0]["eval"].tolist() == [12.0, 3.0]

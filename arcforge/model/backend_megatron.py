@@ -305,14 +305,19 @@ class MegatronBackend:
 def _loss_func(loss_mask, output):
     """Per micro-batch: the masked mean main CE (what is back-propagated; megatron divides it
     by the number of micro-batches), ``lm loss`` = that mean detached (summed over micro-batches
-    by the backend, as on CPU) and ``eval`` = (masked sum, target tokens)."""
+    by the backend, as on CPU) and ``eval`` = (masked sum, target tokens).
+
+    ``lm loss`` is a *copy*: megatron's schedule divides the returned loss in place
+    (``output_tensor /= num_microbatches``), and a plain ``detach()`` shares its storage, so the
+    logged loss came out divided by the micro-batch count (found by the GPU check's parity:
+    exactly half the CPU loss at 2 micro-batches per step)."""
     import torch
 
     per_token = output.float()
     total = (per_token * loss_mask).sum()
     n = loss_mask.sum().clamp(min=1)
     mean = total / n
-    return mean, {"lm loss": mean.detach(), "eval": torch.stack([total.detach(), n.detach()])}
+    return mean, {"lm loss": mean.detach().clone(), "eval": torch.stack([total.detach(), n.detach()])}
 
 
 def _unwrap(model):

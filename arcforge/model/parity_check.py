@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -129,10 +130,19 @@ def compare(a: dict[str, Any], b: dict[str, Any], rtol: float = 0.03) -> list[st
 
 
 def _table(a: dict[str, Any], b: dict[str, Any]) -> str:
-    lines = [f"step  loss {a['device']}/{a['dtype']}  loss {b['device']}/{b['dtype']}  rel.diff"]
+    """Per step: the loss on both sides and the relative differences of the loss and, where both
+    sides logged them, the MTP loss, the aux loss and the gradient norm (only the loss is checked)."""
+    extra = [k for k in ("mtp_loss", "aux_loss", "grad_norm") if a.get(k) and b.get(k)]
+    lines = [f"step  loss {a['device']}/{a['dtype']}  loss {b['device']}/{b['dtype']}  rel.diff"
+             + "".join(f"  {k} rel.diff" for k in extra)]
     for i, (x, y) in enumerate(zip(a["loss"], b["loss"]), start=1):
-        lines.append(f"{i:4d}  {x:12.5f}  {y:12.5f}  {abs(x - y) / abs(y):8.5f}")
+        rel = [_rel(a[k][i - 1], b[k][i - 1]) for k in extra]
+        lines.append(f"{i:4d}  {x:12.5f}  {y:12.5f}  {_rel(x, y):8.5f}" + "".join(f"  {r:{len(k) + 9}.5f}" for k, r in zip(extra, rel)))
     return "\n".join(lines)
+
+
+def _rel(x: float | None, y: float | None) -> float:
+    return math.nan if x is None or y is None or y == 0 else abs(x - y) / abs(y)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -169,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         bad = compare(result, other, args.rtol)
         for line in bad:
             print(f"MISMATCH {line}", file=sys.stderr)
+        if not bad:
+            worst = max(_rel(x, y) for x, y in zip(result["loss"], other["loss"]))
+            print(f"parity ok: {result['device']} and {other['device']} losses agree over {len(result['loss'])} steps "
+                  f"(max relative difference {worst:.4f}, rtol {args.rtol})")
         return 1 if bad else 0
     return 0
 
