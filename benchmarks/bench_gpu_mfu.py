@@ -2,17 +2,21 @@
 
 For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4096, bf16):
 
-* **arcforge**: ``arcforge.model.train.train`` on ``configs/train.<preset>.gpu.yaml`` (device
-  cuda, bf16, AdamW, megatron-core GPTModel with MTP, the real loop: schedules, router-load
-  hooks, logs), ``--warmup`` steps then ``--steps`` timed steps; tokens/s from the trainer's
-  ``train_log.csv`` (``step_seconds`` is CUDA-synchronised and covers forward, backward,
-  optimizer step and bias update of every micro-batch of the step). One run per ``--kernels``
-  variant (the config's ``kernels`` section, ``arcforge.model.kernels``): ``auto`` (without
-  Transformer Engine: SDPA attention + grouped experts on ``torch._grouped_mm``) or
-  ``ATTENTION,EXPERTS`` with attention ``sdpa``/``local`` (megatron's unfused
-  DotProductAttention) and experts ``grouped``/``sequential`` (megatron's SequentialMLP), so
-  each lever is measured alone: ``--kernels local,sequential sdpa,sequential sdpa,grouped``.
-  ``PRESET:VARIANT`` limits a variant to one preset (``proxy-1b:sdpa,sequential``);
+* **arcforge**: the trainer (``train_loop.started``, then ``Trainer.advance`` per step) on
+  ``configs/train.<preset>.gpu.yaml`` (device cuda, bf16, AdamW, megatron-core GPTModel with
+  MTP, the real loop: schedules, router-load hooks, bias update), ``--warmup`` steps then
+  ``--steps`` timed steps, no checkpoint; tokens/s from the steps' ``step_seconds``
+  (CUDA-synchronised, covering forward, backward, optimizer step and bias update of every
+  micro-batch of the step). One run per ``--kernels`` variant (the config's ``kernels``
+  section): ``auto`` (without Transformer Engine: SDPA attention + grouped experts on
+  ``torch._grouped_mm``, megatron's dispatcher) or ``ATTENTION,EXPERTS[,DISPATCHER]`` with
+  attention ``sdpa``/``local`` (megatron's unfused DotProductAttention)/``auto``, experts
+  ``grouped``/``sequential`` (megatron's SequentialMLP)/``auto`` and dispatcher
+  ``megatron``/``device`` (``arcforge.model.dispatch``), so each lever is measured alone:
+  ``--kernels local,sequential sdpa,sequential sdpa,grouped auto,auto,device``.
+  ``PRESET:VARIANT`` limits a variant to one preset (``proxy-1b:sdpa,sequential``).
+  ``--set KEY=VALUE`` changes any dotted config key of every arcforge run; ``--profile DIR``
+  writes torch.profiler tables of the timed steps;
 * **reference**: ``benchmarks/peers/moe_ref.py`` with the same layer shapes, micro-batch and
   sequence length (SDPA flash attention, ``torch._grouped_mm`` experts, fused AdamW), eager and,
   with ``--ref-compile``, ``torch.compile``.
@@ -28,7 +32,8 @@ tokens counted are the non-padding tokens (the synthetic shards have no pad id, 
 them); MFU = tokens/s x FLOPs per token / 989e12 (H100 SXM and H200 dense bf16 peak).
 
     python benchmarks/bench_gpu_mfu.py --data DIR [--presets proxy-100m,proxy-1b] [--steps 10] [--warmup 3]
-        [--kernels auto local,sequential sdpa,sequential sdpa,grouped] [--sides arcforge,reference]
+        [--kernels auto local,sequential sdpa,sequential sdpa,grouped auto,auto,device] [--sides arcforge,reference]
+        [--set model.overrides.mtp_layers=0] [--profile DIR] [--mbs N] [--accum N]
     python benchmarks/bench_gpu_mfu.py --make-data DIR      # the synthetic shard only (CPU is fine)
 
 Exits 2 with one line when CUDA is unavailable (``--make-data`` needs no GPU).
@@ -106,13 +111,15 @@ def _shape(preset: str):
 
 
 def parse_variant(text: str) -> tuple[str | None, str]:
-    """``[PRESET:]auto`` or ``[PRESET:]ATTENTION,EXPERTS`` -> (preset or None, variant)."""
+    """``[PRESET:]auto`` or ``[PRESET:]ATTENTION,EXPERTS[,DISPATCHER]`` -> (preset or None, variant)."""
     preset, _, variant = text.rpartition(":")
     if variant != "auto":
-        att, _, exp = variant.partition(",")
-        if att not in ("sdpa", "local", "auto") or exp not in ("grouped", "sequential", "auto"):
-            raise SystemExit(f"bench_gpu_mfu: --kernels {text!r}: expected auto or ATTENTION,EXPERTS with attention "
-                             "sdpa|local|auto and experts grouped|sequential|auto")
+        parts = variant.split(",")
+        att, exp, disp = (parts + ["megatron"])[:3] if len(parts) in (2, 3) else ("?", "?", "?")
+        if (att not in ("sdpa", "local", "auto") or exp not in ("grouped", "sequential", "auto")
+                or disp not in ("megatron", "device")):
+            raise SystemExit(f"bench_gpu_mfu: --kernels {text!r}: expected auto or ATTENTION,EXPERTS[,DISPATCHER] with "
+                             "attention sdpa|local|auto, experts grouped|sequential|auto, dispatcher megatron|device")
     return preset or None, variant
 
 
@@ -138,8 +145,8 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
     cfg["name"] = f"mfu-{tag}"
     cfg["output_dir"] = str(Path(workdir) / tag)
     if kernels != "auto":
-        att, exp = kernels.split(",")
-        cfg["kernels"] = {"attention": att, "experts": exp}
+        att, exp, disp = (kernels.split(",") + ["megatron"])[:3]
+        cfg["kernels"] = {"attention": att, "experts": exp, "dispatcher": disp}
     cfg["model"]["seq_length"] = seq
     cfg["batch"] = {"micro_batch_size": mbs, "global_batch_size": mbs * accum}
     cfg["train"] = {"iters": iters}
@@ -188,6 +195,7 @@ def child_arcforge(a) -> dict:
     f = flops_per_token(_shape(a.preset), a.seq)
     used = ",".join(resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda",
                                     te=have_transformer_engine()))
+    used += ",device" if cfg.kernels.dispatcher == "device" else ""
     label = f"arcforge [{used}]" + "".join(" " + _set_label(x) for x in a.set) + (" (profiled)" if a.profile else "")
     last = timed[-1]
     return dict(side=label, kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed),

@@ -18,14 +18,16 @@
 #             proxy-100m at seq 4096, arcforge with the default kernels (no TE: SDPA attention + grouped
 #             experts on torch._grouped_mm) and, for proxy-1b, one baseline without the grouped experts
 #             (sdpa,sequential; GPU_CHECK_BASELINE overrides it, e.g. local,sequential = the old path)
+#             and one with arcforge's own token dispatcher (auto,auto,device: arcforge.model.dispatch)
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
+#   profile   torch.profiler over 3 timed steps of proxy-1b (default kernels): $WORK/profile-*.txt
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
 # resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
 # refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
 # GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
-# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu to run; default all; install, preflight and
+# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,profile to run; default all; install, preflight and
 # data always run), GPU_CHECK_MFU_ARGS (more arguments for bench_gpu_mfu.py, e.g. --profile DIR).
 # Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
 set -uo pipefail
@@ -41,11 +43,16 @@ export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERE
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore
 SUMMARY=()
-PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu}
+PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu,profile}
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 # GPU_CHECK_OUT: a folder that gets the logs, summary.md and the JSON results when the script ends
 # (the device tool's $OUT), without the data and checkpoints, which stay in $WORK
-copy_out() { [ -n "${GPU_CHECK_OUT:-}" ] && mkdir -p "$GPU_CHECK_OUT" && cp "$WORK"/*.log "$WORK"/*.md "$WORK"/*.json "$GPU_CHECK_OUT"/ 2>/dev/null; true; }
+# (the device tool brings back 8 files: summary.md and mfu.json plain, everything else in one tarball)
+copy_out() {
+  [ -n "${GPU_CHECK_OUT:-}" ] || return 0
+  mkdir -p "$GPU_CHECK_OUT" && cp "$WORK"/summary.md "$WORK"/mfu.json "$GPU_CHECK_OUT"/ 2>/dev/null
+  (cd "$WORK" && tar czf "$GPU_CHECK_OUT/check-files.tgz" $(ls *.log *.json *.txt *.md 2>/dev/null)) 2>/dev/null; true
+}
 trap copy_out EXIT
 
 # part NAME MAX_SECONDS DETAIL_CMD -- COMMAND...: run COMMAND under timeout (its max, capped by what is
@@ -164,9 +171,17 @@ elif [ "$CPU" = 1 ]; then
 else
   part mfu 360 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 120 \
-    --kernels auto "proxy-1b:${GPU_CHECK_BASELINE:-sdpa,sequential}" \
+    --kernels auto "proxy-1b:${GPU_CHECK_BASELINE:-sdpa,sequential}" proxy-1b:auto,auto,device \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
+fi
+
+# --- profile --------------------------------------------------------------------------------------
+# proxy-1b, default kernels: torch.profiler over 3 steps after 2 (ops by CUDA time, and the GPU's
+# busy time against the wall) in $WORK/profile-*.txt
+if want profile && [ "$CPU" != 1 ]; then
+  part profile 120 "head -n 1 \$WORK/profile-*.txt" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
+    --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 110 --profile "$WORK"
 fi
 
 # --- summary --------------------------------------------------------------------------------------

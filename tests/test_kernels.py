@@ -125,8 +125,8 @@ def test_model_with_sdpa_and_grouped_experts_equals_the_local_model(monkeypatch,
     arch = get_preset("proxy-tiny")
     ref = build_model(arch, seq_length=32, seed=0)
     new = build_model(arch, seq_length=32, seed=0, attention="sdpa", experts="grouped")
-    assert kernels.uses(ref) == {"attention": "local", "experts": "sequential"}
-    assert kernels.uses(new) == {"attention": "sdpa", "experts": "grouped"}
+    assert kernels.uses(ref) == {"attention": "local", "experts": "sequential", "dispatcher": "megatron"}
+    assert kernels.uses(new) == {"attention": "sdpa", "experts": "grouped", "dispatcher": "megatron"}
     assert any(isinstance(m, kernels.SDPAttention) for m in new.mtp.modules())  # the MTP layer too
     _copy_weights(ref, new)
     g = torch.Generator().manual_seed(1)
@@ -208,8 +208,8 @@ def test_cpu_backend_with_sdpa_and_grouped_kernels_gives_the_same_steps(tmp_path
     assert (base.kernels.attention, base.kernels.experts) == ("auto", "auto")
     fast = _cfg(tmp_path, shard, "fast", {"attention": "sdpa", "experts": "grouped"})
     with started(base, resume=False, verbose=False) as a, started(fast, resume=False, verbose=False) as b:
-        assert uses(a.model) == {"attention": "local", "experts": "sequential"}
-        assert uses(b.model) == {"attention": "sdpa", "experts": "grouped"}
+        assert uses(a.model) == {"attention": "local", "experts": "sequential", "dispatcher": "megatron"}
+        assert uses(b.model) == {"attention": "sdpa", "experts": "grouped", "dispatcher": "megatron"}
         _copy_weights(a.model, b.model)
         for _ in range(2):
             ra, rb = a.advance(None), b.advance(None)

@@ -38,7 +38,7 @@ class CpuBackend:
         cfg = t.cfg
         attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cpu", te=False)
         t.model = build_model(t.arch, seq_length=cfg.model.seq_length, params_dtype=torch.float32, device="cpu",
-                              seed=cfg.seed, attention=attention, experts=experts)
+                              seed=cfg.seed, attention=attention, experts=experts, dispatcher=cfg.kernels.dispatcher)
         t.model.train()
         o = cfg.optimizer
         t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts)

@@ -101,7 +101,8 @@ class MegatronBackend:
         attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda", te=te)
         te_specs = attention == "te"
         self.kernels = (attention, experts)
-        t.say(f"kernels: attention {attention}, experts {experts}")
+        dispatcher = cfg.kernels.dispatcher
+        t.say(f"kernels: attention {attention}, experts {experts}, dispatcher {dispatcher}")
         config = to_transformer_config(
             arch, params_dtype=dtype, use_cpu_initialization=False,
             tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp, expert_model_parallel_size=p.ep,
@@ -113,9 +114,9 @@ class MegatronBackend:
         pre, post = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
         block = get_gpt_decoder_block_spec(config, use_transformer_engine=te_specs, normalization="RMSNorm")
         mtp = get_gpt_mtp_block_spec(config, block, use_transformer_engine=te_specs) if arch.mtp_layers and post else None
-        if not te_specs:
-            block = apply_kernels(block, attention=attention, experts=experts)
-            mtp = apply_kernels(mtp, attention=attention, experts=experts)
+        if not te_specs or dispatcher != "megatron":
+            block = apply_kernels(block, attention=attention, experts=experts, dispatcher=dispatcher)
+            mtp = apply_kernels(mtp, attention=attention, experts=experts, dispatcher=dispatcher)
         torch.manual_seed(cfg.seed)
         model = GPTModel(
             config=config, transformer_layer_spec=block, vocab_size=arch.vocab_size,

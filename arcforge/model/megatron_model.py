@@ -108,14 +108,16 @@ def build_model(
     seed: int | None = None,
     attention: str = "local",
     experts: str = "sequential",
+    dispatcher: str = "megatron",
     **config_overrides: Any,
 ):
     """A megatron-core ``GPTModel`` for ``arch``: dense first layers, then MoE layers, plus MTP.
 
     ``seq_length`` is the training sequence length (megatron's ``max_sequence_length``).
     ``seed`` (if given) seeds torch before initialisation so two builds are identical.
-    ``attention`` (``local`` | ``sdpa``) and ``experts`` (``sequential`` | ``grouped``) pick the
-    kernels (``arcforge.model.kernels``; the train config's ``kernels`` section).
+    ``attention`` (``local`` | ``sdpa``), ``experts`` (``sequential`` | ``grouped``) and
+    ``dispatcher`` (``megatron`` | ``device``) pick the kernels (``arcforge.model.kernels``; the
+    train config's ``kernels`` section).
     ``config_overrides`` go to ``TransformerConfig`` (e.g. ``recompute_granularity``).
     """
     from megatron.core.models.gpt import GPTModel
@@ -130,7 +132,7 @@ def build_model(
     config = to_transformer_config(
         arch, params_dtype=params_dtype, use_cpu_initialization=device == "cpu", **config_overrides
     )
-    block_spec, mtp_spec = local_specs(arch, config, attention=attention, experts=experts)
+    block_spec, mtp_spec = local_specs(arch, config, attention=attention, experts=experts, dispatcher=dispatcher)
     model = GPTModel(
         config=config,
         transformer_layer_spec=block_spec,
@@ -151,19 +153,20 @@ def build_model(
     return model
 
 
-def local_specs(arch: ArchConfig, config: Any, *, attention: str = "local", experts: str = "sequential"):
+def local_specs(arch: ArchConfig, config: Any, *, attention: str = "local", experts: str = "sequential",
+                dispatcher: str = "megatron"):
     """(decoder block spec, MTP block spec or None) from megatron's local specs
     (``arch.layer_specs``) with the chosen kernels (``kernels.apply_kernels``).
     ``experts="grouped"`` needs ``config.moe_grouped_gemm``."""
     if experts == "grouped" and not config.moe_grouped_gemm:
         raise ValueError("experts='grouped' needs a config with moe_grouped_gemm=True")
     block, mtp = layer_specs(arch, config)
-    if attention == "local" and experts == "sequential":
+    if attention == "local" and experts == "sequential" and dispatcher == "megatron":
         return block, mtp
     from arcforge.model.kernels import apply_kernels
 
-    return (apply_kernels(block, attention=attention, experts=experts),
-            apply_kernels(mtp, attention=attention, experts=experts))
+    return (apply_kernels(block, attention=attention, experts=experts, dispatcher=dispatcher),
+            apply_kernels(mtp, attention=attention, experts=experts, dispatcher=dispatcher))
 
 
 # ---- forward helpers ---------------------------------------------------------------------

@@ -181,6 +181,8 @@ class KernelsSection(_Strict):
 
     attention: Literal["auto", "sdpa", "local"] = "auto"  # torch SDPA (flash) | megatron's DotProductAttention
     experts: Literal["auto", "grouped", "sequential"] = "auto"  # GroupedMLP on torch._grouped_mm | SequentialMLP
+    # megatron's own token dispatcher | arcforge.model.dispatch (all experts on one rank, no host syncs)
+    dispatcher: Literal["megatron", "device"] = "megatron"
 
 
 class LogSection(_Strict):
@@ -282,6 +284,9 @@ def check_config(cfg: TrainConfig, path: str) -> None:
         for k in ("tp", "pp", "ep"):
             if getattr(cfg.parallel, k) != 1:
                 raise ConfigError(f"{path}: parallel.{k}: the CPU path runs one process (world size 1); model parallelism needs device: cuda")
+    if cfg.kernels.dispatcher == "device" and (cfg.parallel.ep > 1 or cfg.parallel.tp > 1):
+        raise ConfigError(f"{path}: kernels.dispatcher: device needs every expert on each rank (parallel.ep 1 and "
+                          f"parallel.tp 1; got ep {cfg.parallel.ep}, tp {cfg.parallel.tp}); use megatron")
     if cfg.parallel.ep > 1 and arch.num_experts % cfg.parallel.ep:
         raise ConfigError(f"{path}: parallel.ep: {cfg.parallel.ep} does not divide the {arch.num_experts} experts")
 

@@ -1,0 +1,106 @@
+"""A token dispatcher for MoE layers whose experts all live on one rank (``ep = tp = 1``).
+
+megatron-core 0.16.1's dispatchers are written for expert parallelism. On one GPU, with its
+``alltoall`` dispatcher and no Transformer Engine, every MoE layer's forward still
+
+* permutes with ``masked_select`` (its output size is read back to the host: a sync),
+* moves ``tokens_per_expert`` to the host and waits for it (``_maybe_dtoh_and_synchronize``:
+  a second sync), and
+* with several local experts, "sorts chunks" by expert (``sort_chunks_by_idxs``: a split by
+  host-side sizes and a ``cat``, an identity on one rank that copies the tokens), once on the
+  way in and once on the way out, in the forward and again in the backward.
+
+Each sync drains the GPU's queue, which then idles while Python launches the next kernels.
+The H100 run of issue 12 showed about 0.19 s per step that does not grow with the micro-batch
+(docs/benchmarks.md, "GPU"); these syncs are one candidate. ``DeviceTokenDispatcher`` does
+the same permutation with no host round trip and no chunk sort:
+
+* the ``k`` experts of each token: ``topk`` over the boolean routing map (exactly ``k`` per
+  row in dropless routing, which is what arcforge trains);
+* expert-major order, tokens ascending within an expert (megatron's order, so the experts see
+  the same rows in the same order): a stable ``argsort`` of the flat expert ids;
+* ``tokens_per_expert``: ``bincount`` on the device, which ``kernels.gmm`` turns into
+  ``torch._grouped_mm`` offsets on the device;
+* combine: the inverse permutation and a sum over each token's ``k`` rows (no atomics; the
+  probabilities are applied inside the experts, as megatron does).
+
+The model's parameters do not change, so checkpoints move freely between the two
+dispatchers. Chosen by the train config's ``kernels.dispatcher: device``; ``megatron`` (the
+default) keeps megatron's own. Checked on CPU against megatron's ``alltoall`` and ``allgather``
+dispatchers (``tests/test_dispatch.py``); its speed needs a GPU run.
+"""
+
+from __future__ import annotations
+
+import torch
+from megatron.core.transformer.moe.moe_layer import MoELayer
+from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
+from megatron.core.transformer.moe.token_dispatcher import MoETokenDispatcher
+
+DISPATCHERS = ("megatron", "device")
+
+
+class DeviceTokenDispatcher(MoETokenDispatcher):
+    """Dispatch and combine for one rank that holds every expert, without host syncs."""
+
+    def __init__(self, num_local_experts: int, local_expert_indices, config, pg_collection=None) -> None:
+        super().__init__(config=config, pg_collection=pg_collection)
+        if self.ep_size != 1 or self.tp_size != 1:
+            raise ValueError(f"the device dispatcher needs every expert on this rank (expert-parallel size "
+                             f"{self.ep_size}, expert tensor-parallel size {self.tp_size}; both must be 1)")
+        if config.moe_expert_capacity_factor is not None or config.moe_router_padding_for_quantization:
+            raise ValueError("the device dispatcher is for dropless routing (no moe_expert_capacity_factor, "
+                             "no moe_router_padding_for_quantization)")
+        if config.moe_shared_expert_overlap:
+            raise ValueError("the device dispatcher does not overlap the shared expert (moe_shared_expert_overlap)")
+        self.num_experts = num_local_experts
+        self.topk = config.moe_router_topk
+
+    def dispatch_preprocess(self, hidden_states: torch.Tensor, routing_map: torch.Tensor, probs: torch.Tensor):
+        """Tokens and their probabilities in expert-major order (``[T * k, H]``, ``[T * k]``)."""
+        self.hidden_shape = hidden_states.shape
+        x = hidden_states.view(-1, self.hidden_shape[-1])
+        experts = routing_map.to(torch.int8).topk(self.topk, dim=1, sorted=False).indices  # [T, k]
+        flat = experts.reshape(-1)
+        order = torch.argsort(flat, stable=True)  # by expert; within one, by token (t * k + j)
+        self.order = order
+        self.tokens_per_expert = torch.bincount(flat, minlength=self.num_experts)
+        permuted = x.index_select(0, torch.div(order, self.topk, rounding_mode="floor"))
+        permuted_probs = probs.gather(1, experts).reshape(-1).index_select(0, order)
+        return permuted, permuted_probs
+
+    def token_dispatch(self, hidden_states: torch.Tensor, probs: torch.Tensor):
+        return hidden_states, probs  # nothing to send: every expert is here
+
+    def dispatch_postprocess(self, hidden_states: torch.Tensor, probs: torch.Tensor):
+        tokens_per_expert, self.tokens_per_expert = self.tokens_per_expert, None
+        return hidden_states, tokens_per_expert, probs
+
+    def combine_preprocess(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+    def token_combine(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        return hidden_states
+
+    def combine_postprocess(self, hidden_states: torch.Tensor) -> torch.Tensor:
+        """Back to token order, each token's ``k`` expert rows summed: ``[*hidden_shape]``."""
+        order, self.order = self.order, None
+        inverse = torch.empty_like(order)
+        inverse[order] = torch.arange(order.numel(), device=order.device)
+        rows = hidden_states.index_select(0, inverse)  # row t * k + j: token t's j-th expert
+        return rows.view(-1, self.topk, rows.shape[-1]).sum(dim=1).view(self.hidden_shape)
+
+
+class DeviceMoELayer(MoELayer):
+    """megatron's ``MoELayer`` with ``DeviceTokenDispatcher`` in place of the configured one
+    (``kernels.apply_kernels`` puts it in the layer spec for ``kernels.dispatcher: device``)."""
+
+    def __init__(self, config, submodules=None, layer_number=None, pg_collection=None):
+        super().__init__(config, submodules=submodules, layer_number=layer_number, pg_collection=pg_collection)
+        self.token_dispatcher = DeviceTokenDispatcher(
+            self.num_local_experts, self.local_expert_indices, config=self.config,
+            pg_collection=pg_collection if pg_collection is not None else get_default_pg_collection(),
+        )
+
+
+__all__ = ["DISPATCHERS", "DeviceMoELayer", "DeviceTokenDispatcher"]

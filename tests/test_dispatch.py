@@ -1,0 +1,138 @@
+"""``arcforge.model.dispatch``: the host-sync-free token dispatcher for one rank, against
+megatron-core 0.16.1's own dispatchers on the same MoE layer, alone and in a built model, and
+through the trainer's CPU backend (fp32 on CPU; its speed needs a GPU)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_random_shard
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+def _moe_layer_pair(dispatcher_type: str, experts: str):
+    """Two MoE layers of proxy-tiny (8 experts top-2, shared expert) with the same weights:
+    megatron's ``dispatcher_type`` dispatcher and ``DeviceMoELayer``."""
+    from megatron.core.transformer.moe.moe_layer import MoELayer
+
+    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.dispatch import DeviceMoELayer
+    from arcforge.model.megatron_model import init_runtime, local_specs
+
+    init_runtime("cpu")
+    arch = get_preset("proxy-tiny")
+    config = to_transformer_config(arch, moe_token_dispatcher_type=dispatcher_type,
+                                   moe_grouped_gemm=experts == "grouped")
+    block, _ = local_specs(arch, config, experts=experts)
+    moe_spec = next(s for s in block.layer_specs if s.submodules.mlp.module is MoELayer).submodules.mlp
+    torch.manual_seed(0)
+    ref = MoELayer(config, submodules=moe_spec.submodules, layer_number=2)
+    new = DeviceMoELayer(config, submodules=moe_spec.submodules, layer_number=2)
+    new.load_state_dict(ref.state_dict())
+    return arch, ref, new
+
+
+@pytest.mark.parametrize("experts", ["sequential", "grouped"])
+def test_device_dispatcher_equals_megatrons_on_one_moe_layer(experts):
+    """Same output, same gradients (input, router, experts, shared expert), same tokens per
+    expert, and the experts see the same rows in the same order. The oracle is megatron's
+    ``allgather`` dispatcher (the CPU path's): its ``alltoall`` one asks for a CUDA stream when
+    built, and with one rank both permute with the same ``moe_utils.permute``/``unpermute``."""
+    dispatcher_type = "allgather"
+    from megatron.core.transformer.moe.moe_utils import clear_aux_losses_tracker
+
+    arch, ref, new = _moe_layer_pair(dispatcher_type, experts)
+    assert type(new.token_dispatcher).__name__ == "DeviceTokenDispatcher"
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(16, 3, arch.hidden_size, generator=g)  # [s, b, h]
+    up = torch.randn(16, 3, arch.hidden_size, generator=g)
+    seen = {}
+
+    def grab(name):
+        def hook(_module, args):
+            seen[name] = (args[0].detach().clone(), args[1].detach().cpu().clone())
+        return hook
+
+    results = []
+    for name, layer in (("ref", ref), ("new", new)):
+        layer.train()
+        layer.experts.register_forward_pre_hook(grab(name))
+        inp = x.clone().requires_grad_()
+        out, bias = layer(inp)
+        assert bias is None
+        (out * up).sum().backward()
+        results.append((out.detach(), inp.grad, {n: p.grad.clone() for n, p in layer.named_parameters()}))
+        clear_aux_losses_tracker()
+    (o1, gx1, gp1), (o2, gx2, gp2) = results
+    torch.testing.assert_close(o2, o1, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(gx2, gx1, rtol=1e-5, atol=1e-6)
+    assert gp1.keys() == gp2.keys()
+    for n in gp1:
+        torch.testing.assert_close(gp2[n], gp1[n], rtol=1e-4, atol=1e-6, msg=n)
+    rows1, counts1 = seen["ref"]
+    rows2, counts2 = seen["new"]
+    assert counts2.tolist() == counts1.tolist() and sum(counts1.tolist()) == 48 * arch.moe_top_k
+    torch.testing.assert_close(rows2, rows1)  # the same permutation, not only the same sums
+
+
+def test_device_dispatcher_refuses_what_it_does_not_do():
+    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.dispatch import DeviceTokenDispatcher
+    from arcforge.model.megatron_model import init_runtime
+    from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
+
+    init_runtime("cpu")
+    arch = get_preset("proxy-tiny")
+    pg = get_default_pg_collection()
+    with pytest.raises(ValueError, match="dropless"):
+        DeviceTokenDispatcher(8, list(range(8)), to_transformer_config(arch, moe_expert_capacity_factor=1.0), pg)
+    with pytest.raises(ValueError, match="shared expert"):
+        DeviceTokenDispatcher(8, list(range(8)), to_transformer_config(arch, moe_shared_expert_overlap=True,
+                                                                           moe_token_dispatcher_type="alltoall"), pg)
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> str:
+    return write_random_shard(str(tmp_path_factory.mktemp("dshard") / "rand"), 80)
+
+
+def _cfg(tmp_path: Path, prefix: str, name: str, kernels: dict, **extra):
+    from arcforge.model.train_config import parse_train_config
+
+    data = {"name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
+            "model": {"preset": "proxy-tiny", "seq_length": 32},
+            "data": {"blend": [prefix], "split": "100,0,0"},
+            "batch": {"micro_batch_size": 2, "global_batch_size": 4},
+            "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
+            "kernels": kernels, "log": {"print_interval": 0, "plot": False}, **extra}
+    return parse_train_config(data, f"{name}.yaml")
+
+
+def test_trainer_with_the_device_dispatcher_takes_the_same_steps(tmp_path, shard):
+    """The CPU backend with ``kernels.dispatcher: device`` (and grouped experts, as on the GPU)
+    takes the same two steps as with megatron's dispatcher: loss, MTP, aux, gradient norm, the
+    router load (the expert-bias update reads it) and every parameter after the steps."""
+    from arcforge.model.kernels import uses
+    from arcforge.model.train_loop import started
+    from arcforge.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"kernels\.dispatcher: device needs every expert on each rank"):
+        _cfg(tmp_path, shard, "bad", {"dispatcher": "device"}, device="cuda", dtype="bf16", parallel={"ep": 2})
+    with pytest.raises(ConfigError, match=r"kernels\.dispatcher"):
+        _cfg(tmp_path, shard, "bad", {"dispatcher": "fast"})
+    base = _cfg(tmp_path, shard, "megatron", {"experts": "grouped"})
+    dev = _cfg(tmp_path, shard, "device", {"experts": "grouped", "dispatcher": "device"})
+    with started(base, resume=False, verbose=False) as a, started(dev, resume=False, verbose=False) as b:
+        assert uses(a.model)["dispatcher"] == "megatron" and uses(b.model)["dispatcher"] == "device"
+        b.model.load_state_dict(a.model.state_dict())  # the same parameters under the same names
+        for _ in range(2):
+            ra, rb = a.advance(None), b.advance(None)
+            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm", "balance_max_mean"):
+                assert rb[key] == pytest.approx(ra[key], rel=2e-5), key
+        pb = dict(b.model.named_parameters())
+        for n, p in a.model.named_parameters():
+            torch.testing.assert_close(pb[n], p, rtol=1e-4, atol=1e-6, msg=n)
