@@ -213,6 +213,24 @@ def get_preset(name: str) -> ArchConfig:
 # ---- conversions ---------------------------------------------------------------------------
 
 
+RECOMPUTE = ("none", "selective", "full")
+
+
+def recompute_settings(kind: str, *, grouped_experts: bool) -> dict[str, Any]:
+    """megatron ``TransformerConfig`` keys for the train config's ``model.recompute`` (the same
+    three choices as ``arcforge.model.memory``): ``selective`` recomputes core attention, the
+    norms and (with grouped experts, which megatron requires for it) the expert activation;
+    ``full`` keeps each layer's input only and recomputes one layer at a time."""
+    if kind not in RECOMPUTE:
+        raise ValueError(f"recompute: expected one of {RECOMPUTE}, got {kind!r}")
+    if kind == "selective":
+        modules = ["core_attn", "layernorm"] + (["moe_act"] if grouped_experts else [])
+        return {"recompute_granularity": "selective", "recompute_modules": modules}
+    if kind == "full":
+        return {"recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    return {}
+
+
 def to_transformer_config(
     arch: ArchConfig,
     *,

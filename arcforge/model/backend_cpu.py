@@ -31,6 +31,7 @@ class CpuBackend:
     def build(self, t: Trainer) -> None:
         import torch
 
+        from arcforge.model.arch import recompute_settings
         from arcforge.model.kernels import resolve_kernels
         from arcforge.model.megatron_model import build_model, causal_attention_mask
         from arcforge.model.optim import build_optimizer
@@ -38,7 +39,8 @@ class CpuBackend:
         cfg = t.cfg
         attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cpu", te=False)
         t.model = build_model(t.arch, seq_length=cfg.model.seq_length, params_dtype=torch.float32, device="cpu",
-                              seed=cfg.seed, attention=attention, experts=experts, dispatcher=cfg.kernels.dispatcher)
+                              seed=cfg.seed, attention=attention, experts=experts, dispatcher=cfg.kernels.dispatcher,
+                              **recompute_settings(cfg.model.recompute, grouped_experts=experts == "grouped"))
         t.model.train()
         o = cfg.optimizer
         t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts)
@@ -50,7 +52,7 @@ class CpuBackend:
         import torch
 
         from arcforge.model.losses import LossSums
-        from arcforge.model.megatron_model import expert_bias_update, lm_loss
+        from arcforge.model.megatron_model import aux_loss_values, expert_bias_update, lm_loss, mtp_loss_values
 
         mbs = t.cfg.batch.micro_batch_size
         n_micro = batch_size // mbs
@@ -60,7 +62,9 @@ class CpuBackend:
             tokens, labels, mask = t.train_batches.get(t.consumed + j * mbs, mbs)
             out = lm_loss(t.model, tokens, labels, mask, attention_mask=self.mask, loss_scale=1.0 / n_micro)
             out.loss.backward()
-            sums.add(out.lm_loss, out.mtp_losses, out.aux_losses)
+            # read megatron's loss trackers after the backward: under full recompute the layers'
+            # forward runs without grad and their aux losses are recorded by the recomputation
+            sums.add(out.lm_loss, mtp_loss_values(), aux_loss_values())
         row = sums.row(dp_size=1)
         clip = t.cfg.optimizer.clip_grad
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.params, clip if clip > 0 else math.inf))

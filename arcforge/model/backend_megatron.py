@@ -88,7 +88,7 @@ class MegatronBackend:
         from megatron.core.models.gpt import GPTModel
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
 
-        from arcforge.model.arch import to_transformer_config
+        from arcforge.model.arch import recompute_settings, to_transformer_config
         from arcforge.model.kernels import apply_kernels, resolve_kernels
         from arcforge.model.megatron_model import causal_attention_mask
 
@@ -110,6 +110,7 @@ class MegatronBackend:
             moe_grouped_gemm=te_specs or experts == "grouped",
             pipeline_dtype=dtype, bias_activation_fusion=te, masked_softmax_fusion=te, apply_rope_fusion=False,
             bias_dropout_fusion=te, gradient_accumulation_fusion=False,
+            **recompute_settings(cfg.model.recompute, grouped_experts=experts in ("grouped", "te")),
         )
         pre, post = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()
         block = get_gpt_decoder_block_spec(config, use_transformer_engine=te_specs, normalization="RMSNorm")

@@ -21,6 +21,11 @@
 5. A single-process ``gloo`` process group (world size 1, in-memory store: no port is
    opened) and ``parallel_state.initialize_model_parallel()`` with all sizes 1. Megatron's
    layers, the MoE dispatcher and the dataset helpers ask ``torch.distributed`` for ranks.
+6. Activation recompute (``recompute_granularity``): megatron's ``CheckpointFunction``
+   saves and restores the CUDA RNG state around the recomputed forward
+   (``random._get_cuda_rng_state`` / ``_set_cuda_rng_state``), which raises without CUDA.
+   Without CUDA there is no CUDA state to keep: the getter returns None and the setter does
+   nothing (the CPU generator and the tracker's CPU states are still saved and restored).
 
 Not patched, but configured instead (see ``arch.to_transformer_config``): the ``allgather``
 MoE token dispatcher (``alltoall`` creates CUDA streams), no fused kernels, local (non-TE)
@@ -160,6 +165,14 @@ def _disable_jit_fuser() -> None:
     log.debug("unwrapped %d torch.compile'd megatron functions", unwrapped)
 
 
+def _patch_recompute_rng() -> None:
+    # 6. recompute saves/restores the CUDA RNG state; there is none without CUDA.
+    from megatron.core.tensor_parallel import random as mrandom
+
+    mrandom._get_cuda_rng_state = lambda *args, **kwargs: None
+    mrandom._set_cuda_rng_state = lambda *args, **kwargs: None
+
+
 def _init_process_groups() -> None:
     # 5. world-size-1 gloo group + megatron parallel state.
     import torch.distributed as dist
@@ -189,6 +202,7 @@ def apply(seed: int = 1234, *, force: bool = False) -> bool:
     _disable_jit_fuser()
     _init_process_groups()
     _install_rng_tracker(seed)
+    _patch_recompute_rng()
     _APPLIED = True
     log.info("megatron-core CPU compatibility layer applied")
     return True

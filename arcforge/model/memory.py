@@ -375,7 +375,8 @@ def docs_commands() -> str:
         out += [f"# {preset} on {world} GPUs ({nodes} node{'s' if nodes > 1 else ''} x 8)",
                 f"arcforge train --dry-run --preset {dots} --gpus {world} --tp {tp} --pp {pp} --ep {ep} "
                 f"--mbs {mbs} --gbs {gbs} --seq {seq} --recompute {rc}",
-                f"#   config: model: {{preset: {preset}, seq_length: {seq}}}  device: cuda  dtype: bf16",
+                f"#   config: model: {{preset: {preset}, seq_length: {seq}"
+                + (f", recompute: {rc}" if rc != "none" else "") + "}  device: cuda  dtype: bf16",
                 f"#           batch: {{micro_batch_size: {mbs}, global_batch_size: {gbs}}}  parallel: {{tp: {tp}, pp: {pp}, ep: {ep}}}",
                 f"{launch} -m arcforge.cli train configs/{preset}.{world}gpu.yaml"
                 + ("   # on every node" if nodes > 1 else ""), ""]

@@ -32,6 +32,7 @@ def dry_run(args: argparse.Namespace) -> int:
         dtype = cfg.dtype
         warmup = b.warmup_start
         optimizer = "muon" if cfg.optimizer.name == "muon" else "adam"
+        recompute = args.recompute or cfg.model.recompute
     else:
         from arcforge.model.arch import PRESETS, get_preset
 
@@ -43,6 +44,7 @@ def dry_run(args: argparse.Namespace) -> int:
         tp, pp, ep = args.tp or 1, args.pp or 1, args.ep or 1
         mbs, seq, dtype, optimizer = args.mbs or 1, args.seq or 4096, "bf16", args.optimizer or "adam"
         gbs = args.gbs
+        recompute = args.recompute or "none"
     etp = args.etp or tp
     world = args.gpus or int(os.environ.get("WORLD_SIZE", 0)) or tp * pp * ep * etp // tp  # smallest world with ep | dp
     if gbs is None:
@@ -55,7 +57,7 @@ def dry_run(args: argparse.Namespace) -> int:
     if errs:
         return 2
     est = estimate_memory(arch, lay, dtype=dtype, optimizer=optimizer, distributed_optimizer=args.distributed_optimizer,
-                          grad_fp32=not args.bf16_grads, recompute=args.recompute, attention=args.attention,
+                          grad_fp32=not args.bf16_grads, recompute=recompute, attention=args.attention,
                           reserve_gib=args.reserve_gib)
     print(f"dry run: {where} (nothing started; shards not read)")
     print(format_estimate(est, args.gpu_memory_gib))
@@ -123,8 +125,9 @@ def add_train_parser(subparsers) -> None:
         d.add_argument(f"--{k}", type=int, default=None, help=h + " (overrides the config's)")
     d.add_argument("--first-stage-layers", type=int, default=None, help="uneven pipeline: layers on the first stage")
     d.add_argument("--last-stage-layers", type=int, default=None, help="uneven pipeline: layers on the last stage")
-    d.add_argument("--recompute", choices=("none", "selective", "full"), default="none",
-                   help="activation recompute (selective = core_attn, layernorm, moe_act)")
+    d.add_argument("--recompute", choices=("none", "selective", "full"), default=None,
+                   help="activation recompute (selective = core_attn, layernorm, moe_act; default: the config's "
+                   "model.recompute, else none)")
     d.add_argument("--attention", choices=("flash", "unfused"), default="flash",
                    help="core attention kernel: flash/fused (O(s) memory) or megatron's unfused local one (O(s^2))")
     d.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=True,

@@ -32,6 +32,9 @@ class ModelSection(_Strict):
     preset: str = "proxy-tiny"
     overrides: dict[str, Any] = Field(default_factory=dict)  # ArchConfig fields, e.g. vocab_size
     seq_length: int = Field(gt=0)
+    # activation recompute (megatron's recompute_granularity; arch.recompute_settings): none |
+    # selective (core attention, norms, expert activation) | full (one layer at a time)
+    recompute: Literal["none", "selective", "full"] = "none"
 
 
 BlendItem = str | tuple[str, float]

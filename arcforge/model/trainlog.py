@@ -59,7 +59,9 @@ class RouterLoad:
     """Counts the tokens routed to each expert by every MoE router during training forwards.
 
     A forward hook on each ``TopKRouter`` adds ``routing_map.sum(0)`` (tokens per expert) when
-    the model is training with grad enabled, so evaluation and recomputation do not count.
+    the model is training with grad enabled, so evaluation does not count, and a router runs
+    once with grad per step: in the forward, or (full recompute: the forward runs without grad)
+    in the backward's recomputation.
     Independent of the expert-bias machinery, so it works with ``expert_bias`` off too.
     """
 

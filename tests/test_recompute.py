@@ -1,0 +1,94 @@
+"""``model.recompute`` (activation recompute, megatron's ``recompute_granularity``): the train
+config's three choices mapped to megatron's keys, the trainer's steps unchanged by them on CPU
+(recompute trades compute for memory, never the result), and the dry-run's estimate following
+the config. Runs megatron's own recompute code: ``CheckpointFunction`` (full) and
+``CheckpointWithoutOutput`` (selective norms and expert activation, which needed
+``megatron_model.apply_no_te_shims``: without Transformer Engine it raised ``NameError``)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_random_shard
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_recompute_settings_are_megatrons_keys():
+    from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: F401
+
+    from arcforge.model.arch import get_preset, recompute_settings, to_transformer_config
+
+    assert recompute_settings("none", grouped_experts=True) == {}
+    assert recompute_settings("selective", grouped_experts=False) == {
+        "recompute_granularity": "selective", "recompute_modules": ["core_attn", "layernorm"]}
+    assert recompute_settings("selective", grouped_experts=True)["recompute_modules"] == ["core_attn", "layernorm", "moe_act"]
+    assert recompute_settings("full", grouped_experts=False) == {
+        "recompute_granularity": "full", "recompute_method": "uniform", "recompute_num_layers": 1}
+    with pytest.raises(ValueError, match="recompute"):
+        recompute_settings("some", grouped_experts=False)
+    arch = get_preset("proxy-tiny")  # megatron accepts each mapping (moe_act needs grouped experts)
+    for kind, grouped in (("selective", False), ("selective", True), ("full", False)):
+        c = to_transformer_config(arch, moe_grouped_gemm=grouped, **recompute_settings(kind, grouped_experts=grouped))
+        assert c.recompute_granularity == kind
+
+
+@pytest.fixture(scope="module")
+def shard(tmp_path_factory) -> str:
+    return write_random_shard(str(tmp_path_factory.mktemp("rshard") / "rand"), 80)
+
+
+def _cfg(tmp_path: Path, prefix: str, name: str, recompute: str, experts: str):
+    from arcforge.model.train_config import parse_train_config
+
+    return parse_train_config({
+        "name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
+        "model": {"preset": "proxy-tiny", "seq_length": 32, "recompute": recompute},
+        "data": {"blend": [prefix], "split": "100,0,0"},
+        "batch": {"micro_batch_size": 2, "global_batch_size": 4},
+        "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
+        "kernels": {"experts": experts}, "log": {"print_interval": 0, "plot": False}}, f"{name}.yaml")
+
+
+@pytest.mark.parametrize("recompute,experts", [("full", "sequential"), ("selective", "sequential"),
+                                               ("selective", "grouped")])
+def test_recompute_leaves_the_steps_unchanged(tmp_path, shard, recompute, experts):
+    from arcforge.model.train_loop import started
+    from arcforge.runtime.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"model\.recompute"):
+        _cfg(tmp_path, shard, "bad", "sometimes", experts)
+    base = _cfg(tmp_path, shard, "base", "none", experts)
+    rec = _cfg(tmp_path, shard, "rec", recompute, experts)
+    with started(base, resume=False, verbose=False) as a, started(rec, resume=False, verbose=False) as b:
+        assert b.model.config.recompute_granularity == recompute and a.model.config.recompute_granularity is None
+        assert ("moe_act" in (b.model.config.recompute_modules or [])) == (recompute == "selective" and experts == "grouped")
+        for _ in range(2):
+            ra, rb = a.advance(None), b.advance(None)
+            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm", "balance_max_mean"):
+                assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
+        # fp32 sums in another order differ by ~1e-8; Adam turns that into up to ~1e-5 on entries
+        # whose gradient is near zero: within a tenth of one learning-rate step (1e-3)
+        pb = dict(b.model.named_parameters())
+        for n, p in a.model.named_parameters():
+            torch.testing.assert_close(pb[n], p, rtol=0, atol=1e-4, msg=n)
+
+
+def test_dry_run_follows_the_configs_recompute(tmp_path):
+    src = (ROOT / "configs" / "train.proxy-1b.gpu.yaml").read_text()
+    cfg = tmp_path / "full.yaml"
+    cfg.write_text(src.replace("  seq_length: 4096\n", "  seq_length: 4096\n  recompute: full\n"))
+    run = lambda *a: subprocess.run([sys.executable, "-m", "arcforge.cli", "train", *a], cwd=ROOT,  # noqa: E731
+                                    capture_output=True, text=True, timeout=300)
+    full, flag, none = run(str(cfg), "--dry-run"), run(str(cfg), "--dry-run", "--recompute", "none"), \
+        run("configs/train.proxy-1b.gpu.yaml", "--dry-run")
+    assert full.returncode == flag.returncode == none.returncode == 0, full.stderr + flag.stderr + none.stderr
+    assert "recompute full" in full.stdout and "recompute none" in flag.stdout and "recompute none" in none.stdout
+    act = [float(p.stdout.split("activations")[1].split("GiB")[0]) for p in (full, none)]
+    assert act[0] < act[1] / 4  # full recompute keeps each layer's input only
