@@ -45,6 +45,7 @@ import argparse
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -121,6 +122,23 @@ def parse_variant(text: str) -> tuple[str | None, str]:
             raise SystemExit(f"bench_gpu_mfu: --kernels {text!r}: expected auto or ATTENTION,EXPERTS[,DISPATCHER] with "
                              "attention sdpa|local|auto, experts grouped|sequential|auto, dispatcher megatron|device")
     return preset or None, variant
+
+
+LEVER_FLAGS = {"--mbs", "--accum", "--set", "--variant"}
+
+
+def parse_lever(text: str) -> tuple[str | None, str]:
+    """``[PRESET:]ARGS`` -> (preset or None, ARGS): one more arcforge run with these child
+    arguments (only ``--mbs``, ``--accum``, ``--set``, ``--variant``; each with its value)."""
+    head, sep, rest = text.partition(":")
+    preset, spec = (head, rest) if sep and not head.startswith("-") and " " not in head else (None, text)
+    words = shlex.split(spec)
+    if not words or len(words) % 2 or any(w not in LEVER_FLAGS for w in words[::2]):
+        raise SystemExit(f"bench_gpu_mfu: --lever {text!r}: expected [PRESET:]ARGS with pairs of "
+                         f"{', '.join(sorted(LEVER_FLAGS))} and a value")
+    if "--variant" in words:
+        parse_variant(words[words.index("--variant") + 1])
+    return preset, spec
 
 
 def _set_label(item: str, sep: str = "=") -> str:
@@ -274,6 +292,9 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="write the rows as JSON here")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="a dotted train-config key for the arcforge runs, e.g. model.overrides.mtp_layers=0 (repeatable)")
+    ap.add_argument("--lever", action="append", default=[], metavar="[PRESET:]ARGS",
+                    help="one more arcforge run with these child arguments (--mbs N, --accum N, --set KEY=VALUE, "
+                    "--variant KERNELS), e.g. 'proxy-1b:--mbs 16 --set model.recompute=selective' (repeatable)")
     ap.add_argument("--profile", default=None, metavar="DIR",
                     help="profile the arcforge runs with torch.profiler: ops by CUDA time in DIR/profile-*.txt")
     ap.add_argument("--child", choices=("arcforge", "reference"), help=argparse.SUPPRESS)
@@ -287,6 +308,8 @@ def main() -> int:
         make_data(a.make_data)
         return 0
     variants = [parse_variant(k) for k in a.kernels]
+    for spec in a.lever:
+        parse_lever(spec)
     import torch
 
     if not torch.cuda.is_available():
@@ -316,11 +339,14 @@ def main() -> int:
             if a.ref_compile:
                 refs.append(["--child", "reference", "--compile"])
         runs = ours[:1] + refs + ours[1:]  # the first variant and the reference first (time-boxed callers)
+        levers = [spec for p, spec in map(parse_lever, a.lever) if p in (None, preset)] if "arcforge" in a.sides else []
+        runs += [["--child", "arcforge", *shlex.split(spec)] for spec in levers]
         for extra in runs:
             t0 = time.perf_counter()
             r = _spawn(["--preset", preset, *common, *extra], a.timeout)
+            lever = " ".join(extra[2:]) if len(extra) > 2 and extra[2] != "--variant" else None
             mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
-            while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1:
+            while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1 and lever is None:
                 mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry
                 print(f"  {preset} {extra[1]}: out of memory, retrying with micro-batch {mbs}", flush=True)
                 cm = [x for i, x in enumerate(common) if x != "--mbs" and (i == 0 or common[i - 1] != "--mbs")]
@@ -328,6 +354,9 @@ def main() -> int:
             r.setdefault("preset", preset)
             r.setdefault("side", extra[1] + (f" [{extra[3]}]" if "--variant" in extra else "")
                          + (" (compile)" if "--compile" in extra else ""))
+            if lever:
+                r["side"] += f" lever: {lever}"
+                r["lever"] = lever
             r["child_s"] = time.perf_counter() - t0
             rows.append(r)
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"

@@ -21,8 +21,6 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_recompute_settings_are_megatrons_keys():
-    from megatron.core.transformer.transformer_config import TransformerConfig  # noqa: F401
-
     from arcforge.model.arch import get_preset, recompute_settings, to_transformer_config
 
     assert recompute_settings("none", grouped_experts=True) == {}
