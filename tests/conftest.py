@@ -86,6 +86,37 @@ def write_random_shard(prefix: str, n_docs: int, seed: int = 0) -> str:
     return prefix
 
 
+def tiny_train_config(tmp_path: Path, prefix: str, name: str, *, kernels: dict | None = None, **sections):
+    """A validated proxy-tiny CPU train config on ``prefix`` (seq 32, micro 2, global 4, 2
+    AdamW steps, one thread, silent); ``kernels`` and other ``sections`` are merged in."""
+    from arcforge.model.train_config import parse_train_config
+
+    data = {"name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
+            "model": {"preset": "proxy-tiny", "seq_length": 32},
+            "data": {"blend": [prefix], "split": "100,0,0"},
+            "batch": {"micro_batch_size": 2, "global_batch_size": 4},
+            "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
+            "log": {"print_interval": 0, "plot": False}}
+    if kernels is not None:
+        data["kernels"] = kernels
+    for key, value in sections.items():
+        data[key] = {**data[key], **value} if isinstance(data.get(key), dict) else value
+    return parse_train_config(data, f"{name}.yaml")
+
+
+STEP_KEYS = ("loss", "mtp_loss", "aux_loss", "grad_norm", "balance_max_mean")
+
+
+def assert_same_steps(a, b, steps: int = 2, *, rel: float = 2e-5, keys=STEP_KEYS) -> None:
+    """Two started trainers take ``steps`` steps each; every logged value in ``keys`` agrees."""
+    import pytest
+
+    for _ in range(steps):
+        ra, rb = a.advance(None), b.advance(None)
+        for key in keys:
+            assert rb[key] == pytest.approx(ra[key], rel=rel), key
+
+
 def write_config(path: Path, text: str) -> Path:
     path.write_text(text)
     return path

@@ -4,12 +4,10 @@ through the trainer's CPU backend (fp32 on CPU; its speed needs a GPU)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 
-from conftest import write_random_shard
+from conftest import assert_same_steps, tiny_train_config, write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -100,18 +98,6 @@ def shard(tmp_path_factory) -> str:
     return write_random_shard(str(tmp_path_factory.mktemp("dshard") / "rand"), 80)
 
 
-def _cfg(tmp_path: Path, prefix: str, name: str, kernels: dict, **extra):
-    from arcforge.model.train_config import parse_train_config
-
-    data = {"name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
-            "model": {"preset": "proxy-tiny", "seq_length": 32},
-            "data": {"blend": [prefix], "split": "100,0,0"},
-            "batch": {"micro_batch_size": 2, "global_batch_size": 4},
-            "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
-            "kernels": kernels, "log": {"print_interval": 0, "plot": False}, **extra}
-    return parse_train_config(data, f"{name}.yaml")
-
-
 def test_trainer_with_the_device_dispatcher_takes_the_same_steps(tmp_path, shard):
     """The CPU backend with ``kernels.dispatcher: device`` (and grouped experts, as on the GPU)
     takes the same two steps as with megatron's dispatcher: loss, MTP, aux, gradient norm, the
@@ -121,18 +107,16 @@ def test_trainer_with_the_device_dispatcher_takes_the_same_steps(tmp_path, shard
     from arcforge.runtime.config import ConfigError
 
     with pytest.raises(ConfigError, match=r"kernels\.dispatcher: device needs every expert on each rank"):
-        _cfg(tmp_path, shard, "bad", {"dispatcher": "device"}, device="cuda", dtype="bf16", parallel={"ep": 2})
+        tiny_train_config(tmp_path, shard, "bad", kernels={"dispatcher": "device"}, device="cuda", dtype="bf16",
+                          parallel={"ep": 2})
     with pytest.raises(ConfigError, match=r"kernels\.dispatcher"):
-        _cfg(tmp_path, shard, "bad", {"dispatcher": "fast"})
-    base = _cfg(tmp_path, shard, "megatron", {"experts": "grouped"})
-    dev = _cfg(tmp_path, shard, "device", {"experts": "grouped", "dispatcher": "device"})
+        tiny_train_config(tmp_path, shard, "bad", kernels={"dispatcher": "fast"})
+    base = tiny_train_config(tmp_path, shard, "megatron", kernels={"experts": "grouped"})
+    dev = tiny_train_config(tmp_path, shard, "device", kernels={"experts": "grouped", "dispatcher": "device"})
     with started(base, resume=False, verbose=False) as a, started(dev, resume=False, verbose=False) as b:
         assert uses(a.model)["dispatcher"] == "megatron" and uses(b.model)["dispatcher"] == "device"
         b.model.load_state_dict(a.model.state_dict())  # the same parameters under the same names
-        for _ in range(2):
-            ra, rb = a.advance(None), b.advance(None)
-            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm", "balance_max_mean"):
-                assert rb[key] == pytest.approx(ra[key], rel=2e-5), key
+        assert_same_steps(a, b)
         pb = dict(b.model.named_parameters())
         for n, p in a.model.named_parameters():
             torch.testing.assert_close(pb[n], p, rtol=1e-4, atol=1e-6, msg=n)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_random_shard
+from conftest import assert_same_steps, tiny_train_config, write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -181,17 +181,7 @@ def shard(tmp_path_factory) -> str:
 
 
 def _cfg(tmp_path: Path, prefix: str, name: str, kernels: dict | None):
-    from arcforge.model.train_config import parse_train_config
-
-    data = {"name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
-            "model": {"preset": "proxy-tiny", "seq_length": 32},
-            "data": {"blend": [prefix], "split": "100,0,0"},
-            "batch": {"micro_batch_size": 2, "global_batch_size": 4},
-            "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
-            "log": {"print_interval": 0, "plot": False}}
-    if kernels is not None:
-        data["kernels"] = kernels
-    return parse_train_config(data, f"{name}.yaml")
+    return tiny_train_config(tmp_path, prefix, name, kernels=kernels)
 
 
 def test_cpu_backend_with_sdpa_and_grouped_kernels_gives_the_same_steps(tmp_path, shard):
@@ -211,10 +201,7 @@ def test_cpu_backend_with_sdpa_and_grouped_kernels_gives_the_same_steps(tmp_path
         assert uses(a.model) == {"attention": "local", "experts": "sequential", "dispatcher": "megatron"}
         assert uses(b.model) == {"attention": "sdpa", "experts": "grouped", "dispatcher": "megatron"}
         _copy_weights(a.model, b.model)
-        for _ in range(2):
-            ra, rb = a.advance(None), b.advance(None)
-            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm"):
-                assert rb[key] == pytest.approx(ra[key], rel=2e-5), key
+        assert_same_steps(a, b, keys=("loss", "mtp_loss", "aux_loss", "grad_norm"))
 
 
 def test_resuming_with_the_other_expert_kernel_is_one_clear_line(tmp_path, shard):

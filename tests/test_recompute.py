@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_random_shard
+from conftest import assert_same_steps, tiny_train_config, write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 ROOT = Path(__file__).resolve().parents[1]
@@ -43,15 +43,7 @@ def shard(tmp_path_factory) -> str:
 
 
 def _cfg(tmp_path: Path, prefix: str, name: str, recompute: str, experts: str):
-    from arcforge.model.train_config import parse_train_config
-
-    return parse_train_config({
-        "name": name, "output_dir": str(tmp_path / name), "seed": 5, "threads": 1,
-        "model": {"preset": "proxy-tiny", "seq_length": 32, "recompute": recompute},
-        "data": {"blend": [prefix], "split": "100,0,0"},
-        "batch": {"micro_batch_size": 2, "global_batch_size": 4},
-        "train": {"iters": 2}, "optimizer": {"name": "adamw", "lr": 1e-3},
-        "kernels": {"experts": experts}, "log": {"print_interval": 0, "plot": False}}, f"{name}.yaml")
+    return tiny_train_config(tmp_path, prefix, name, kernels={"experts": experts}, model={"recompute": recompute})
 
 
 @pytest.mark.parametrize("recompute,experts", [("full", "sequential"), ("selective", "sequential"),
@@ -67,10 +59,7 @@ def test_recompute_leaves_the_steps_unchanged(tmp_path, shard, recompute, expert
     with started(base, resume=False, verbose=False) as a, started(rec, resume=False, verbose=False) as b:
         assert b.model.config.recompute_granularity == recompute and a.model.config.recompute_granularity is None
         assert ("moe_act" in (b.model.config.recompute_modules or [])) == (recompute == "selective" and experts == "grouped")
-        for _ in range(2):
-            ra, rb = a.advance(None), b.advance(None)
-            for key in ("loss", "mtp_loss", "aux_loss", "grad_norm", "balance_max_mean"):
-                assert rb[key] == pytest.approx(ra[key], rel=1e-5), key
+        assert_same_steps(a, b, rel=1e-5)
         # fp32 sums in another order differ by ~1e-8; Adam turns that into up to ~1e-5 on entries
         # whose gradient is near zero: within a tenth of one learning-rate step (1e-3)
         pb = dict(b.model.named_parameters())
