@@ -232,7 +232,7 @@ def test_parity_check_cli_and_the_loop_agree(tmp_path, random_shard, capsys):
     assert main([str(path), "--device", "cpu", "--steps", "3", "--out", str(b), "--compare-with", str(a)]) == 0
     printed = capsys.readouterr().out
     assert "parity ok: cpu and cpu losses agree over 3 steps (max relative difference 0.0000" in printed
-    assert "mtp_loss rel.diff  aux_loss rel.diff  grad_norm rel.diff" in printed
+    assert "mtp_loss rel.diff  aux_loss rel.diff  grad_norm rel.diff  balance_max_mean rel.diff" in printed
     ra, rb = json.loads(a.read_text()), json.loads(b.read_text())
     assert ra["loss"] == rb["loss"] and len(ra["loss"]) == 3 and ra["device"] == "cpu" and ra["dtype"] == "fp32"
     assert all(isinstance(x, float) for x in ra["mtp_loss"] + ra["aux_loss"] + ra["grad_norm"])

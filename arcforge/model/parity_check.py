@@ -131,8 +131,9 @@ def compare(a: dict[str, Any], b: dict[str, Any], rtol: float = 0.03) -> list[st
 
 def _table(a: dict[str, Any], b: dict[str, Any]) -> str:
     """Per step: the loss on both sides and the relative differences of the loss and, where both
-    sides logged them, the MTP loss, the aux loss and the gradient norm (only the loss is checked)."""
-    extra = [k for k in ("mtp_loss", "aux_loss", "grad_norm") if a.get(k) and b.get(k)]
+    sides logged them, the MTP loss, the aux loss, the gradient norm and the router load
+    (max/mean expert load; only the loss is checked)."""
+    extra = [k for k in COLUMNS[1:] if a.get(k) and b.get(k)]
     lines = [f"step  loss {a['device']}/{a['dtype']}  loss {b['device']}/{b['dtype']}  rel.diff"
              + "".join(f"  {k} rel.diff" for k in extra)]
     for i, (x, y) in enumerate(zip(a["loss"], b["loss"]), start=1):
