@@ -22,6 +22,8 @@
 #             against per-micro-batch costs); micro-batch 16 with selective recompute
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
+#   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
+#             (benchmarks/gpu_syncs.py)
 #   profile   torch.profiler over 3 timed steps of proxy-1b (default kernels): $WORK/profile-*.txt
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
@@ -29,7 +31,7 @@
 # refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
 # GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
-# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,profile to run; default all; install, preflight and
+# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,syncs,profile to run; default all; install, preflight and
 # data always run), GPU_CHECK_MFU_ARGS (more arguments for bench_gpu_mfu.py, e.g. --profile DIR).
 # Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
 set -uo pipefail
@@ -45,7 +47,7 @@ export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERE
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore
 SUMMARY=()
-PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu,profile}
+PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu,syncs,profile}
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 # GPU_CHECK_OUT: a folder that gets the logs, summary.md and the JSON results when the script ends
 # (the device tool's $OUT), without the data and checkpoints, which stay in $WORK
@@ -178,6 +180,14 @@ else
     --lever "proxy-1b:--mbs 16 --set model.recompute=selective" \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
+fi
+
+# --- syncs ----------------------------------------------------------------------------------------
+# host-device syncs in one proxy-1b training step, by source line: megatron's dispatcher against
+# kernels.dispatcher: device (benchmarks/gpu_syncs.py)
+if want syncs && [ "$CPU" != 1 ]; then
+  part syncs 150 "grep -E 'host syncs' \$WORK/syncs.log" -- "$PY" benchmarks/gpu_syncs.py --data "$WORK/data" \
+    --out "$WORK/syncs.json"
 fi
 
 # --- profile --------------------------------------------------------------------------------------

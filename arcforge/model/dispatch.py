@@ -19,7 +19,8 @@ the same permutation with no host round trip and no chunk sort:
   row in dropless routing, which is what arcforge trains);
 * expert-major order, tokens ascending within an expert (megatron's order, so the experts see
   the same rows in the same order): a stable ``argsort`` of the flat expert ids;
-* ``tokens_per_expert``: ``bincount`` on the device, which ``kernels.gmm`` turns into
+* ``tokens_per_expert``: the routing map summed over tokens, on the device (``bincount``
+  would read its maximum back to the host), which ``kernels.gmm`` turns into
   ``torch._grouped_mm`` offsets on the device;
 * combine: the inverse permutation and a sum over each token's ``k`` rows (no atomics; the
   probabilities are applied inside the experts, as megatron does).
@@ -64,7 +65,7 @@ class DeviceTokenDispatcher(MoETokenDispatcher):
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)  # by expert; within one, by token (t * k + j)
         self.order = order
-        self.tokens_per_expert = torch.bincount(flat, minlength=self.num_experts)
+        self.tokens_per_expert = routing_map.sum(dim=0)  # not bincount: on CUDA it reads max() back
         permuted = x.index_select(0, torch.div(order, self.topk, rounding_mode="floor"))
         permuted_probs = probs.gather(1, experts).reshape(-1).index_select(0, order)
         return permuted, permuted_probs
@@ -85,8 +86,7 @@ class DeviceTokenDispatcher(MoETokenDispatcher):
     def combine_postprocess(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Back to token order, each token's ``k`` expert rows summed: ``[*hidden_shape]``."""
         order, self.order = self.order, None
-        inverse = torch.empty_like(order)
-        inverse[order] = torch.arange(order.numel(), device=order.device)
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
         rows = hidden_states.index_select(0, inverse)  # row t * k + j: token t's j-th expert
         return rows.view(-1, self.topk, rows.shape[-1]).sum(dim=1).view(self.hidden_shape)
 
