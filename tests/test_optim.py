@@ -116,3 +116,41 @@ def test_grouped_mlp_weight1_splits_as_megatron_reads_it():
     layout2 = grouped_expert_layout("decoder.layers.1.mlp.experts.weight2", w2, n_exp)
     for e in range(n_exp):
         torch.testing.assert_close(layout2.split(w2)[e], w2.view(n_exp, -1, hidden)[e], rtol=0, atol=0)
+
+
+def test_fused_adamw_flag_steps_as_torchs_fused_adamw():
+    """``use_fused_adamw`` on an AdamW built without the flag (as megatron builds it without
+    TE/Apex) steps exactly as ``AdamW(fused=True)`` and, to rounding, as the foreach kernel;
+    a saved state loads back with the fused flag re-applied; Muon has no fused kernel."""
+    from arcforge.model.optim import use_fused_adamw
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.randn(16, 8, generator=g), torch.randn(8, generator=g)]
+    grads = [[torch.randn_like(p) for p in params] for _ in range(3)]
+    results = {}
+    for kind in ("flag", "fused", "foreach"):
+        ps = [nn.Parameter(p.clone()) for p in params]
+        groups = [{"params": ps[:1]}, {"params": ps[1:], "weight_decay": 0.0}]
+        opt = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.1,
+                                **({"fused": True} if kind == "fused" else {"foreach": True} if kind == "foreach" else {}))
+        if kind == "flag":
+            use_fused_adamw(opt)
+        for step in grads:
+            for p, gr in zip(ps, step):
+                p.grad = gr.clone()
+            opt.step()
+        results[kind] = ([p.detach() for p in ps], opt)
+    for a, b in zip(results["flag"][0], results["fused"][0]):
+        assert torch.equal(a, b)
+    for a, b in zip(results["flag"][0], results["foreach"][0]):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    state = results["foreach"][1].state_dict()
+    again = results["flag"][1]
+    again.load_state_dict(state)
+    assert [grp["fused"] for grp in again.param_groups] == [None, None]  # restored with the state...
+    use_fused_adamw(again)
+    assert all(grp["fused"] is True and grp["foreach"] is False for grp in again.param_groups)  # ...and re-applied
+    with pytest.raises(TypeError):
+        use_fused_adamw(torch.optim.SGD(params=[nn.Parameter(torch.zeros(2))], lr=0.1))
+    with pytest.raises(ValueError, match="fused"):
+        build_optimizer(nn.Linear(4, 4), "muon", 1e-3, fused=True)

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import write_random_shard
+from conftest import assert_same_steps, tiny_train_config, write_random_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
 
@@ -181,11 +181,11 @@ def test_megatron_optimizer_state_round_trip():
     for q in main:
         q.grad = torch.ones_like(q)
     sub.optimizer.step()
-    t = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub]), cfg=SimpleNamespace(_path="cfg"))
+    t = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub]), cfg=SimpleNamespace(_path="cfg", optimizer=SimpleNamespace(fused=False)))
     state = MegatronBackend().optimizer_state(t)
     assert state["format"] == OPTIMIZER_FORMAT
     sub2, main2 = fake()
-    t2 = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub2]), cfg=SimpleNamespace(_path="cfg"))
+    t2 = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub2]), cfg=SimpleNamespace(_path="cfg", optimizer=SimpleNamespace(fused=False)))
     MegatronBackend().load_optimizer(t2, state)
     for a, b in zip(main, main2):
         assert torch.equal(a, b)
@@ -245,3 +245,29 @@ def test_parity_check_cli_and_the_loop_agree(tmp_path, random_shard, capsys):
     assert [r["loss"] for r in rows] == pytest.approx(rm["loss"], rel=1e-6)
     assert [r["mtp_loss"] for r in rows] == pytest.approx(rm["mtp_loss"], rel=1e-6)
     assert not (tmp_path / "out" / "parity").exists()  # the parity runs used scratch directories
+
+
+def test_fused_adamw_takes_the_same_steps_and_resumes_fused(tmp_path):
+    """``optimizer.fused: true`` on the CPU backend: the same two steps as the foreach AdamW,
+    every group fused; a foreach checkpoint resumed with ``fused: true`` (and another
+    ``model.recompute``, which is no reason to refuse a resume) steps fused
+    (``load_state_dict`` restores the saved flags; the backend re-applies them); Muon refuses
+    it in one line."""
+    from arcforge.model.train_loop import started
+    from arcforge.runtime.config import ConfigError
+
+    shard = write_random_shard(str(tmp_path / "rand"), 80)
+    with pytest.raises(ConfigError, match="fused is for adamw"):
+        tiny_train_config(tmp_path, shard, "bad", optimizer={"name": "muon", "fused": True})
+    base = tiny_train_config(tmp_path, shard, "foreach")
+    fused = tiny_train_config(tmp_path, shard, "fused", optimizer={"fused": True})
+    with started(base, resume=False, verbose=False) as a, started(fused, resume=False, verbose=False) as b:
+        assert all(g["fused"] is True for g in b.optimizer.param_groups)
+        assert not any(g["fused"] for g in a.optimizer.param_groups)
+        assert_same_steps(a, b, rel=1e-5)
+        a.save()
+    switched = tiny_train_config(tmp_path, shard, "foreach", optimizer={"fused": True}, model={"recompute": "full"},
+                                 train={"iters": 3})
+    with started(switched, resume=True, verbose=False) as c:
+        assert c.step == 2 and all(g["fused"] is True and g["foreach"] is False for g in c.optimizer.param_groups)
+        c.advance(None)

@@ -43,7 +43,8 @@ class CpuBackend:
                               **recompute_settings(cfg.model.recompute, grouped_experts=experts == "grouped"))
         t.model.train()
         o = cfg.optimizer
-        t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts)
+        t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts,
+                                      fused=o.fused)
         self.params = [p for p in t.model.parameters() if p.requires_grad]
         self.mask = causal_attention_mask(cfg.model.seq_length)
 
@@ -100,7 +101,11 @@ class CpuBackend:
         return t.optimizer.state_dict()
 
     def load_optimizer(self, t: Trainer, state: dict[str, Any]) -> None:
+        from arcforge.model.optim import use_fused_adamw
+
         t.optimizer.load_state_dict(state)
+        if t.cfg.optimizer.fused:  # the saved groups' flags came back with the state
+            use_fused_adamw(t.optimizer)
 
     def close(self, t: Trainer) -> None:
         pass

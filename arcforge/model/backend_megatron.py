@@ -144,11 +144,12 @@ class MegatronBackend:
         """megatron's ChainedOptimizer (dense + expert params, each with fp32 main weights under
         bf16 and clipping over the right model-parallel group) around torch AdamW; for Muon the
         inner torch optimizer of each is replaced by arcforge's ``optim.muon_adamw`` over the
-        same (main) params, so both paths run the same Muon."""
+        same (main) params, so both paths run the same Muon; ``optimizer.fused`` switches the
+        inner AdamW to its fused kernel (``optim.use_fused_adamw``)."""
         import torch
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
-        from arcforge.model.optim import muon_adamw
+        from arcforge.model.optim import muon_adamw, use_fused_adamw
 
         o = t.cfg.optimizer
         ocfg = OptimizerConfig(
@@ -173,6 +174,8 @@ class MegatronBackend:
                 g["weight_decay"] = o.weight_decay * g.get("wd_mult", 1.0)
             if o.name == "muon":
                 sub.optimizer = muon_adamw(inner.param_groups, names, o.lr, o.weight_decay, tuple(o.betas), local_experts)
+            elif o.fused:
+                use_fused_adamw(inner)
         for g in optimizer.param_groups:
             g["base_lr"] = o.lr
         return optimizer
@@ -287,6 +290,8 @@ class MegatronBackend:
     def load_optimizer(self, t: Trainer, state: dict[str, Any]) -> None:
         import torch
 
+        from arcforge.model.optim import use_fused_adamw
+
         if state.get("format") != OPTIMIZER_FORMAT:
             raise ConfigError(f"{t.cfg._path}: checkpoint.dir: the optimizer state is not {OPTIMIZER_FORMAT}")
         subs = chained(t.optimizer)
@@ -295,6 +300,8 @@ class MegatronBackend:
         for sub, saved in zip(subs, state["optimizers"]):
             if saved["inner"] is not None:
                 sub.optimizer.load_state_dict(saved["inner"])
+                if t.cfg.optimizer.fused:  # the saved groups' flags came back with the state
+                    use_fused_adamw(sub.optimizer)
             with torch.no_grad():
                 for group, values in zip(getattr(sub, "fp32_from_float16_groups", []), saved["main_params"]):
                     for q, v in zip(group, values):

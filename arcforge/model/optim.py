@@ -206,6 +206,18 @@ def muon_adamw(
     return CombinedOptimizer(opts)
 
 
+def use_fused_adamw(optimizer: torch.optim.Optimizer) -> None:
+    """Make a ``torch.optim.AdamW`` step with its fused kernel (one pass over each parameter,
+    its gradient and both moments) instead of the ``foreach`` one (several passes). Set on the
+    groups, which ``step`` reads every time: megatron builds its ``AdamW`` without the flag
+    when neither Transformer Engine nor Apex brings a fused Adam. Call before the first step
+    and again after ``load_state_dict``, which restores the saved groups' flags."""
+    if not isinstance(optimizer, torch.optim.AdamW):
+        raise TypeError(f"use_fused_adamw: expected torch.optim.AdamW, got {type(optimizer).__name__}")
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+
+
 def build_optimizer(
     model: nn.Module,
     name: str,
@@ -213,10 +225,13 @@ def build_optimizer(
     weight_decay: float = 0.1,
     betas: tuple[float, float] = (0.9, 0.95),
     num_experts: int = 0,
+    *,
+    fused: bool = False,
 ) -> torch.optim.Optimizer:
     """``adamw`` or ``muon`` (Muon for matrices, AdamW for embeddings, output, biases, norms).
 
     Every group records ``base_lr`` so a schedule can scale all groups by one factor.
+    ``fused``: AdamW's fused kernel (``use_fused_adamw``; ``adamw`` only).
     """
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     decay = [p for n, p in named if p.dim() >= 2]
@@ -230,6 +245,10 @@ def build_optimizer(
         combined = muon_adamw(groups, {id(p): n for n, p in named}, lr, weight_decay, betas, num_experts)
     else:
         raise ValueError(f"optimizer must be 'adamw' or 'muon', got {name!r}")
+    if fused:
+        if name != "adamw":
+            raise ValueError("fused: only the adamw optimizer has a fused kernel")
+        use_fused_adamw(combined)
     for group in combined.param_groups:
         group["base_lr"] = lr
     return combined

@@ -128,11 +128,14 @@ class OptimizerSection(_Strict):
     weight_decay: float = Field(0.1, ge=0)
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = Field(1.0, ge=0)  # 0 = no clipping (the norm is still logged)
+    fused: bool = False  # AdamW's fused kernel (optim.use_fused_adamw); megatron without TE/Apex steps foreach
 
     @model_validator(mode="after")
     def _lrs(self) -> OptimizerSection:
         if self.min_lr > self.lr:
             raise ValueError("min_lr must be <= lr")
+        if self.fused and self.name != "adamw":
+            raise ValueError("fused is for adamw (Muon has no fused kernel)")
         return self
 
 

@@ -79,7 +79,8 @@ def bias_rate_at(cfg: TrainConfig, arch, tokens: int) -> float:
 
 # the sections whose change makes a checkpoint's trajectory meaningless to continue
 _RESUME_KEYS = ("model", "data", "batch", "seed")
-_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids", "allow_stale")}
+# (recompute changes memory and time, not the trajectory; older checkpoints do not name it)
+_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids", "allow_stale"), "model": ("recompute",)}
 
 
 def _resume_view(config: dict[str, Any], key: str) -> Any:
