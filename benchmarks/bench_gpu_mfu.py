@@ -193,7 +193,7 @@ def child_arcforge(a) -> dict:
     from moe_ref import PEAK_BF16, flops_per_token
 
     from arcforge.model.kernels import resolve_kernels
-    from arcforge.model.megatron_model import have_transformer_engine
+    from arcforge.model.te_shims import have_transformer_engine
     from arcforge.model.train import load_train_config
     from arcforge.model.train_loop import started
 

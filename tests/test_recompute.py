@@ -3,7 +3,7 @@ config's three choices mapped to megatron's keys, the trainer's steps unchanged 
 (recompute trades compute for memory, never the result), and the dry-run's estimate following
 the config. Runs megatron's own recompute code: ``CheckpointFunction`` (full) and
 ``CheckpointWithoutOutput`` (selective norms and expert activation, which needed
-``megatron_model.apply_no_te_shims``: without Transformer Engine it raised ``NameError``)."""
+``te_shims.apply_no_te_shims``: without Transformer Engine it raised ``NameError``)."""
 
 from __future__ import annotations
 

@@ -108,7 +108,7 @@ def test_no_te_shim_is_shared_and_makes_the_router_gemm_run(monkeypatch):
     cpu_compat.apply(0, force=True)
     from megatron.core.transformer.moe import moe_utils
 
-    from arcforge.model.megatron_model import apply_no_te_shims, have_transformer_engine
+    from arcforge.model.te_shims import apply_no_te_shims, have_transformer_engine
 
     if have_transformer_engine():
         pytest.skip("Transformer Engine imports here")

@@ -2,7 +2,7 @@
 
 torchrun + NCCL (or one process without torchrun), ``parallel_state.initialize_model_parallel
 (tp, pp, ep)``, ``GPTModel`` with Transformer-Engine specs when TE imports and ``kernels`` is
-``auto`` (else local specs plus ``megatron_model.apply_no_te_shims``, with torch SDPA attention
+``auto`` (else local specs plus ``te_shims.apply_no_te_shims``, with torch SDPA attention
 and grouped experts on ``torch._grouped_mm`` by default: ``arcforge.model.kernels``), the ``alltoall`` dispatcher, bf16 parameters,
 megatron's ``DistributedDataParallel``, its pipeline schedules (``get_forward_backward_func``)
 with ``finalize_model_grads``, and its mixed-precision optimizer wrappers (fp32 main weights,
@@ -49,7 +49,7 @@ class MegatronBackend:
         import torch.distributed as dist
         from megatron.core import parallel_state, tensor_parallel
 
-        from arcforge.model import megatron_model
+        from arcforge.model import megatron_model, te_shims
 
         cfg = t.cfg
         if not torch.cuda.is_available():
@@ -76,9 +76,9 @@ class MegatronBackend:
                                   f"({b.micro_batch_size} x {t.dp})")
         tensor_parallel.model_parallel_cuda_manual_seed(cfg.seed)
         megatron_model.mark_cuda_initialised()  # build helpers must not re-initialise the groups
-        self.te = megatron_model.have_transformer_engine()
+        self.te = te_shims.have_transformer_engine()
         if not self.te:
-            megatron_model.apply_no_te_shims()
+            te_shims.apply_no_te_shims()
 
     def build(self, t: Trainer) -> None:
         """GPTModel, DDP, megatron's optimizer (AdamW or arcforge Muon inside its wrappers)."""

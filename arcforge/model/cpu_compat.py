@@ -7,7 +7,7 @@
    attention, rotary embedding, linear layers), even with ``use_cpu_initialization=True``;
    without CUDA the real function raises. Only installed when CUDA is absent (or ``force``),
    so it cannot redirect a real GPU.
-2. ``megatron_model.apply_no_te_shims()`` (``moe_utils.te_general_gemm = None``): the
+2. ``te_shims.apply_no_te_shims()`` (``moe_utils.te_general_gemm = None``): the
    router's gating linear tests ``te_general_gemm is not None``, a name that only exists when
    Transformer Engine imports: ``NameError`` without TE. Not CPU-specific: the GPU path
    applies the same shim when TE does not import.
@@ -67,7 +67,7 @@ def _patch_current_device() -> None:
 
 def _patch_te_general_gemm() -> None:
     # 2. NameError in RouterGatingLinearFunction without Transformer Engine (CPU and GPU alike).
-    from arcforge.model.megatron_model import apply_no_te_shims
+    from arcforge.model.te_shims import apply_no_te_shims
 
     apply_no_te_shims()
 
