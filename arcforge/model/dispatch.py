@@ -27,8 +27,9 @@ the same permutation with no host round trip and no chunk sort:
 
 The model's parameters do not change, so checkpoints move freely between the two
 dispatchers. Chosen by the train config's ``kernels.dispatcher: device``; ``megatron`` (the
-default) keeps megatron's own. Checked on CPU against megatron's ``alltoall`` and ``allgather``
-dispatchers (``tests/test_dispatch.py``); its speed needs a GPU run.
+default) keeps megatron's own. Checked on CPU against megatron's ``allgather`` dispatcher
+(``tests/test_dispatch.py``; its ``alltoall`` one needs CUDA to be built, and with one rank
+both permute with the same ``moe_utils.permute``); its speed needs a GPU run.
 """
 
 from __future__ import annotations
