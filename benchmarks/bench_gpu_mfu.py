@@ -124,6 +124,21 @@ def parse_variant(text: str) -> tuple[str | None, str]:
     return preset or None, variant
 
 
+def plan_runs(preset: str, variants: list[tuple[str | None, str]], sides: str, ref_compile: bool,
+              levers: list[str]) -> list[tuple[list[str], str | None]]:
+    """The child runs for one preset, in order, each with its lever (None for the variants and
+    the reference): the first kernel variant and the reference first (for time-boxed callers),
+    then the other variants, then the levers."""
+    ours = [["--child", "arcforge", "--variant", v] for p, v in variants if p in (None, preset)] if "arcforge" in sides else []
+    refs = [["--child", "reference"]] + ([["--child", "reference", "--compile"]] if ref_compile else []) \
+        if "reference" in sides else []
+    runs = [(x, None) for x in ours[:1] + refs + ours[1:]]
+    if "arcforge" in sides:
+        runs += [(["--child", "arcforge", *shlex.split(spec)], spec)
+                 for p, spec in map(parse_lever, levers) if p in (None, preset)]
+    return runs
+
+
 LEVER_FLAGS = {"--mbs", "--accum", "--set", "--variant"}
 
 
@@ -331,20 +346,9 @@ def main() -> int:
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
     common += [x for item in a.set for x in ("--set", item)] + (["--profile", a.profile] if a.profile else [])
     for preset in a.presets.split(","):
-        ours = [["--child", "arcforge", "--variant", v] for p, v in variants if p in (None, preset)]
-        ours = ours if "arcforge" in a.sides else []
-        refs = []
-        if "reference" in a.sides:
-            refs.append(["--child", "reference"])
-            if a.ref_compile:
-                refs.append(["--child", "reference", "--compile"])
-        runs = ours[:1] + refs + ours[1:]  # the first variant and the reference first (time-boxed callers)
-        levers = [spec for p, spec in map(parse_lever, a.lever) if p in (None, preset)] if "arcforge" in a.sides else []
-        runs += [["--child", "arcforge", *shlex.split(spec)] for spec in levers]
-        for extra in runs:
+        for extra, lever in plan_runs(preset, variants, a.sides, a.ref_compile, a.lever):
             t0 = time.perf_counter()
             r = _spawn(["--preset", preset, *common, *extra], a.timeout)
-            lever = " ".join(extra[2:]) if len(extra) > 2 and extra[2] != "--variant" else None
             mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
             while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1 and lever is None:
                 mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry
@@ -352,7 +356,7 @@ def main() -> int:
                 cm = [x for i, x in enumerate(common) if x != "--mbs" and (i == 0 or common[i - 1] != "--mbs")]
                 r = _spawn(["--preset", preset, *cm, "--mbs", str(mbs), *extra], a.timeout)
             r.setdefault("preset", preset)
-            r.setdefault("side", extra[1] + (f" [{extra[3]}]" if "--variant" in extra else "")
+            r.setdefault("side", extra[1] + (f" [{extra[extra.index('--variant') + 1]}]" if "--variant" in extra else "")
                          + (" (compile)" if "--compile" in extra else ""))
             if lever:
                 r["side"] += f" lever: {lever}"
