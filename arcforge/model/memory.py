@@ -70,8 +70,11 @@ the residual stream are split over ``t`` as well. Derived by listing what autogr
   per rank, 1 when ``t > ng``) + ``(nh/t + g)·d`` (QK-norm inputs, if QK-norm)
   + ``nh·d/t`` (core attention output = output-projection input)
   + core-attention internals: flash / fused (SDPA, TE) ``2·nh/t`` (fp32 log-sum-exp),
-  unfused (megatron's local ``DotProductAttention``) ``2.5·nh·s/t`` (Korthikanti et al.'s
-  ``5·heads·s`` bytes per token: softmax output, mask, dropout output);
+  unfused (megatron's local ``DotProductAttention``) ``nh·s/t``: the softmax output, which
+  the softmax backward and the ``bmm`` with ``v`` share (Korthikanti et al.'s ``5·heads·s``
+  bytes per token add the dropout mask and output, which dropout 0 does not keep; counted by
+  ``benchmarks/activation_bytes.py``: with ``2.5·nh·s/t`` the estimate was twice what
+  autograd saves at seq 4096);
 * dense MLP, ``none``: ``h/t + h/t`` (pre-MLP norm input, output) + ``2f/t`` (fc1 output:
   gate and up) + ``f/t`` (SiLU output) + ``f/t`` (product = fc2 input) = ``2h/t + 4f/t``;
 * MoE, ``none``: ``2h/t`` (pre-MLP norm input, output: router and shared-expert input)
@@ -208,7 +211,7 @@ def _act_values(arch: Any, lay: Layout, recompute: str, attention: str, moe: boo
         a += (nh / t + ngr) * d
     a += nh / t * d  # core attention output
     if not sel:
-        a += 2 * nh / t if attention == "flash" else 2.5 * nh * s / t
+        a += 2 * nh / t if attention == "flash" else nh * s / t
     m = h / t + (0 if sel else h / t)  # pre-MLP norm: input, output
     if not moe:
         m += 4 * arch.ffn_hidden_size / t

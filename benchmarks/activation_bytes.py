@@ -1,0 +1,72 @@
+"""Saved activations of one training forward, counted, against ``arcforge.model.memory``'s estimate.
+
+``torch.autograd.graph.saved_tensors_hooks`` sees every tensor autograd keeps for the
+backward; this sums the distinct storages that are not parameters, for one forward of a
+preset (CPU, fp32) with the chosen kernels, and prints it beside the estimate's activation
+term for the same layout. It tells a wrong formula (the two differ) from memory the formula
+does not model on purpose (a GPU peak above both: backward working memory, the allocator).
+
+    python benchmarks/activation_bytes.py [--preset proxy-100m] [--seq 1024 4096] [--kernels sdpa,grouped local,sequential]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def saved_bytes(preset: str, seq: int, attention: str, experts: str, vocab: int = 4000) -> tuple[int, float]:
+    """(bytes of distinct non-parameter storages saved for backward, estimated activation bytes)."""
+    import torch
+
+    from arcforge.model.arch import get_preset
+    from arcforge.model.megatron_model import build_model, lm_loss
+    from arcforge.model.memory import Layout, estimate_memory
+
+    arch = get_preset(preset).with_overrides(vocab_size=vocab)
+    model = build_model(arch, seq_length=seq, seed=0, attention=attention, experts=experts)
+    model.train()
+    g = torch.Generator().manual_seed(1)
+    tokens, labels = (torch.randint(4, vocab, (1, seq), generator=g) for _ in range(2))
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        lm_loss(model, tokens, labels)
+    est = estimate_memory(arch, Layout(world=1, micro_batch=1, global_batch=1, seq_length=seq), dtype="fp32",
+                          attention="flash" if attention == "sdpa" else "unfused")
+    return sum(seen.values()), est.stages[0].activations
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--preset", default="proxy-100m")
+    ap.add_argument("--seq", type=int, nargs="+", default=[1024, 4096])
+    ap.add_argument("--kernels", nargs="+", default=["sdpa,grouped", "local,sequential"])
+    a = ap.parse_args()
+    warnings.simplefilter("ignore")
+    print(f"| {a.preset}, micro-batch 1, CPU fp32 | seq | saved MiB | estimate MiB | saved / estimate |")
+    print("|---|---|---|---|---|")
+    for kernels in a.kernels:
+        attention, experts = kernels.split(",")
+        for seq in a.seq:
+            t0 = time.perf_counter()
+            saved, est = saved_bytes(a.preset, seq, attention, experts)
+            print(f"| {kernels} | {seq} | {saved / 2**20:,.1f} | {est / 2**20:,.1f} | {saved / est:.3f} |  ({time.perf_counter() - t0:.0f} s)",
+                  flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
