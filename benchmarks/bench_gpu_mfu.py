@@ -218,8 +218,7 @@ def child_arcforge(a) -> dict:
     cfg = load_train_config(path)
     t0 = time.perf_counter()
     with started(cfg, resume=False, verbose=True) as trainer:
-        for _ in range(a.warmup):
-            trainer.advance(None)
+        warm = [trainer.advance(None) for _ in range(a.warmup)]  # with model.compile, the first compiles
         timed_steps = lambda: [trainer.advance(None) for _ in range(a.steps)]  # noqa: E731
         timed = _profiled(timed_steps, Path(a.profile) / f"profile-{Path(path).stem}.txt") if a.profile else timed_steps()
     wall = time.perf_counter() - t0
@@ -236,7 +235,7 @@ def child_arcforge(a) -> dict:
                 mtp_loss=last.get("mtp_loss"), aux_loss=last.get("aux_loss"),
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
                 peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-                wall_s=wall, flops_per_token=f)
+                wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm])
 
 
 def _profiled(fn, out: Path):
@@ -363,6 +362,8 @@ def main() -> int:
                 r["lever"] = lever
             r["child_s"] = time.perf_counter() - t0
             rows.append(r)
+            if a.out:  # after every run: a caller's timeout keeps what finished
+                Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"
             print(f"  {preset} {r['side']}: {msg} ({r['child_s']:.0f} s)", flush=True)
             if r.get("error") and r.get("tail"):

@@ -16,11 +16,12 @@
 #             --device cpu, then --device cuda --compare-with the CPU file (bf16 tolerance, rtol 0.03)
 #   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-1b then
 #             proxy-100m at seq 4096, arcforge with the default kernels (no TE: SDPA attention + grouped
-#             experts on torch._grouped_mm) and, for proxy-1b, one baseline without the grouped experts
-#             with arcforge's own token dispatcher (auto,auto,device: arcforge.model.dispatch), and four
-#             levers on the default kernels: micro-batch 8; micro-batch 8 x 2 accumulated (per-step
-#             against per-micro-batch costs); micro-batch 8 with the fused AdamW kernel; micro-batch 16
-#             with selective recompute
+#             experts on torch._grouped_mm) and, for proxy-1b, arcforge's own token dispatcher
+#             (auto,auto,device: arcforge.model.dispatch), then levers, most telling first (the part is
+#             time-boxed; mfu.json is rewritten after every run): compiled layers (model.compile: layers,
+#             with the device dispatcher) at micro-batch 4, and at 8 with the fused AdamW kernel;
+#             micro-batch 8; micro-batch 8 with fused AdamW; micro-batch 8 x 2 accumulated (per-step
+#             against per-micro-batch costs); proxy-100m with compiled layers
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
@@ -174,11 +175,13 @@ elif [ "$CPU" = 1 ]; then
   part mfu-refuses 60 "tail -n 1 \$WORK/mfu-refuses.log" -- bash -c \
     "'$PY' benchmarks/bench_gpu_mfu.py --data '$WORK/data'; test \$? -eq 2"
 else
-  part mfu 360 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
-    "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 120 \
+  part mfu 420 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
+    "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} proxy-1b:auto,auto,device \
-    --lever "proxy-1b:--mbs 8" --lever "proxy-1b:--mbs 8 --accum 2" --lever "proxy-1b:--mbs 8 --set optimizer.fused=true" \
-    --lever "proxy-1b:--mbs 16 --set model.recompute=selective" \
+    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers" \
+    --lever "proxy-1b:--variant auto,auto,device --mbs 8 --set model.compile=layers --set optimizer.fused=true" \
+    --lever "proxy-1b:--mbs 8" --lever "proxy-1b:--mbs 8 --set optimizer.fused=true" --lever "proxy-1b:--mbs 8 --accum 2" \
+    --lever "proxy-100m:--variant auto,auto,device --set model.compile=layers" \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
 fi

@@ -42,6 +42,10 @@ class CpuBackend:
                               seed=cfg.seed, attention=attention, experts=experts, dispatcher=cfg.kernels.dispatcher,
                               **recompute_settings(cfg.model.recompute, grouped_experts=experts == "grouped"))
         t.model.train()
+        if cfg.model.compile == "layers":
+            from arcforge.model.compile import compile_layers
+
+            compile_layers(t.model)
         o = cfg.optimizer
         t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts,
                                       fused=o.fused)

@@ -126,6 +126,15 @@ class MegatronBackend:
             position_embedding_type="rope", rotary_percent=arch.rotary_fraction, rotary_base=arch.rope_theta,
             mtp_block_spec=mtp,
         ).cuda()
+        if cfg.model.compile != "none":
+            from arcforge.model.compile import check_compile, compile_layers
+
+            try:
+                check_compile(cfg.model.compile, dispatcher=dispatcher, experts=experts, attention=attention,
+                              recompute=cfg.model.recompute)
+            except ValueError as exc:  # Transformer Engine's specs (kernels auto with TE)
+                raise ConfigError(f"{cfg._path}: {exc}") from None
+            t.say(f"model.compile: {cfg.model.compile}: {compile_layers(model)} transformer layers")
         # One loss-free balancing update for both paths: the backend calls
         # megatron_model.expert_bias_update after the optimizer step. With this flag off,
         # finalize_model_grads neither updates the bias nor zeroes the routers' token counts

@@ -26,6 +26,10 @@
    (``random._get_cuda_rng_state`` / ``_set_cuda_rng_state``), which raises without CUDA.
    Without CUDA there is no CUDA state to keep: the getter returns None and the setter does
    nothing (the CPU generator and the tracker's CPU states are still saved and restored).
+7. The router's gating (``Router.gating``) first moves a weight that lives on the CPU to
+   ``torch.cuda.current_device()``; on CPU that is a move from CPU to CPU, but it assigns
+   ``weight.data`` on every forward, which ``torch.compile`` cannot trace (``model.compile``
+   is tested on CPU). The patched gating is the same minus the move.
 
 Not patched, but configured instead (see ``arch.to_transformer_config``): the ``allgather``
 MoE token dispatcher (``alltoall`` creates CUDA streams), no fused kernels, local (non-TE)
@@ -173,6 +177,21 @@ def _patch_recompute_rng() -> None:
     mrandom._set_cuda_rng_state = lambda *args, **kwargs: None
 
 
+def _router_gating(self, input: torch.Tensor) -> torch.Tensor:
+    """``Router.gating`` of megatron-core 0.16.1 without its move of CPU weights to the GPU."""
+    from megatron.core.transformer.moe.router import router_gating_linear
+
+    router_dtype = {"fp32": torch.float32, "fp64": torch.float64}.get(self.config.moe_router_dtype, input.dtype)
+    return router_gating_linear(input, self.weight, self.bias, router_dtype)
+
+
+def _patch_router_gating() -> None:
+    # 7. no weight.data assignment in the router's forward (torch.compile on CPU).
+    from megatron.core.transformer.moe.router import Router
+
+    Router.gating = _router_gating
+
+
 def _init_process_groups() -> None:
     # 5. world-size-1 gloo group + megatron parallel state.
     import torch.distributed as dist
@@ -203,6 +222,7 @@ def apply(seed: int = 1234, *, force: bool = False) -> bool:
     _init_process_groups()
     _install_rng_tracker(seed)
     _patch_recompute_rng()
+    _patch_router_gating()
     _APPLIED = True
     log.info("megatron-core CPU compatibility layer applied")
     return True

@@ -10,8 +10,8 @@ against the module it replaces (``tests/test_kernels.py``) and switched by the t
   its legacy ``GroupedMLP``, which calls ``grouped_gemm.ops.gmm(a, b, batch_sizes,
   trans_b=False)`` through ``megatron.core.transformer.moe.grouped_gemm_util``; the
   ``grouped_gemm`` package is not installable here. ``install_torch_grouped_gemm()`` makes
-  that module see ``gmm`` below: ``torch._grouped_mm`` where it runs (CUDA, bf16, 16-byte
-  aligned strides), else one matmul per expert. ``TorchGroupedMLP`` (megatron's
+  that module see ``arcforge.model.grouped_gemm.gmm``: ``torch._grouped_mm`` where it runs
+  (16-byte aligned strides; bf16 on CUDA), else one matmul per expert. ``TorchGroupedMLP`` (megatron's
   ``GroupedMLP``, put in the spec by ``apply_kernels``) only lifts its ``bf16`` assertion,
   which exists because the grouped_gemm CUDA kernel is bf16-only, so fp32 runs on CPU too.
 * **attention: sdpa.** ``SDPAttention``: ``DotProductAttention``'s constructor, forward
@@ -37,115 +37,12 @@ from megatron.core.transformer.dot_product_attention import DotProductAttention
 from megatron.core.transformer.enums import AttnMaskType
 from megatron.core.transformer.moe.experts import GroupedMLP, SequentialMLP
 
+from arcforge.model.grouped_gemm import gmm, grouped_mm_usable, install_torch_grouped_gemm
+
 ATTENTION = ("sdpa", "local")
 EXPERTS = ("grouped", "sequential")
 
-# ---- grouped GEMM ----------------------------------------------------------------------------
-
-
-def _aligned(t: torch.Tensor) -> bool:
-    """``torch._grouped_mm``'s layout rule: each matrix row- or column-major in its last two
-    dimensions with the leading stride a multiple of 16 bytes."""
-    align = 16 // t.element_size()
-    s, n = t.stride(), t.shape
-    if s[-1] == 1 and s[-2] >= max(1, n[-1]):
-        return s[-2] % align == 0
-    if s[-2] == 1 and s[-1] >= max(1, n[-2]):
-        return s[-1] % align == 0
-    return False
-
-
-def grouped_mm_usable(a: torch.Tensor, b: torch.Tensor) -> bool:
-    """Whether ``torch._grouped_mm`` takes ``a [M, K] x b [E, K, N]`` (and its backward's
-    ``grad [M, N] x b^T`` and ``a^T x grad``): CUDA, bf16, K and N multiples of 8, M > 0."""
-    return (
-        hasattr(torch, "_grouped_mm") and a.is_cuda and a.dtype == b.dtype == torch.bfloat16
-        and a.shape[0] > 0 and a.shape[-1] % 8 == 0 and b.shape[-1] % 8 == 0 and _aligned(a) and _aligned(b)
-    )
-
-
-class _GroupedMM(torch.autograd.Function):
-    """``out[rows of group e] = a[rows of group e] @ b[e]`` with ``torch._grouped_mm``.
-
-    Own backward (the same two grouped GEMMs as torch's) so that the incoming gradient is made
-    contiguous (``_grouped_mm`` rejects the stride-0 gradients of ``sum()``) and groups with no
-    rows get an exact zero weight gradient (pytorch#172439: not so on some GPUs)."""
-
-    @staticmethod
-    def forward(ctx, a, b, offs, empty):
-        ctx.save_for_backward(a, b, offs, empty)
-        return torch._grouped_mm(a, b, offs=offs)
-
-    @staticmethod
-    def backward(ctx, grad):
-        a, b, offs, empty = ctx.saved_tensors
-        grad = grad.contiguous()
-        ga = gb = None
-        if ctx.needs_input_grad[0]:
-            ga = torch._grouped_mm(grad, b.transpose(-2, -1), offs=offs)
-        if ctx.needs_input_grad[1]:
-            gb = torch._grouped_mm(a.t(), grad, offs=offs).masked_fill_(empty.view(-1, 1, 1), 0)
-        return ga, gb, None, None
-
-
-def gmm_grouped_mm(a: torch.Tensor, b: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
-    """``a [M, K]`` (rows sorted by group) times ``b [E, K, N]`` through ``torch._grouped_mm``
-    (any device/dtype it accepts: CUDA bf16 on Hopper, also fp32 on CPU for tests). Offsets and
-    the empty-group mask are computed where ``batch_sizes`` lives and moved to ``a``'s device:
-    no host sync when the sizes are already there (``dispatch.DeviceTokenDispatcher``)."""
-    sizes = batch_sizes.detach()
-    offs = torch.cumsum(sizes, 0).to(torch.int32).to(a.device, non_blocking=True)
-    empty = (sizes == 0).to(a.device, non_blocking=True)
-    return _GroupedMM.apply(a, b, offs, empty)
-
-
-def gmm_loop(a: torch.Tensor, b: torch.Tensor, batch_sizes: torch.Tensor) -> torch.Tensor:
-    """The same product as one matmul per group (any device, dtype and alignment)."""
-    sizes = [int(n) for n in batch_sizes.detach().cpu()]
-    parts = [x @ b[e] for e, x in enumerate(torch.split(a, sizes, dim=0))]
-    return torch.cat(parts, dim=0) if parts else a.new_zeros(0, b.shape[-1])
-
-
-def gmm(a: torch.Tensor, b: torch.Tensor, batch_sizes: torch.Tensor, trans_b: bool = False, *,
-        backend: str = "auto") -> torch.Tensor:
-    """``grouped_gemm.ops.gmm``'s semantics: ``a [M, K]`` holds the rows of group 0, then group
-    1, ... (``batch_sizes [E]``, int64, usually on the CPU, may hold zeros, sums to M); ``b`` is
-    ``[E, K, N]`` (``[E, N, K]`` with ``trans_b``); returns ``[M, N]``, differentiable in ``a``
-    and ``b``. ``backend``: ``auto`` (``torch._grouped_mm`` when ``grouped_mm_usable``, else the
-    loop), ``grouped_mm`` or ``loop``."""
-    if a.dim() != 2 or b.dim() != 3 or b.shape[0] != batch_sizes.numel():
-        raise ValueError(f"gmm: expected a [M, K], b [E, K, N], batch_sizes [E]; got {tuple(a.shape)}, "
-                         f"{tuple(b.shape)}, {tuple(batch_sizes.shape)}")
-    if trans_b:
-        b = b.transpose(-2, -1)
-    if backend == "auto":
-        backend = "grouped_mm" if grouped_mm_usable(a, b) else "loop"
-    if backend == "grouped_mm":
-        return gmm_grouped_mm(a, b, batch_sizes)
-    if backend == "loop":
-        return gmm_loop(a, b, batch_sizes)
-    raise ValueError(f"gmm: unknown backend {backend!r}")
-
-
-# a stand-in for the ``grouped_gemm`` package: what megatron reads is ``grouped_gemm.ops.gmm``
-ops = types.SimpleNamespace(gmm=gmm)
-torch_grouped_gemm = types.ModuleType("arcforge_torch_grouped_gemm", "grouped_gemm.ops.gmm on torch._grouped_mm")
-torch_grouped_gemm.ops = ops
-
-
-def install_torch_grouped_gemm() -> bool:
-    """Make ``megatron.core.transformer.moe.grouped_gemm_util`` (imported as ``gg`` by
-    ``experts.GroupedMLP``) use ``gmm`` above: it reads the module attributes ``grouped_gemm``
-    (``grouped_gemm_is_available`` / ``assert_grouped_gemm_is_available`` test it for None) and
-    ``ops`` (``gg.ops.gmm``). Does nothing when the real ``grouped_gemm`` package imported (its
-    CUDA kernel is then used); returns True when the torch version is installed. Idempotent."""
-    from megatron.core.transformer.moe import grouped_gemm_util as gg
-
-    if gg.grouped_gemm is not None and gg.grouped_gemm is not torch_grouped_gemm:
-        return False
-    gg.grouped_gemm = torch_grouped_gemm
-    gg.ops = ops
-    return True
+# ---- grouped experts -------------------------------------------------------------------------
 
 
 class TorchGroupedMLP(GroupedMLP):
@@ -307,4 +204,4 @@ def uses(model: torch.nn.Module) -> dict[str, str]:
 
 
 __all__ = ["ATTENTION", "EXPERTS", "SDPAttention", "TorchGroupedMLP", "apply_kernels", "copy_sequential_to_grouped",
-           "gmm", "install_torch_grouped_gemm", "resolve_kernels", "uses"]
+           "gmm", "grouped_mm_usable", "install_torch_grouped_gemm", "resolve_kernels", "uses"]

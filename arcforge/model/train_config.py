@@ -35,6 +35,9 @@ class ModelSection(_Strict):
     # activation recompute (megatron's recompute_granularity; arch.recompute_settings): none |
     # selective (core attention, norms, expert activation) | full (one layer at a time)
     recompute: Literal["none", "selective", "full"] = "none"
+    # torch.compile of every transformer layer (arcforge.model.compile): none | layers (needs
+    # kernels sdpa + grouped + dispatcher device, and recompute none)
+    compile: Literal["none", "layers"] = "none"
 
 
 BlendItem = str | tuple[str, float]
@@ -293,6 +296,16 @@ def check_config(cfg: TrainConfig, path: str) -> None:
     if cfg.kernels.dispatcher == "device" and (cfg.parallel.ep > 1 or cfg.parallel.tp > 1):
         raise ConfigError(f"{path}: kernels.dispatcher: device needs every expert on each rank (parallel.ep 1 and "
                           f"parallel.tp 1; got ep {cfg.parallel.ep}, tp {cfg.parallel.tp}); use megatron")
+    if cfg.model.compile != "none":
+        from arcforge.model.compile import check_compile
+        from arcforge.model.kernels import resolve_kernels
+
+        try:
+            attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device=cfg.device, te=False)
+            check_compile(cfg.model.compile, dispatcher=cfg.kernels.dispatcher, experts=experts, attention=attention,
+                          recompute=cfg.model.recompute)
+        except ValueError as exc:
+            raise ConfigError(f"{path}: {exc}") from None
     if cfg.parallel.ep > 1 and arch.num_experts % cfg.parallel.ep:
         raise ConfigError(f"{path}: parallel.ep: {cfg.parallel.ep} does not divide the {arch.num_experts} experts")
 

@@ -1,0 +1,152 @@
+"""``model.compile: layers``: every transformer layer through ``torch.compile``.
+
+Why: on one H100 the megatron path spent about 0.19 s of each proxy-1b step on work that did
+not grow with the micro-batch (docs/benchmarks.md, "GPU"), and on CPU the same model with its
+widths shrunk to nothing takes about 3x the plain-PyTorch reference's time per step
+(``benchmarks/host_overhead.py``): megatron's layers cost a lot of Python per kernel. A
+compiled layer runs as one generated function (inductor: fused elementwise kernels for the
+norms, RoPE, SwiGLU, routing and residuals, the matmuls and ``torch._grouped_mm`` called as
+they are), forward and backward, so both the launches and the Python between them shrink.
+
+What it compiles: each ``TransformerLayer`` of the decoder and of the MTP block, one
+``torch.compile(layer.forward, dynamic=False)`` each (the embedding, the output layer and the
+loss stay eager). Layers of the same kind share one compiled graph (parameters are graph
+inputs), so proxy-1b compiles a dense and an MoE layer, not 17.
+
+What it needs, so that a layer is one graph (``tests/test_compile.py`` counts the breaks):
+
+* ``kernels.dispatcher: device``: megatron's own dispatchers read token counts on the host
+  (``masked_select``, ``tokens_per_expert.cpu()``), which breaks the graph in every MoE layer
+  and makes the shapes data-dependent. The trainer refuses ``compile: layers`` without it.
+* ``kernels.experts: grouped`` (``arcforge::grouped_mm``, a custom operator the compiler
+  calls as it is) and ``kernels.attention: sdpa``;
+* three shims of megatron-core 0.16.1, applied by ``apply_compile_shims``:
+
+  1. ``linear_with_grad_accumulation_and_async_allreduce`` calls
+     ``get_tensor_model_parallel_group_if_none(None)``, which calls ``warnings.warn`` on rank
+     0 (a deprecation notice) on every forward of every row-parallel linear: dynamo cannot
+     trace ``warnings.warn``. The shim returns the same group without the warning.
+  2. ``MoEAuxLossAutoScaler.backward`` reads and may assign its own class attribute
+     (``main_loss_backward_scale``), which dynamo does not support on an ``autograd.Function``
+     class. The shim keeps the scale tensor in a module-level holder that
+     ``set_loss_scale`` also fills (same tensor, updated in place as before).
+  3. on CPU only (``cpu_compat``): the router's "move the weight to the GPU" branch, which
+     assigns ``weight.data`` on every forward (there it moves from CPU to CPU).
+
+Not here: CUDA graphs (``mode="reduce-overhead"``), which would also remove the launches but
+need the optimizer and megatron's gradient buffers made capture-safe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+COMPILE = ("none", "layers")
+
+_AUX_SCALE: dict[str, torch.Tensor] = {}
+_SHIMMED = False
+
+
+def _tp_group_if_none(tp_group=None, is_expert: bool = False, check_initialized: bool = True):
+    """``megatron.core.utils.get_tensor_model_parallel_group_if_none`` without its warning."""
+    from megatron.core import parallel_state
+
+    if not torch.distributed.is_initialized():
+        return None
+    if not parallel_state.is_initialized() or tp_group is not None:
+        return tp_group
+    if is_expert:
+        return parallel_state.get_expert_tensor_parallel_group(check_initialized=check_initialized)
+    return parallel_state.get_tensor_model_parallel_group(check_initialized=check_initialized)
+
+
+def _aux_scale(device: torch.device) -> torch.Tensor:
+    scale = _AUX_SCALE.get("scale")
+    if scale is None:
+        scale = _AUX_SCALE["scale"] = torch.tensor(1.0, device=device)
+    return scale
+
+
+def _aux_backward(ctx, grad_output: torch.Tensor):
+    """``MoEAuxLossAutoScaler.backward``: the aux loss gets the main loss's backward scale."""
+    (aux_loss,) = ctx.saved_tensors
+    return grad_output, torch.ones_like(aux_loss) * _aux_scale(aux_loss.device)
+
+
+def _aux_set_loss_scale(scale: torch.Tensor) -> None:
+    """``MoEAuxLossAutoScaler.set_loss_scale``: the first tensor is kept, later scales are
+    copied into it (megatron's behaviour); the class attribute points at the same tensor."""
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    held = _AUX_SCALE.get("scale")
+    if held is None:
+        held = _AUX_SCALE["scale"] = scale
+    else:
+        held.copy_(scale)
+    MoEAuxLossAutoScaler.main_loss_backward_scale = held
+
+
+def apply_compile_shims() -> None:
+    """The megatron-core shims a graph-break-free layer needs (see the module docstring).
+    Idempotent; they change no result (tests/test_compile.py runs eager models with them)."""
+    global _SHIMMED
+    if _SHIMMED:
+        return
+    from megatron.core.tensor_parallel import layers
+    from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
+
+    layers.get_tensor_model_parallel_group_if_none = _tp_group_if_none
+    if MoEAuxLossAutoScaler.main_loss_backward_scale is not None:
+        _AUX_SCALE["scale"] = MoEAuxLossAutoScaler.main_loss_backward_scale
+    MoEAuxLossAutoScaler.backward = staticmethod(_aux_backward)
+    MoEAuxLossAutoScaler.set_loss_scale = staticmethod(_aux_set_loss_scale)
+    _SHIMMED = True
+
+
+def transformer_layers(model) -> list:
+    """The ``TransformerLayer`` modules of a built model (decoder, then MTP), in order."""
+    from megatron.core.transformer.transformer_layer import TransformerLayer
+
+    return [m for m in model.modules() if isinstance(m, TransformerLayer)]
+
+
+def check_compile(mode: str, *, dispatcher: str, experts: str, attention: str, recompute: str = "none") -> None:
+    """``ValueError`` (one line) for a ``model.compile`` choice the layers cannot serve:
+    kernels with host syncs or without a traceable module, or megatron's activation recompute
+    (its checkpoint functions save RNG states and free outputs by hand: not traceable; the
+    compiler makes its own recompute choices)."""
+    if mode not in COMPILE:
+        raise ValueError(f"model.compile must be one of {COMPILE}; got {mode!r}")
+    if mode == "none":
+        return
+    wrong = [f"{k}: {v} (needs {need})" for k, v, need in
+             (("kernels.dispatcher", dispatcher, "device"), ("kernels.experts", experts, "grouped"),
+              ("kernels.attention", attention, "sdpa"), ("model.recompute", recompute, "none"))
+             if v != need]
+    if wrong:
+        raise ValueError(f"model.compile: {mode} needs layers that trace into one graph each; " + "; ".join(wrong))
+
+
+def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
+    """``torch.compile`` every transformer layer's forward in place; returns how many.
+
+    ``dynamic=None`` with integer module attributes left unspecialised: the MoE layers differ
+    only in ``layer_number`` (megatron indexes the aux-loss tracker with it), which then
+    becomes a graph input after the second layer, while tensor shapes stay static. The
+    recompile limit is raised to cover one entry per layer anyway, so that no layer silently
+    falls back to eager after the limit."""
+    import torch._dynamo
+
+    apply_compile_shims()
+    layers = transformer_layers(model)
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(layers) + 8)
+    # a layer's number (the index of its aux-loss tracker entry) is a graph input, not a constant
+    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    for layer in layers:
+        layer.forward = torch.compile(layer.forward, backend=backend, dynamic=None, **options)
+    return len(layers)
+
+
+__all__ = ["COMPILE", "apply_compile_shims", "check_compile", "compile_layers", "transformer_layers"]
