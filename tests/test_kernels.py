@@ -240,3 +240,51 @@ def test_hf_export_reads_grouped_experts_as_it_reads_sequential_ones():
         assert a.keys() == b.keys() and any("experts" in k for k in a)
         for k in a:
             torch.testing.assert_close(b[k], a[k], rtol=0, atol=0, msg=k)
+
+
+def test_foreach_multi_tensor_ops_replace_megatrons_stand_ins():
+    """Without TE or Apex, megatron's optimizer wrapper and gradient clipping use stand-ins that
+    read every gradient's norm back to the host; ``te_shims.foreach_l2_norm`` /
+    ``foreach_scale`` keep ``amp_C``'s contract with ``_foreach`` kernels: the same norm as
+    float64 over the concatenated tensors (fp32 and bf16 mixed, as the main and model params
+    are), in-place clipping, and main-to-model copies that convert dtype."""
+    from megatron.core import utils as mutils
+    from megatron.core.optimizer import clip_grads, optimizer
+
+    from arcforge.model import te_shims
+
+    g = torch.Generator().manual_seed(0)
+    ts = [torch.randn(7, 5, generator=g), torch.randn(300, generator=g).bfloat16(), torch.randn(1, generator=g)]
+    norm, per = te_shims.foreach_l2_norm(2048 * 32, None, [ts], False)
+    ref = torch.cat([t.double().flatten() for t in ts]).norm()
+    assert per is None and norm.shape == (1,) and norm.dtype == torch.float32
+    assert norm.item() == pytest.approx(ref.item(), rel=1e-6)
+    assert te_shims.foreach_l2_norm(1, None, [[]], False)[0].item() == 0
+    fp32 = [t.float().clone() for t in ts]
+    te_shims.foreach_scale(1, None, [fp32, fp32], 0.5)  # clipping: in place
+    for a, b in zip(fp32, ts):
+        torch.testing.assert_close(a, b.float() * 0.5)
+    model = [torch.zeros(7, 5).bfloat16(), torch.zeros(300).bfloat16(), torch.zeros(1).bfloat16()]
+    te_shims.foreach_scale(1, None, [fp32, model], 1.0)  # main (fp32) -> model (bf16) params
+    for a, b in zip(model, fp32):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b.bfloat16())
+    doubled = [torch.zeros_like(t) for t in fp32]
+    te_shims.foreach_scale(1, None, [fp32, doubled], 2.0)
+    for a, b in zip(doubled, fp32):
+        torch.testing.assert_close(a, b * 2)
+    copied = [torch.zeros_like(t) for t in model]
+    te_shims.foreach_copy_this_to_that(fp32, copied)
+    for a, b in zip(copied, fp32):
+        assert a.dtype == torch.bfloat16 and torch.equal(a, b.bfloat16())
+    originals = (clip_grads.l2_norm_impl, clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl,
+                 optimizer._multi_tensor_copy_this_to_that)
+    try:
+        stand_ins = originals[0] is mutils.local_multi_tensor_l2_norm  # no TE, no Apex (this machine)
+        assert te_shims.use_foreach_multi_tensor_ops() == stand_ins
+        if stand_ins:
+            assert clip_grads.l2_norm_impl is te_shims.foreach_l2_norm
+            assert clip_grads.multi_tensor_scale_impl is optimizer.multi_tensor_scale_impl is te_shims.foreach_scale
+            assert optimizer._multi_tensor_copy_this_to_that is te_shims.foreach_copy_this_to_that
+    finally:
+        (clip_grads.l2_norm_impl, clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl,
+         optimizer._multi_tensor_copy_this_to_that) = originals

@@ -79,6 +79,7 @@ class MegatronBackend:
         self.te = te_shims.have_transformer_engine()
         if not self.te:
             te_shims.apply_no_te_shims()
+        te_shims.use_foreach_multi_tensor_ops()  # where neither TE nor Apex gave megatron its kernels
 
     def build(self, t: Trainer) -> None:
         """GPTModel, DDP, megatron's optimizer (AdamW or arcforge Muon inside its wrappers)."""
