@@ -33,7 +33,7 @@ STAGES: dict[str, str] = {
     "dedup.semantic": "arcforge.dedup.semantic:SEMANTIC_DEDUP",
     "dedup.minhash": "arcforge.dedup.fuzzy:MINHASH_DEDUP",
     "dedup.url": "arcforge.dedup.exact:URL_DEDUP",
-    "tokenize.train_spm": "arcforge.tokenize.spm:TRAIN_SPM",
+    "tokenize.train_spm": "arcforge.tokenize.spm_train:TRAIN_SPM",
     "tokenize.megatron_shards": "arcforge.tokenize.shards:MEGATRON_SHARDS",
 }
 

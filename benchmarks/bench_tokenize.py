@@ -49,7 +49,8 @@ from arcforge.pipelines.demo.corpus import fetch_demo_corpus
 from arcforge.runtime.documents import DOC_SCHEMA, doc_id
 from arcforge.runtime.stage import TaskContext
 from arcforge.tokenize.shards import ShardParams, write_shards
-from arcforge.tokenize.spm import SPECIALS, Tokenizer, TrainSpmParams, train_model
+from arcforge.tokenize.spm import SPECIALS, Tokenizer
+from arcforge.tokenize.spm_train import TrainSpmParams, train_model
 
 
 def cpu_seconds() -> float:

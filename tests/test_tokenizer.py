@@ -14,16 +14,8 @@ import pytest
 from arcforge.runtime.config import load_plan
 from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
 from arcforge.runtime.runner import Runner
-from arcforge.tokenize.spm import (
-    EOD_ID,
-    PAD_ID,
-    SPECIALS,
-    Tokenizer,
-    TrainSpmParams,
-    token_dtype,
-    train_model,
-    training_chunks,
-)
+from arcforge.tokenize.spm import EOD_ID, PAD_ID, SPECIALS, Tokenizer, token_dtype
+from arcforge.tokenize.spm_train import TrainSpmParams, train_model, training_chunks
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -239,7 +231,7 @@ def test_metadata_records_the_sample_and_the_model_hash(trained):
 def test_sampling_caps_seed_and_determinism(trained, tmp_path):
     run, results, _ = trained
     from arcforge.runtime.stage import ArtifactContext
-    from arcforge.tokenize.spm import build_tokenizer, sample_documents
+    from arcforge.tokenize.spm_train import build_tokenizer, sample_documents
 
     inputs = [DatasetRef(str(run / n)) for n in ("web", "wiki", "books", "code", "zh")]
     few = sample_documents(inputs, TrainSpmParams(sample_docs=50, seed=1))

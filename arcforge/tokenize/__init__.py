@@ -1,6 +1,7 @@
 """Tokenizer training, Megatron shards, packing and training mixtures (issue 3).
 
-* :mod:`arcforge.tokenize.spm`: ``tokenize.train_spm`` and the ``Tokenizer`` class
+* :mod:`arcforge.tokenize.spm`: the ``Tokenizer`` class; :mod:`arcforge.tokenize.spm_train`: the
+  ``tokenize.train_spm`` stage
   (sentencepiece BPE, exact round trip, special tokens at fixed ids);
 * :mod:`arcforge.tokenize.shards`: ``tokenize.megatron_shards`` (``.bin``/``.idx`` per source
   and bucket per partition, written by megatron-core);
