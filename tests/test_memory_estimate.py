@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 
 from arcforge.model.arch import get_preset
-from arcforge.model.memory import GIB, Layout, docs_table, estimate_memory, stage_layers, validate_layout
+from arcforge.model.memory import GIB, Layout, estimate_memory, stage_layers, validate_layout
+from arcforge.model.memory_plans import docs_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
