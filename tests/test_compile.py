@@ -109,10 +109,14 @@ def shard(tmp_path_factory) -> str:
 def test_trainer_with_compiled_layers_takes_the_same_steps(tmp_path, shard):
     """The CPU backend with ``model.compile: layers`` (inductor: generated C++ kernels on CPU,
     ``arcforge::grouped_mm`` called as it is) takes the same two steps as the eager model:
-    loss, MTP, aux, gradient norm and router load, within fp32 reordering error."""
+    loss, MTP, aux, gradient norm and router load (counted by the trainer's forward hooks on
+    the routers, inside the compiled layers), within fp32 reordering error, with no graph break."""
+    from torch._dynamo.utils import counters
+
     from arcforge.model.compile import transformer_layers
     from arcforge.model.train_loop import started
 
+    counters.clear()
     kernels = {"attention": "sdpa", "experts": "grouped", "dispatcher": "device"}
     eager = tiny_train_config(tmp_path, shard, "eager", kernels=kernels)
     comp = tiny_train_config(tmp_path, shard, "compiled", kernels=kernels, model={"compile": "layers"})
@@ -121,6 +125,8 @@ def test_trainer_with_compiled_layers_takes_the_same_steps(tmp_path, shard):
         assert all(getattr(layer.forward, "_torchdynamo_orig_callable", None) is not None
                    for layer in transformer_layers(b.model))
         assert_same_steps(a, b, rel=1e-4)
+    # the trainer's router-load hooks trace into the layers' graphs too
+    assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
 
 
 def test_config_refuses_compile_where_a_layer_cannot_be_one_graph(tmp_path, shard):

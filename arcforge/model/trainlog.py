@@ -88,11 +88,14 @@ class RouterLoad:
         return hook
 
     def take(self) -> dict[str, list[int]]:
-        """The counts since the last call (then zeroed)."""
-        out = {k: [int(x) for x in v.tolist()] for k, v in self.counts.items()}
+        """The counts since the last call (then zeroed); one device-to-host read for all routers."""
+        if not self.counts:
+            return {}
+        dev = next(iter(self.counts.values())).device  # a router that never ran still counts on the CPU
+        values = torch.stack([v.to(dev) for v in self.counts.values()]).tolist()  # one host read
         for v in self.counts.values():
             v.zero_()
-        return out
+        return {k: [int(x) for x in row] for k, row in zip(self.counts, values)}
 
     def remove(self) -> None:
         for h in self._handles:
