@@ -26,7 +26,8 @@
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
 #             (benchmarks/gpu_syncs.py)
-#   profile   torch.profiler over 3 timed steps of proxy-1b (default kernels): $WORK/profile-*.txt
+#   profile   torch.profiler over 3 timed steps of proxy-1b, default kernels and compiled layers (the
+#             inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
 # resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
@@ -195,11 +196,12 @@ if want syncs && [ "$CPU" != 1 ]; then
 fi
 
 # --- profile --------------------------------------------------------------------------------------
-# proxy-1b, default kernels: torch.profiler over 3 steps after 2 (ops by CUDA time, and the GPU's
-# busy time against the wall) in $WORK/profile-*.txt
+# proxy-1b, default kernels, then compiled layers: torch.profiler over 3 steps after 2 (ops by CUDA
+# time, and the GPU's busy time against the wall) in $WORK/profile-*.txt
 if want profile && [ "$CPU" != 1 ]; then
-  part profile 120 "head -n 1 \$WORK/profile-*.txt" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
-    --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 110 --profile "$WORK"
+  part profile 200 "head -q -n 1 \$WORK/profile-*.txt | tr '\n' ';'" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
+    --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 190 --profile "$WORK" \
+    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers"
 fi
 
 # --- summary --------------------------------------------------------------------------------------
