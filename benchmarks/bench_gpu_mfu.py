@@ -213,7 +213,7 @@ def child_arcforge(a) -> dict:
     from arcforge.model.train_loop import started
 
     mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
-    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps, seq=a.seq,
+    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps + 1, seq=a.seq,
                    kernels=a.variant, sets=a.set)
     cfg = load_train_config(path)
     t0 = time.perf_counter()
@@ -221,6 +221,7 @@ def child_arcforge(a) -> dict:
         warm = [trainer.advance(None) for _ in range(a.warmup)]  # with model.compile, the first compiles
         timed_steps = lambda: [trainer.advance(None) for _ in range(a.steps)]  # noqa: E731
         timed = _profiled(timed_steps, Path(a.profile) / f"profile-{Path(path).stem}.txt") if a.profile else timed_steps()
+        saved = _saved_activations(trainer)  # one more step, untimed: what autograd keeps
     wall = time.perf_counter() - t0
     tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
     tok = tokens / sum(float(r["step_seconds"]) for r in timed)
@@ -235,7 +236,39 @@ def child_arcforge(a) -> dict:
                 mtp_loss=last.get("mtp_loss"), aux_loss=last.get("aux_loss"),
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
                 peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-                wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm])
+                wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm],
+                saved_activation_gib=saved / 2**30, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30)
+
+
+def _saved_activations(trainer) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves for the backward during one
+    more training step (``torch.autograd.graph.saved_tensors_hooks``; with one micro-batch per
+    step, one micro-batch's activations), to set beside the dry-run's activation term and the
+    measured peak (the estimate was 13-20% under the H100's peaks; benchmarks/activation_bytes.py
+    matched it to 4% on CPU)."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer.advance(None)
+    return sum(seen.values())
+
+
+def _estimated_activations(cfg, mbs: int) -> float:
+    """The dry-run's activation term for this run (one GPU, bf16, flash attention)."""
+    from arcforge.model.memory import Layout, estimate_memory
+
+    lay = Layout(world=1, micro_batch=mbs, global_batch=cfg.batch.global_batch_size, seq_length=cfg.model.seq_length)
+    est = estimate_memory(cfg.arch(), lay, dtype=cfg.dtype, recompute=cfg.model.recompute, attention="flash")
+    return est.stages[0].activations
 
 
 def _profiled(fn, out: Path):
@@ -369,16 +402,17 @@ def main() -> int:
             if r.get("error") and r.get("tail"):
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
     print()
-    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | peak GiB | vs reference (eager) |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | peak GiB | vs reference (eager) | saved / est. activations GiB |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["preset"] == r["preset"] and x["side"] == "reference" and "error" not in x), None)
         if "error" in r:
-            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | |")
+            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | | |")
             continue
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
+        act = f"{r['saved_activation_gib']:.2f} / {r['est_activation_gib']:.2f}" if "saved_activation_gib" in r else ""
         print(f"| {r['preset']} | {r['side']} | {r['mbs']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | "
-              f"{r['mfu'] * 100:.1f}% | {r['peak_mem_gib']:.1f} | {ratio} |")
+              f"{r['mfu'] * 100:.1f}% | {r['peak_mem_gib']:.1f} | {ratio} | {act} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
     return 0 if all("error" not in r for r in rows) else 1
