@@ -19,9 +19,10 @@
 #             experts on torch._grouped_mm) and, for proxy-1b, arcforge's own token dispatcher
 #             (auto,auto,device: arcforge.model.dispatch), then levers, most telling first (the part is
 #             time-boxed; mfu.json is rewritten after every run): compiled layers (model.compile: layers,
-#             with the device dispatcher) at micro-batch 4, and at 8 with the fused AdamW kernel;
-#             micro-batch 8; micro-batch 8 with fused AdamW; micro-batch 8 x 2 accumulated (per-step
-#             against per-micro-batch costs); proxy-100m with compiled layers
+#             with the device dispatcher) at micro-batch 4, and at 8 and 16 with the fused AdamW kernel
+#             (compiled layers keep about a quarter fewer activations); micro-batch 8 with fused AdamW;
+#             micro-batch 8 x 2 accumulated (per-step against per-micro-batch costs); proxy-100m with
+#             compiled layers
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
@@ -181,7 +182,8 @@ else
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} proxy-1b:auto,auto,device \
     --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers" \
     --lever "proxy-1b:--variant auto,auto,device --mbs 8 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--mbs 8" --lever "proxy-1b:--mbs 8 --set optimizer.fused=true" --lever "proxy-1b:--mbs 8 --accum 2" \
+    --lever "proxy-1b:--variant auto,auto,device --mbs 16 --set model.compile=layers --set optimizer.fused=true" \
+    --lever "proxy-1b:--mbs 8 --set optimizer.fused=true" --lever "proxy-1b:--mbs 8 --accum 2" \
     --lever "proxy-100m:--variant auto,auto,device --set model.compile=layers" \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
