@@ -125,8 +125,10 @@ def test_trainer_with_compiled_layers_takes_the_same_steps(tmp_path, shard):
         assert all(getattr(layer.forward, "_torchdynamo_orig_callable", None) is not None
                    for layer in transformer_layers(b.model))
         assert_same_steps(a, b, rel=1e-4)
-    # the trainer's router-load hooks trace into the layers' graphs too
+    # the trainer's router-load hooks trace into the layers' graphs too, one graph for all MoE
+    # layers (proxy-tiny: 3 of them; a per-router Python constant in the hook would recompile each)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
+    assert counters["stats"]["unique_graphs"] <= 4
 
 
 def test_config_refuses_compile_where_a_layer_cannot_be_one_graph(tmp_path, shard):

@@ -55,47 +55,52 @@ ROUTER_NAME = "router_load.jsonl"
 PLOT_NAME = "train_curves.png"
 
 
+ROUTER_LOAD_BUFFER = "arcforge_router_load"
+
+
+def _count_routed(module, args, output) -> None:
+    """Forward hook of every ``TopKRouter``: add this forward's tokens per expert to the
+    router's own count buffer. One function for all routers and no per-router Python
+    constant, so that ``model.compile: layers`` traces the hook into one graph shared by the
+    MoE layers (a closure over the router's name made dynamo recompile every layer)."""
+    if module.training and torch.is_grad_enabled():
+        getattr(module, ROUTER_LOAD_BUFFER).add_(output[1].detach().sum(dim=0).to(torch.long))
+
+
 class RouterLoad:
     """Counts the tokens routed to each expert by every MoE router during training forwards.
 
-    A forward hook on each ``TopKRouter`` adds ``routing_map.sum(0)`` (tokens per expert) when
-    the model is training with grad enabled, so evaluation does not count, and a router runs
-    once with grad per step: in the forward, or (full recompute: the forward runs without grad)
-    in the backward's recomputation.
+    A forward hook on each ``TopKRouter`` adds ``routing_map.sum(0)`` (tokens per expert) to a
+    non-persistent buffer of that router (on the router's device: no sync per forward; not in
+    checkpoints) when the model is training with grad enabled, so evaluation does not count,
+    and a router runs once with grad per step: in the forward, or (full recompute: the forward
+    runs without grad) in the backward's recomputation.
     Independent of the expert-bias machinery, so it works with ``expert_bias`` off too.
     """
 
     def __init__(self, model: torch.nn.Module) -> None:
         from megatron.core.transformer.moe.router import TopKRouter
 
-        self.counts: dict[str, torch.Tensor] = {}
+        self.routers: dict[str, torch.nn.Module] = {}
         self._handles = []
         for name, mod in model.named_modules():
             if isinstance(mod, TopKRouter):
                 # strip wrapper prefixes ("module.") so names match the checkpoint's
                 key = name.removeprefix("module.")
-                self.counts[key] = torch.zeros(mod.config.num_moe_experts, dtype=torch.long)
-                self._handles.append(mod.register_forward_hook(self._hook(key)))
-
-    def _hook(self, key: str):
-        def hook(module, args, output):
-            if module.training and torch.is_grad_enabled():
-                c = output[1].detach().sum(dim=0).to(torch.long)
-                if self.counts[key].device != c.device:  # on GPU: count there, no sync per forward
-                    self.counts[key] = self.counts[key].to(c.device)
-                self.counts[key] += c
-
-        return hook
+                zeros = torch.zeros(mod.config.num_moe_experts, dtype=torch.long, device=mod.weight.device)
+                mod.register_buffer(ROUTER_LOAD_BUFFER, zeros, persistent=False)
+                self.routers[key] = mod
+                self._handles.append(mod.register_forward_hook(_count_routed))
 
     def take(self) -> dict[str, list[int]]:
         """The counts since the last call (then zeroed); one device-to-host read for all routers."""
-        if not self.counts:
+        if not self.routers:
             return {}
-        dev = next(iter(self.counts.values())).device  # a router that never ran still counts on the CPU
-        values = torch.stack([v.to(dev) for v in self.counts.values()]).tolist()  # one host read
-        for v in self.counts.values():
-            v.zero_()
-        return {k: [int(x) for x in row] for k, row in zip(self.counts, values)}
+        counts = [getattr(m, ROUTER_LOAD_BUFFER) for m in self.routers.values()]
+        values = torch.stack(counts).tolist()
+        for c in counts:
+            c.zero_()
+        return {k: [int(x) for x in row] for k, row in zip(self.routers, values)}
 
     def remove(self) -> None:
         for h in self._handles:
