@@ -2,16 +2,19 @@
 
 Why: on one H100 the megatron path spent about 0.19 s of each proxy-1b step on work that did
 not grow with the micro-batch (docs/benchmarks.md, "GPU"), and on CPU the same model with its
-widths shrunk to nothing takes about 3x the plain-PyTorch reference's time per step
-(``benchmarks/host_overhead.py``): megatron's layers cost a lot of Python per kernel. A
+widths shrunk to nothing takes 2.3x the plain-PyTorch reference's time per step, 1.3x with
+this (``benchmarks/host_overhead.py``): megatron's layers cost a lot of Python per kernel. A
 compiled layer runs as one generated function (inductor: fused elementwise kernels for the
 norms, RoPE, SwiGLU, routing and residuals, the matmuls and ``torch._grouped_mm`` called as
 they are), forward and backward, so both the launches and the Python between them shrink.
 
 What it compiles: each ``TransformerLayer`` of the decoder and of the MTP block, one
-``torch.compile(layer.forward, dynamic=False)`` each (the embedding, the output layer and the
-loss stay eager). Layers of the same kind share one compiled graph (parameters are graph
-inputs), so proxy-1b compiles a dense and an MoE layer, not 17.
+``torch.compile(layer.forward)`` each (the embedding, the output layer and the loss stay
+eager). Layers of the same kind share one compiled graph (parameters are graph inputs, the
+layer number too), so proxy-1b compiles 4 graphs (dense, the first MoE layer of a step, the
+other MoE layers, the MTP layer), not 17. Anything a layer's forward reaches must not hold a
+per-layer Python constant: the trainer's router-load hook is one function over a buffer of
+each router for that reason.
 
 What it needs, so that a layer is one graph (``tests/test_compile.py`` counts the breaks):
 
@@ -19,7 +22,8 @@ What it needs, so that a layer is one graph (``tests/test_compile.py`` counts th
   (``masked_select``, ``tokens_per_expert.cpu()``), which breaks the graph in every MoE layer
   and makes the shapes data-dependent. The trainer refuses ``compile: layers`` without it.
 * ``kernels.experts: grouped`` (``arcforge::grouped_mm``, a custom operator the compiler
-  calls as it is) and ``kernels.attention: sdpa``;
+  calls as it is) and ``kernels.attention: sdpa``; megatron's activation recompute off (its
+  checkpoint functions are not traceable);
 * three shims of megatron-core 0.16.1, applied by ``apply_compile_shims``:
 
   1. ``linear_with_grad_accumulation_and_async_allreduce`` calls
