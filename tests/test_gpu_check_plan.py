@@ -1,0 +1,75 @@
+"""The runs ``benchmarks/gpu_check.sh`` asks of ``bench_gpu_mfu.py``, checked on CPU before a GPU
+is lent: every ``--kernels`` variant and ``--lever`` written in the script parses, and the train
+config each arcforge child would write validates (a config the validator refuses would cost a
+GPU run). Nothing here needs CUDA: the configs are written and validated, not trained."""
+
+from __future__ import annotations
+
+import re
+import shlex
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")
+
+
+def _script_runs() -> tuple[list[str], list[str]]:
+    """The ``--kernels`` variants and ``--lever`` specs of the script's mfu and profile parts."""
+    text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    levers = list(dict.fromkeys(re.findall(r'--lever "([^"]+)"', text)))  # the profile part repeats one
+    kernels = []
+    for line in re.findall(r"--kernels ([^\\\n]+)", text):
+        kernels += [w for w in line.split() if not w.startswith("$")]
+    return kernels, levers
+
+
+def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
+    import bench_gpu_mfu as bench
+
+    from arcforge.model.train import load_train_config
+
+    kernels, levers = _script_runs()
+    assert "proxy-1b:auto,auto,device" in kernels and any("model.compile=layers" in x for x in levers)
+    data = tmp_path / "data"
+    bench.make_data(data, tokens=50_000)
+    variants = [bench.parse_variant(k) for k in kernels]
+    configs = []
+    for preset in ("proxy-1b", "proxy-100m"):
+        for extra, lever in bench.plan_runs(preset, variants, "arcforge", False, levers):
+            words = extra[2:]  # after "--child arcforge"
+            opts = {"--variant": "auto", "--mbs": str(bench.DEFAULT_MBS[preset]), "--accum": "1"}
+            sets = []
+            for flag, value in zip(words[::2], words[1::2]):
+                if flag == "--set":
+                    sets.append(value)
+                else:
+                    opts[flag] = value
+            path = bench._config(preset, str(data), str(tmp_path / "work"), mbs=int(opts["--mbs"]),
+                                 accum=int(opts["--accum"]), iters=11, seq=4096, kernels=opts["--variant"], sets=sets)
+            cfg = load_train_config(path)
+            assert cfg.device == "cuda" and cfg.dtype == "bf16", lever
+            configs.append((preset, lever, cfg))
+    compiled = [c for _, lever, c in configs if lever and "compile=layers" in lever]
+    assert compiled and all(c.kernels.dispatcher == "device" and c.model.compile == "layers" for c in compiled)
+    assert {p for p, _, _ in configs} == {"proxy-1b", "proxy-100m"}
+
+
+def test_a_lever_the_trainer_refuses_is_caught_here(tmp_path):
+    """The check above can fail: compiled layers without the device dispatcher are refused."""
+    import bench_gpu_mfu as bench
+
+    from arcforge.model.train import load_train_config
+    from arcforge.runtime.config import ConfigError
+
+    data = tmp_path / "data"
+    bench.make_data(data, tokens=50_000)
+    _, spec = bench.parse_lever("proxy-1b:--set model.compile=layers")
+    sets = [w for w in shlex.split(spec) if w != "--set"]
+    path = bench._config("proxy-1b", str(data), str(tmp_path / "work"), mbs=4, accum=1, iters=3, seq=4096, sets=sets)
+    with pytest.raises(ConfigError, match=r"model\.compile: layers needs"):
+        load_train_config(path)
