@@ -84,13 +84,16 @@ def test_compile_shims_change_nothing():
 
     init_runtime("cpu")
     mc.apply_compile_shims()
-    for scale in (0.25, 3.0):
-        MoEAuxLossAutoScaler.set_loss_scale(torch.tensor(scale))
+    for scale in (torch.tensor(0.25), torch.tensor([3.0])):  # arcforge's CPU loop, megatron's schedules
+        MoEAuxLossAutoScaler.set_loss_scale(scale)
         x = torch.ones(3, requires_grad=True)
         aux = torch.tensor(2.0, requires_grad=True)
         MoEAuxLossAutoScaler.apply(x, aux).sum().backward()
-        assert aux.grad.item() == scale and torch.equal(x.grad, torch.ones(3))
-    assert MoEAuxLossAutoScaler.main_loss_backward_scale.item() == 3.0
+        assert aux.grad.shape == () and aux.grad.item() == scale.item() and torch.equal(x.grad, torch.ones(3))
+    held = MoEAuxLossAutoScaler.main_loss_backward_scale
+    assert held.item() == 3.0 and held.shape == ()
+    MoEAuxLossAutoScaler.set_loss_scale(torch.tensor([0.5]))
+    assert MoEAuxLossAutoScaler.main_loss_backward_scale is held and held.item() == 0.5  # updated in place
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for expert in (False, True):

@@ -32,8 +32,9 @@ What it needs, so that a layer is one graph (``tests/test_compile.py`` counts th
      trace ``warnings.warn``. The shim returns the same group without the warning.
   2. ``MoEAuxLossAutoScaler.backward`` reads and may assign its own class attribute
      (``main_loss_backward_scale``), which dynamo does not support on an ``autograd.Function``
-     class. The shim keeps the scale tensor in a module-level holder that
-     ``set_loss_scale`` also fills (same tensor, updated in place as before).
+     class. The shim keeps the scale in a module-level 0-d tensor that ``set_loss_scale``
+     fills in place (megatron's schedules pass ``[1]``-shaped scales: kept 0-d, so that the
+     aux loss's gradient keeps the aux loss's shape in the traced backward).
   3. on CPU only (``cpu_compat``): the router's "move the weight to the GPU" branch, which
      assigns ``weight.data`` on every forward (there it moves from CPU to CPU).
 
@@ -74,19 +75,24 @@ def _aux_scale(device: torch.device) -> torch.Tensor:
 
 
 def _aux_backward(ctx, grad_output: torch.Tensor):
-    """``MoEAuxLossAutoScaler.backward``: the aux loss gets the main loss's backward scale."""
+    """``MoEAuxLossAutoScaler.backward``: the aux loss gets the main loss's backward scale, in
+    the aux loss's shape."""
     (aux_loss,) = ctx.saved_tensors
-    return grad_output, torch.ones_like(aux_loss) * _aux_scale(aux_loss.device)
+    return grad_output, torch.ones_like(aux_loss) * _aux_scale(aux_loss.device).to(aux_loss.dtype)
 
 
 def _aux_set_loss_scale(scale: torch.Tensor) -> None:
-    """``MoEAuxLossAutoScaler.set_loss_scale``: the first tensor is kept, later scales are
-    copied into it (megatron's behaviour); the class attribute points at the same tensor."""
+    """``MoEAuxLossAutoScaler.set_loss_scale``: one held 0-d tensor that later scales are
+    copied into (megatron keeps the first tensor and copies into it too); the class attribute
+    points at it. 0-d because megatron's schedules pass ``[1]``-shaped scales and arcforge's
+    CPU loop 0-d ones: the aux loss's gradient must keep the aux loss's own shape (the traced
+    backward does not sum a ``[1]`` gradient back to ``[]`` as eager autograd does)."""
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
+    scale = scale.detach().reshape(())
     held = _AUX_SCALE.get("scale")
-    if held is None:
-        held = _AUX_SCALE["scale"] = scale
+    if held is None or held.device != scale.device or held.dtype != scale.dtype:
+        held = _AUX_SCALE["scale"] = scale.clone()
     else:
         held.copy_(scale)
     MoEAuxLossAutoScaler.main_loss_backward_scale = held
@@ -102,10 +108,11 @@ def apply_compile_shims() -> None:
     from megatron.core.transformer.moe.moe_utils import MoEAuxLossAutoScaler
 
     layers.get_tensor_model_parallel_group_if_none = _tp_group_if_none
-    if MoEAuxLossAutoScaler.main_loss_backward_scale is not None:
-        _AUX_SCALE["scale"] = MoEAuxLossAutoScaler.main_loss_backward_scale
+    current = MoEAuxLossAutoScaler.main_loss_backward_scale
     MoEAuxLossAutoScaler.backward = staticmethod(_aux_backward)
     MoEAuxLossAutoScaler.set_loss_scale = staticmethod(_aux_set_loss_scale)
+    if current is not None:
+        _aux_set_loss_scale(current)
     _SHIMMED = True
 
 
