@@ -20,6 +20,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
+def count_saved_bytes(model, fn) -> int:
+    """Bytes of the distinct non-parameter storages autograd saves for the backward while
+    ``fn()`` runs (``torch.autograd.graph.saved_tensors_hooks``); also used by
+    ``bench_gpu_mfu.py`` on a GPU training step."""
+    import torch
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t):
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            seen.setdefault(st.data_ptr(), st.nbytes())
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(seen.values())
+
+
 def saved_bytes(preset: str, seq: int, attention: str, experts: str, vocab: int = 4000) -> tuple[int, float]:
     """(bytes of distinct non-parameter storages saved for backward, estimated activation bytes)."""
     import torch
@@ -33,20 +53,10 @@ def saved_bytes(preset: str, seq: int, attention: str, experts: str, vocab: int 
     model.train()
     g = torch.Generator().manual_seed(1)
     tokens, labels = (torch.randint(4, vocab, (1, seq), generator=g) for _ in range(2))
-    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen.setdefault(st.data_ptr(), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        lm_loss(model, tokens, labels)
+    saved = count_saved_bytes(model, lambda: lm_loss(model, tokens, labels))
     est = estimate_memory(arch, Layout(world=1, micro_batch=1, global_batch=1, seq_length=seq), dtype="fp32",
                           attention="flash" if attention == "sdpa" else "unfused")
-    return sum(seen.values()), est.stages[0].activations
+    return saved, est.stages[0].activations
 
 
 def main() -> int:

@@ -55,6 +55,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 VOCAB, EOD, PAD = 4000, 2, 3
 DEFAULT_MBS = {"proxy-100m": 8, "proxy-1b": 4, "proxy-tiny": 8}
@@ -246,20 +247,9 @@ def _saved_activations(trainer) -> int:
     step, one micro-batch's activations), to set beside the dry-run's activation term and the
     measured peak (the estimate was 13-20% under the H100's peaks; benchmarks/activation_bytes.py
     matched it to 4% on CPU)."""
-    import torch
+    from activation_bytes import count_saved_bytes
 
-    params = {p.untyped_storage().data_ptr() for p in trainer.model.parameters()}
-    seen: dict[int, int] = {}
-
-    def pack(t):
-        st = t.untyped_storage()
-        if st.data_ptr() not in params:
-            seen.setdefault(st.data_ptr(), st.nbytes())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        trainer.advance(None)
-    return sum(seen.values())
+    return count_saved_bytes(trainer.model, lambda: trainer.advance(None))
 
 
 def _estimated_activations(cfg, mbs: int) -> float:
