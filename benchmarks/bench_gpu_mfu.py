@@ -367,10 +367,16 @@ def main() -> int:
     common = ["--data", data, "--workdir", work, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
     common += [x for item in a.set for x in ("--set", item)] + (["--profile", a.profile] if a.profile else [])
+    compile_timed_out = False
     for preset in a.presets.split(","):
         for extra, lever in plan_runs(preset, variants, a.sides, a.ref_compile, a.lever):
             t0 = time.perf_counter()
-            r = _spawn(["--preset", preset, *common, *extra], a.timeout)
+            compiled = any("model.compile=" in x and not x.endswith("=none") for x in extra + common)
+            if compiled and compile_timed_out:  # the next compile would not finish either: keep the budget
+                r = {"error": f"skipped: an earlier compiled run timed out after {a.timeout:.0f} s"}
+            else:
+                r = _spawn(["--preset", preset, *common, *extra], a.timeout)
+                compile_timed_out |= compiled and r.get("error", "").startswith("timed out")
             mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
             while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1 and lever is None:
                 mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry
