@@ -152,9 +152,13 @@ def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
 
     apply_compile_shims()
     layers = transformer_layers(model)
-    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 4 * len(layers) + 8)
+    cfg = torch._dynamo.config
+    for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
+        if hasattr(cfg, name):
+            setattr(cfg, name, max(getattr(cfg, name), 4 * len(layers) + 8))
     # a layer's number (the index of its aux-loss tracker entry) is a graph input, not a constant
-    torch._dynamo.config.allow_unspec_int_on_nn_module = True
+    if hasattr(cfg, "allow_unspec_int_on_nn_module"):
+        cfg.allow_unspec_int_on_nn_module = True
     for layer in layers:
         layer.forward = torch.compile(layer.forward, backend=backend, dynamic=None, **options)
     return len(layers)
