@@ -343,20 +343,12 @@ def expert_bias_update(model, update_rate: float | None = None, *, group: Any = 
         return 0
     if group == "auto":
         group = balance_group()
-    counts = [r.local_tokens_per_expert for r in rs]
+    counts = [r.local_tokens_per_expert for r in rs]  # every router has config.num_moe_experts entries
     biases = [r.expert_bias for r in rs]
-    if len({tuple(c.shape) for c in counts}) == 1:  # every router alike: a few kernels for all of them
-        stacked = torch.stack(counts)
-        if group is not None and dist.get_world_size(group) > 1:
-            dist.all_reduce(stacked, group=group)
-        new = updated_expert_bias(stacked, torch.stack(biases), rate)
-        torch._foreach_copy_(biases, list(new.unbind(0)))
-    else:
-        if group is not None and dist.get_world_size(group) > 1:
-            for c in counts:
-                dist.all_reduce(c, group=group)
-        for b, c in zip(biases, counts):
-            b.copy_(updated_expert_bias(c, b, rate))
+    stacked = torch.stack(counts)
+    if group is not None and dist.get_world_size(group) > 1:
+        dist.all_reduce(stacked, group=group)
+    torch._foreach_copy_(biases, list(updated_expert_bias(stacked, torch.stack(biases), rate).unbind(0)))
     torch._foreach_zero_(counts)
     return len(rs)
 

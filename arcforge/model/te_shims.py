@@ -81,7 +81,7 @@ def foreach_scale(chunk_size, noop_flag, tensor_lists, scale):
     src, dst = tensor_lists[0], tensor_lists[1]
     if not src:
         return
-    if src is dst or all(a is b for a, b in zip(src, dst)):
+    if all(a is b for a, b in zip(src, dst)):
         torch._foreach_mul_(dst, scale)
     elif scale == 1.0:
         torch._foreach_copy_(dst, src)
@@ -101,8 +101,9 @@ def foreach_copy_this_to_that(this, that, overflow_buf=None) -> None:
 
 def use_foreach_multi_tensor_ops() -> bool:
     """Point megatron's optimizer and clipping modules at ``foreach_l2_norm`` /
-    ``foreach_scale`` / ``foreach_copy_this_to_that`` where they fell back to megatron's local stand-ins (neither TE nor Apex
-    imported); returns whether anything was replaced. Idempotent."""
+    ``foreach_scale`` / ``foreach_copy_this_to_that`` where they fell back to megatron's local
+    stand-ins (neither TE nor Apex imported); returns whether megatron now uses them (False where TE or Apex provide the
+    kernels). Idempotent."""
     from megatron.core import utils as mutils
     from megatron.core.optimizer import clip_grads, optimizer
 

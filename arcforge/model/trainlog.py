@@ -98,8 +98,7 @@ class RouterLoad:
             return {}
         counts = [getattr(m, ROUTER_LOAD_BUFFER) for m in self.routers.values()]
         values = torch.stack(counts).tolist()
-        for c in counts:
-            c.zero_()
+        torch._foreach_zero_(counts)
         return {k: [int(x) for x in row] for k, row in zip(self.routers, values)}
 
     def remove(self) -> None:
