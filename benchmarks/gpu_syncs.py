@@ -12,6 +12,9 @@ count and the Python lines that caused them.
     python benchmarks/gpu_syncs.py --data DIR [--preset proxy-1b] [--mbs 4] [--kernels auto auto,auto,device]
 
 Needs CUDA (exits 2 with one line without it). The data is bench_gpu_mfu.py's synthetic shard.
+Without a GPU, ``arcforge.model.host_reads.HostReads`` counts the same operations on CPU (by
+operation rather than by sync: ``benchmarks/host_overhead.py``'s last column, and
+``tests/test_host_reads.py`` for the layers of the GPU path).
 """
 
 from __future__ import annotations

@@ -39,7 +39,11 @@ SHRINK = dict(hidden_size=64, ffn_hidden_size=64, moe_ffn_hidden_size=16, head_d
 SEQ, MBS = 64, 1
 
 
-def _time(step, steps: int, warmup: int) -> tuple[float, float]:
+def _time(step, steps: int, warmup: int, fwd_bwd=None, layer_code=None) -> dict:
+    """Time ``step``; with ``fwd_bwd`` (the step's forward and backward) and ``layer_code`` (a
+    site predicate), then count the host reads of one more forward and backward
+    (``arcforge.model.host_reads``: what a GPU would sync on), in all and in the layers. Not the
+    optimizer's: on CPU torch's AdamW reads its step counters, which a GPU run keeps on the host."""
     t0 = time.perf_counter()
     for _ in range(warmup):
         step()
@@ -47,7 +51,14 @@ def _time(step, steps: int, warmup: int) -> tuple[float, float]:
     t0 = time.perf_counter()
     for _ in range(steps):
         step()
-    return (time.perf_counter() - t0) / steps, first
+    row = dict(ms_per_step=(time.perf_counter() - t0) / steps * 1e3, warmup_s=first, host_reads=None, layer_reads=None)
+    if fwd_bwd is not None:
+        from arcforge.model.host_reads import HostReads
+
+        with HostReads() as reads:
+            fwd_bwd()
+        row.update(host_reads=reads.total, layer_reads=sum(n for site, n in reads.by_site() if layer_code(site)))
+    return row
 
 
 def arcforge_row(arch, variant: str, compile_layers_: bool, steps: int, warmup: int) -> dict:
@@ -68,14 +79,21 @@ def arcforge_row(arch, variant: str, compile_layers_: bool, steps: int, warmup: 
     tokens, labels = (torch.randint(4, arch.vocab_size, (MBS, SEQ), generator=g) for _ in range(2))
     mask = causal_attention_mask(SEQ)
 
-    def step():
+    def fwd_bwd():
         lm_loss(model, tokens, labels, attention_mask=mask).loss.backward()
+
+    def step():
+        fwd_bwd()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    dt, first = _time(step, steps, warmup)
+    from arcforge.model.host_reads import LAYER_CODE
+
+    # compiled layers run generated code that no dispatch mode sees: their reads are the eager
+    # variant's (a layer with a read would not compile into one graph: tests/test_compile.py)
+    row = _time(step, steps, warmup, None if compile_layers_ else fwd_bwd, lambda site: site.startswith(LAYER_CODE))
     name = f"arcforge [{variant}]" + (" compiled layers" if compile_layers_ else "")
-    return dict(side=name, ms_per_step=dt * 1e3, warmup_s=first)
+    return dict(side=name, **row)
 
 
 def reference_row(arch, steps: int, warmup: int) -> dict:
@@ -90,14 +108,17 @@ def reference_row(arch, steps: int, warmup: int) -> dict:
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, foreach=True)
     ids = torch.randint(0, s.V, (MBS, SEQ + 1), generator=torch.Generator().manual_seed(0))
 
-    def step():
+    def fwd_bwd():
         logits = model(ids[:, :-1])
         F.cross_entropy(logits.float().view(-1, s.V), ids[:, 1:].reshape(-1)).backward()
+
+    def step():
+        fwd_bwd()
         opt.step()
         opt.zero_grad(set_to_none=True)
 
-    dt, first = _time(step, steps, warmup)
-    return dict(side="reference moe_ref eager", ms_per_step=dt * 1e3, warmup_s=first)
+    row = _time(step, steps, warmup, fwd_bwd, lambda site: "moe_ref.py" in site)
+    return dict(side="reference moe_ref eager", **row)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,11 +145,12 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{a.preset} structure ({arch.num_layers} layers, {arch.num_experts} experts top-{arch.moe_top_k}, "
           f"MTP {arch.mtp_layers}), widths shrunk {SHRINK}, seq {SEQ}, micro-batch {MBS}, 1 CPU thread, "
           f"torch {torch.__version__}")
-    print(f"| side | ms per step | x reference eager | first {a.warmup} steps, s |")
-    print("|---|---|---|---|")
+    print(f"| side | ms per step | x reference eager | first {a.warmup} steps, s | host reads per forward+backward (in layers) |")
+    print("|---|---|---|---|---|")
     for r in rows:
         r["x_reference"] = r["ms_per_step"] / ref
-        print(f"| {r['side']} | {r['ms_per_step']:.1f} | {r['x_reference']:.2f} | {r['warmup_s']:.1f} |")
+        reads = "as eager" if r["host_reads"] is None else f"{r['host_reads']} ({r['layer_reads']})"
+        print(f"| {r['side']} | {r['ms_per_step']:.1f} | {r['x_reference']:.2f} | {r['warmup_s']:.1f} | {reads} |")
     if a.out:
         Path(a.out).write_text(json.dumps(dict(preset=a.preset, shrink=SHRINK, seq=SEQ, mbs=MBS, rows=rows), indent=1))
     return 0
