@@ -31,9 +31,10 @@ def _pair(num_layers: int):
 def test_compiled_layers_trace_whole_share_graphs_and_equal_eager():
     """proxy-tiny with 6 layers (1 dense, 5 MoE, plus the MTP layer), each layer compiled
     with AOT autograd (``aot_eager``: the traced forward and backward graphs, run by torch's
-    own kernels): no graph break, at most 4 graphs (dense; the first MoE layer of a step, which
-    creates megatron's aux-loss tracker entry; the other MoE layers; the MTP layer's own
-    arguments) whatever the layer count, and the same losses and gradients as eager."""
+    own kernels): no graph break, 3 graphs (dense; MoE, whose layer number is a graph input;
+    the MTP layer's own arguments) whatever the layer count, and the same losses and gradients
+    as eager. Each layer's first call runs eagerly (it creates megatron's aux-loss tracker
+    entries, which ``lm_loss`` then zeroes in place), so three steps are taken."""
     import torch._dynamo
     from torch._dynamo.utils import counters
 
@@ -45,7 +46,7 @@ def test_compiled_layers_trace_whole_share_graphs_and_equal_eager():
     counters.clear()
     assert compile_layers(new, backend="aot_eager") == 7
     g = torch.Generator().manual_seed(1)
-    for step in range(2):
+    for step in range(3):
         tokens, labels = (torch.randint(4, arch.vocab_size, (2, 32), generator=g) for _ in range(2))
         outs = []
         for model in (ref, new):
@@ -61,7 +62,7 @@ def test_compiled_layers_trace_whole_share_graphs_and_equal_eager():
             if p.grad is not None:
                 torch.testing.assert_close(q.grad, p.grad, rtol=1e-5, atol=1e-7, msg=name)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert 2 <= counters["stats"]["unique_graphs"] <= 4
+    assert counters["stats"]["unique_graphs"] == 3
     # evaluation: no grad, eval mode (recompiled once for the mode, same numbers)
     with torch.no_grad():
         for m in (ref, new):
@@ -125,13 +126,13 @@ def test_trainer_with_compiled_layers_takes_the_same_steps(tmp_path, shard):
     comp = tiny_train_config(tmp_path, shard, "compiled", kernels=kernels, model={"compile": "layers"})
     with started(eager, resume=False, verbose=False) as a, started(comp, resume=False, verbose=False) as b:
         b.model.load_state_dict(a.model.state_dict())
-        assert all(getattr(layer.forward, "_torchdynamo_orig_callable", None) is not None
+        assert all(getattr(layer.forward.__wrapped__, "_torchdynamo_orig_callable", None) is not None
                    for layer in transformer_layers(b.model))
         assert_same_steps(a, b, rel=1e-4)
     # the trainer's router-load hooks trace into the layers' graphs too, one graph for all MoE
     # layers (proxy-tiny: 3 of them; a per-router Python constant in the hook would recompile each)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
-    assert counters["stats"]["unique_graphs"] <= 4
+    assert counters["stats"]["unique_graphs"] <= 3
 
 
 def test_config_refuses_compile_where_a_layer_cannot_be_one_graph(tmp_path, shard):

@@ -96,7 +96,7 @@ def test_megatron_backend_turns_off_megatrons_own_update():
     src = inspect.getsource(backend_megatron.MegatronBackend)
     assert "config.moe_router_enable_expert_bias = False" in src
     assert "expert_bias_update(_unwrap(t.model), update_rate=rates.bias_rate)" in src
-    assert "reset_loss_trackers()" in src
+    assert "reset_loss_trackers(_unwrap(t.model))" in src
 
 
 # ---- no Transformer Engine -------------------------------------------------------------------

@@ -248,7 +248,7 @@ class MegatronBackend:
         t0 = time.perf_counter()
         t.optimizer.zero_grad()
         t.model.zero_grad_buffer()
-        reset_loss_trackers()  # megatron's trackers add every micro-batch and are never reset by it
+        reset_loss_trackers(_unwrap(t.model))  # megatron's trackers add every micro-batch, never reset by it
         outputs = self._run(t, t.train_batches, t.consumed, n_micro, forward_only=False)
         _, grad_norm, _ = t.optimizer.step()
         expert_bias_update(_unwrap(t.model), update_rate=rates.bias_rate)  # counts summed over tp x dp

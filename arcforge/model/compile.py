@@ -11,8 +11,10 @@ they are), forward and backward, so both the launches and the Python between the
 What it compiles: each ``TransformerLayer`` of the decoder and of the MTP block, one
 ``torch.compile(layer.forward)`` each (the embedding, the output layer and the loss stay
 eager). Layers of the same kind share one compiled graph (parameters are graph inputs, the
-layer number too), so proxy-1b compiles 4 graphs (dense, the first MoE layer of a step, the
-other MoE layers, the MTP layer), not 17. Anything a layer's forward reaches must not hold a
+layer number too), so proxy-1b compiles 3 graphs (dense, MoE, the MTP layer), not 17: each
+layer's first call runs eagerly, which creates megatron's aux-loss tracker entries once, and
+the trainer zeroes them in place from then on (``losses.reset_loss_trackers(model)``); else
+the first MoE layer of each step, which creates them, would need a graph of its own. Anything a layer's forward reaches must not hold a
 per-layer Python constant: the trainer's router-load hook is one function over a buffer of
 each router for that reason.
 
@@ -49,6 +51,8 @@ from typing import Any
 import torch
 
 COMPILE = ("none", "layers")
+# dynamo's name for the MoE router's layer number, seen from ``TransformerLayer.forward``
+ROUTER_LAYER_NUMBER = "L['self']._modules['mlp']._modules['router'].layer_number"
 
 _AUX_SCALE: dict[str, torch.Tensor] = {}
 _SHIMMED = False
@@ -143,11 +147,11 @@ def check_compile(mode: str, *, dispatcher: str, experts: str, attention: str, r
 def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
     """``torch.compile`` every transformer layer's forward in place; returns how many.
 
-    ``dynamic=None`` with integer module attributes left unspecialised: the MoE layers differ
-    only in ``layer_number`` (megatron indexes the aux-loss tracker with it), which then
-    becomes a graph input after the second layer, while tensor shapes stay static. The
-    recompile limit is raised to cover one entry per layer anyway, so that no layer silently
-    falls back to eager after the limit."""
+    ``dynamic=None`` (tensor shapes static) with the router's ``layer_number`` a graph input
+    from the start (``torch.compiler.config.dynamic_sources``): the MoE layers differ only in
+    it (megatron indexes the aux-loss tracker with it). Each layer's first call runs eagerly
+    (``_eager_first``). The recompile limit is raised to cover one entry per layer anyway, so
+    that no layer silently falls back to eager after the limit."""
     import torch._dynamo
 
     apply_compile_shims()
@@ -156,12 +160,38 @@ def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
     for name in ("recompile_limit", "cache_size_limit"):  # the newer name, and the older one
         if hasattr(cfg, name):
             setattr(cfg, name, max(getattr(cfg, name), 4 * len(layers) + 8))
-    # a layer's number (the index of its aux-loss tracker entry) is a graph input, not a constant
+    # a layer's number (the index of its aux-loss tracker entry) is a graph input, not a constant,
+    # from the first compile on (else the first MoE layer compiles specialised to its number and
+    # the second recompiles: one more graph)
     if hasattr(cfg, "allow_unspec_int_on_nn_module"):
         cfg.allow_unspec_int_on_nn_module = True
+    compiler_cfg = getattr(torch.compiler, "config", None)
+    if compiler_cfg is not None and hasattr(compiler_cfg, "dynamic_sources"):
+        sources = [x for x in compiler_cfg.dynamic_sources.split(",") if x]
+        if ROUTER_LAYER_NUMBER not in sources:
+            compiler_cfg.dynamic_sources = ",".join([*sources, ROUTER_LAYER_NUMBER])
     for layer in layers:
-        layer.forward = torch.compile(layer.forward, backend=backend, dynamic=None, **options)
+        layer.forward = _eager_first(layer.forward, torch.compile(layer.forward, backend=backend, dynamic=None,
+                                                                  **options))
     return len(layers)
 
 
-__all__ = ["COMPILE", "apply_compile_shims", "check_compile", "compile_layers", "transformer_layers"]
+def _eager_first(eager, compiled):
+    """A layer's forward that runs eagerly on its first call and compiled after: the first
+    training forward creates megatron's aux-loss tracker entries (in the first MoE layer), and
+    ``losses.reset_loss_trackers(model)`` keeps them from then on, so the compiled MoE layers
+    only ever see them there (one graph; compiled on the first call, the first MoE layer of each
+    step would have a graph of its own)."""
+    first = [True]
+
+    def forward(*args, **kwargs):
+        if first[0]:
+            first[0] = False
+            return eager(*args, **kwargs)
+        return compiled(*args, **kwargs)
+
+    forward.__wrapped__ = compiled
+    return forward
+
+
+__all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "compile_layers", "transformer_layers"]

@@ -81,7 +81,7 @@ def sum_micro_batches(per_micro: Iterable[tuple[float, Sequence[float], Mapping[
 # ---- megatron-core's process-global loss trackers ------------------------------------------
 
 
-def reset_loss_trackers() -> None:
+def reset_loss_trackers(model: Any = None) -> None:
     """Empty megatron's MTP and MoE aux-loss trackers (call before every step's first forward).
 
     ``clear()`` rather than megatron's ``clear_aux_losses_tracker()`` /
@@ -89,12 +89,29 @@ def reset_loss_trackers() -> None:
     tensors are sized by the first model that wrote them (its layer count), so a process that
     builds another model (tests, ablations) would index past them; megatron recreates them on
     the next write, on the device of that write.
+
+    Given the ``model`` that writes next (its ``config``), the aux-loss entries sized for it
+    (``num_layers + mtp_num_layers``, megatron's rule) are kept and zeroed in place instead:
+    then no layer of a training step creates an entry after the first forward, and the
+    compiled MoE layers (``model.compile``) share one graph (a layer that created the entry
+    would compile a graph of its own).
     """
     from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
     from megatron.core.transformer.multi_token_prediction import MTPLossLoggingHelper
 
     MTPLossLoggingHelper.tracker.clear()
-    get_moe_layer_wise_logging_tracker().clear()
+    tracker = get_moe_layer_wise_logging_tracker()
+    config = getattr(model, "config", None)
+    if config is None:
+        tracker.clear()
+        return
+    size = config.num_layers + (getattr(config, "mtp_num_layers", None) or 0)
+    for name in list(tracker):
+        values = tracker[name].get("values")
+        if values is None or values.numel() != size:
+            del tracker[name]
+        else:
+            values.zero_()
 
 
 def tracker_mtp_values(depths: int, device: Any = None):

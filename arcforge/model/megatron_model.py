@@ -205,7 +205,7 @@ def lm_loss(
     MTPLossAutoScaler.set_loss_scale(scale)
     MoEAuxLossAutoScaler.set_loss_scale(scale)
     # megatron's loss trackers are process-global and accumulate; here they hold this call only
-    reset_loss_trackers()
+    reset_loss_trackers(model)
     per_token = model(
         tokens,
         position_ids_for(tokens),
