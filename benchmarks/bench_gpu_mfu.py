@@ -238,7 +238,21 @@ def child_arcforge(a) -> dict:
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
                 peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                 wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm],
-                saved_activation_gib=saved / 2**30, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30)
+                saved_activation_gib=saved / 2**30, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
+                **_compile_stats(cfg))
+
+
+def _compile_stats(cfg) -> dict:
+    """With ``model.compile``: the graphs dynamo made (3 for proxy-1b on CPU:
+    tests/test_compile.py), its graph breaks and their first reasons: a break or an extra
+    graph on the GPU would show here, not only in the speed."""
+    if cfg.model.compile == "none":
+        return {}
+    from torch._dynamo.utils import counters
+
+    breaks = counters["graph_break"]
+    return dict(unique_graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(breaks.values()),
+                graph_break_reasons=[f"{n} x {why[:200]}" for why, n in breaks.most_common(3)])
 
 
 def _saved_activations(trainer) -> int:
@@ -394,6 +408,9 @@ def main() -> int:
             if a.out:  # after every run: a caller's timeout keeps what finished
                 Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"
+            if "unique_graphs" in r:
+                msg += f"; compiled: {r['unique_graphs']} graphs, {r['graph_breaks']} breaks, first steps " + \
+                       ", ".join(f"{x:.1f}" for x in r.get("warmup_step_s", [])) + " s"
             print(f"  {preset} {r['side']}: {msg} ({r['child_s']:.0f} s)", flush=True)
             if r.get("error") and r.get("tail"):
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
