@@ -33,8 +33,9 @@
 #             inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
-# resume on a small derived config, the CPU side of the parity check, and checks that the MFU benchmark
-# refuses cleanly without CUDA) -- to test this script on a machine without a GPU.
+# resume on a small derived config, the CPU side of the parity check, checks that the MFU benchmark
+# refuses cleanly without CUDA, and runs one of its arcforge children on CPU with compiled layers) --
+# to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
 # GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
 # GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,syncs,profile to run; default all; install, preflight and
@@ -178,6 +179,12 @@ elif [ "$CPU" = 1 ]; then
   # must refuse in one line (exit 2) without CUDA
   part mfu-refuses 60 "tail -n 1 \$WORK/mfu-refuses.log" -- bash -c \
     "'$PY' benchmarks/bench_gpu_mfu.py --data '$WORK/data'; test \$? -eq 2"
+  # the arcforge child's code path on CPU (fp32, seq 128, 2 x 2 micro-batches, compiled layers with
+  # the device dispatcher, profiled): what the GPU levers run, short of CUDA
+  part mfu-child-cpu 180 "grep -o '.unique_graphs.: [0-9]*, .graph_breaks.: [0-9]*' \$WORK/mfu-child-cpu.log | tail -n 1 | tr -d '\\\"'" -- \
+    "$PY" benchmarks/bench_gpu_mfu.py --child arcforge --preset proxy-100m --data "$WORK/data" --workdir "$WORK/mfu-cpu" \
+    --variant sdpa,grouped,device --mbs 2 --accum 2 --seq 128 --steps 2 --warmup 2 --profile "$WORK" \
+    --set device=cpu --set dtype=fp32 --set model.compile=layers
 else
   part mfu 420 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
