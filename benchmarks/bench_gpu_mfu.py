@@ -310,6 +310,20 @@ def child_reference(a) -> dict:
     return r
 
 
+def stops_compiled_runs(r: dict) -> str:
+    """Why a compiled run's result means the later compiled runs would fail too ('' if not): a
+    timeout (the compile did not finish) or an error that is not running out of memory (a
+    larger micro-batch may not fit where a smaller one did; anything else is the compile's)."""
+    error = r.get("error", "")
+    if not error:
+        return ""
+    if error.startswith("timed out"):
+        return error
+    if "out of memory" in (error + r.get("tail", "")).lower():
+        return ""
+    return f"failed ({error})"
+
+
 def _spawn(args: list[str], timeout: float) -> dict:
     """Run a child; its last ``RESULT {json}`` line is the result, else an error row."""
     cmd = [sys.executable, __file__, *args]
@@ -385,16 +399,16 @@ def main() -> int:
     common = ["--data", data, "--workdir", work, "--seq", str(a.seq), "--steps", str(a.steps), "--warmup", str(a.warmup),
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
     common += [x for item in a.set for x in ("--set", item)] + (["--profile", a.profile] if a.profile else [])
-    compile_timed_out = False
+    compile_broken = ""
     for preset in a.presets.split(","):
         for extra, lever in plan_runs(preset, variants, a.sides, a.ref_compile, a.lever):
             t0 = time.perf_counter()
             compiled = any("model.compile=" in x and not x.endswith("=none") for x in extra + common)
-            if compiled and compile_timed_out:  # the next compile would not finish either: keep the budget
-                r = {"error": f"skipped: an earlier compiled run timed out after {a.timeout:.0f} s"}
+            if compiled and compile_broken:  # the next compile would fail the same way: keep the budget
+                r = {"error": f"skipped: an earlier compiled run {compile_broken}"}
             else:
                 r = _spawn(["--preset", preset, *common, *extra], a.timeout)
-                compile_timed_out |= compiled and r.get("error", "").startswith("timed out")
+                compile_broken = compile_broken or (stops_compiled_runs(r) if compiled else "")
             mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
             while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1 and lever is None:
                 mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry

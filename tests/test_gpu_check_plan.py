@@ -73,3 +73,12 @@ def test_a_lever_the_trainer_refuses_is_caught_here(tmp_path):
     path = bench._config("proxy-1b", str(data), str(tmp_path / "work"), mbs=4, accum=1, iters=3, seq=4096, sets=sets)
     with pytest.raises(ConfigError, match=r"model\.compile: layers needs"):
         load_train_config(path)
+
+
+def test_a_broken_compile_skips_the_later_compiled_runs_but_running_out_of_memory_does_not():
+    from bench_gpu_mfu import stops_compiled_runs
+
+    assert stops_compiled_runs({"tokens_per_s": 1.0}) == ""
+    assert stops_compiled_runs({"error": "timed out after 240 s"}) == "timed out after 240 s"
+    assert stops_compiled_runs({"error": "exit 1", "tail": "torch.OutOfMemoryError: CUDA out of memory."}) == ""
+    assert stops_compiled_runs({"error": "exit 1", "tail": "InductorError: ..."}) == "failed (exit 1)"
