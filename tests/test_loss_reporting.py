@@ -123,3 +123,32 @@ def test_logged_lm_loss_survives_megatrons_in_place_division():
     assert float(out) == pytest.approx(4.0 / 4)  # what is back-propagated: the mean / micro-batches
     assert float(store[0]["lm loss"]) == pytest.approx(4.0)  # what is logged: the mean
     assert store[0]["eval"].tolist() == [12.0, 3.0]
+
+
+def test_reset_for_a_model_zeroes_its_entries_in_place_and_drops_other_sizes(megatron_trackers):
+    """``reset_loss_trackers(model)`` keeps the aux-loss tensors sized for that model (megatron's
+    ``num_layers + mtp_num_layers``) and zeroes them in place, so compiled layers keep seeing
+    the same entry; entries of another size (left by another model in the process) are dropped,
+    else that model would index past them."""
+    import types
+
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    from arcforge.model.arch import get_preset, to_transformer_config
+
+    config = to_transformer_config(get_preset("proxy-tiny"))
+    size = config.num_layers + (config.mtp_num_layers or 0)
+    model = types.SimpleNamespace(config=config)  # what the reset reads of a GPTModel
+    reset_loss_trackers()
+    megatron_trackers([2.0], [0.5] * size)
+    tracker = get_moe_layer_wise_logging_tracker()
+    held = tracker["seq_load_balancing_loss"]["values"]
+    reset_loss_trackers(model)
+    assert tracker["seq_load_balancing_loss"]["values"] is held and float(held.sum()) == 0.0
+    assert float(tracker_aux_total()) == 0.0 and tracker_mtp_values(1).tolist() == [0.0]
+    megatron_trackers([2.0], [0.25] * size)
+    assert tracker["seq_load_balancing_loss"]["values"] is held and float(tracker_aux_total()) == pytest.approx(0.25 * size)
+    reset_loss_trackers()
+    megatron_trackers([2.0], [0.5] * (size + 2))  # another model's layer count
+    reset_loss_trackers(model)
+    assert "seq_load_balancing_loss" not in tracker
