@@ -222,7 +222,8 @@ def child_arcforge(a) -> dict:
         warm = [trainer.advance(None) for _ in range(a.warmup)]  # with model.compile, the first compiles
         timed_steps = lambda: [trainer.advance(None) for _ in range(a.steps)]  # noqa: E731
         timed = _profiled(timed_steps, Path(a.profile) / f"profile-{Path(path).stem}.txt") if a.profile else timed_steps()
-        saved = _saved_activations(trainer)  # one more step, untimed: what autograd keeps
+        by_dtype: dict[str, int] = {}
+        saved = _saved_activations(trainer, by_dtype)  # one more step, untimed: what autograd keeps
     wall = time.perf_counter() - t0
     tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
     tok = tokens / sum(float(r["step_seconds"]) for r in timed)
@@ -238,7 +239,8 @@ def child_arcforge(a) -> dict:
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
                 peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                 wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm],
-                saved_activation_gib=saved / a.accum / 2**30, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
+                saved_activation_gib=saved / a.accum / 2**30,
+                saved_gib_by_dtype={k: v / a.accum / 2**30 for k, v in by_dtype.items()}, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
                 **_compile_stats(cfg))
 
 
@@ -255,7 +257,7 @@ def _compile_stats(cfg) -> dict:
                 graph_break_reasons=[f"{n} x {why[:200]}" for why, n in breaks.most_common(3)])
 
 
-def _saved_activations(trainer) -> int:
+def _saved_activations(trainer, by_dtype: dict | None = None) -> int:
     """Bytes of the distinct non-parameter storages autograd saves for the backward during one
     more training step (``torch.autograd.graph.saved_tensors_hooks``; the caller divides by the
     micro-batches per step, which run one after the other: one micro-batch's activations), to
@@ -264,7 +266,7 @@ def _saved_activations(trainer) -> int:
     matched it to 4% on CPU)."""
     from activation_bytes import count_saved_bytes
 
-    return count_saved_bytes(trainer.model, lambda: trainer.advance(None))
+    return count_saved_bytes(trainer.model, lambda: trainer.advance(None), by_dtype)
 
 
 def _estimated_activations(cfg, mbs: int) -> float:
