@@ -15,6 +15,10 @@ Triton, so the compiled row shows the Python and dispatch saved, not GPU kernel 
 
     python benchmarks/host_overhead.py [--preset proxy-1b] [--steps 20] [--warmup 3] [--no-compile] [--out FILE]
 
+Each eager row also counts the host reads of one more forward and backward
+(``arcforge.model.host_reads``: ``.item()``, ``.cpu()``, ``masked_select`` and the like, each a
+sync on a GPU), in all and inside the layers' code.
+
 Each row runs in this process one after the other: forward, backward and torch AdamW
 (``foreach``) on the same random tokens, ``--steps`` timed after ``--warmup`` (the compiled
 row compiles in its warm-up). Ratios are against the reference's eager row. The reference is
