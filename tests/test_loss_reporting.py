@@ -130,15 +130,13 @@ def test_reset_for_a_model_zeroes_its_entries_in_place_and_drops_other_sizes(meg
     ``num_layers + mtp_num_layers``) and zeroes them in place, so compiled layers keep seeing
     the same entry; entries of another size (left by another model in the process) are dropped,
     else that model would index past them."""
-    import types
-
     from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
 
-    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.arch import get_preset
+    from arcforge.model.megatron_model import build_model
 
-    config = to_transformer_config(get_preset("proxy-tiny"))
-    size = config.num_layers + (config.mtp_num_layers or 0)
-    model = types.SimpleNamespace(config=config)  # what the reset reads of a GPTModel
+    model = build_model(get_preset("proxy-tiny"), seq_length=32, seed=0)
+    size = model.config.num_layers + (model.config.mtp_num_layers or 0)
     reset_loss_trackers()
     megatron_trackers([2.0], [0.5] * size)
     tracker = get_moe_layer_wise_logging_tracker()

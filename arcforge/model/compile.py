@@ -14,9 +14,9 @@ eager). Layers of the same kind share one compiled graph (parameters are graph i
 layer number too), so proxy-1b compiles 3 graphs (dense, MoE, the MTP layer), not 17: each
 layer's first call runs eagerly, which creates megatron's aux-loss tracker entries once, and
 the trainer zeroes them in place from then on (``losses.reset_loss_trackers(model)``); else
-the first MoE layer of each step, which creates them, would need a graph of its own. Anything a layer's forward reaches must not hold a
-per-layer Python constant: the trainer's router-load hook is one function over a buffer of
-each router for that reason.
+the first MoE layer of each step, which creates them, would need a graph of its own.
+Anything a layer's forward reaches must not hold a per-layer Python constant: the trainer's
+router-load hook is one function over a buffer of each router for that reason.
 
 What it needs, so that a layer is one graph (``tests/test_compile.py`` counts the breaks):
 
@@ -194,4 +194,5 @@ def _eager_first(eager, compiled):
     return forward
 
 
-__all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "compile_layers", "transformer_layers"]
+__all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "compile_layers",
+           "transformer_layers"]

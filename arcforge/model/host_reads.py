@@ -37,7 +37,6 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-_aten = torch.ops.aten
 # aten overload packets whose result the host reads, whatever their arguments
 _READS = {"_local_scalar_dense", "nonzero", "masked_select", "unique", "_unique", "_unique2", "unique_dim",
           "unique_consecutive", "bincount", "histc", "is_nonzero", "equal"}
