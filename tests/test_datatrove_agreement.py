@@ -29,9 +29,16 @@ def documents(demo_corpus) -> list[str]:
     return texts
 
 
+@pytest.fixture(scope="module")
+def datatrove(documents) -> dict[str, list]:
+    """datatrove's decisions for every rule at once, over two processes."""
+    return oracle_filters.datatrove_decisions_all(oracle_filters.RULES, documents)
+
+
 @pytest.mark.parametrize("rule", oracle_filters.RULES, ids=lambda r: r.stage)
-def test_agrees_with_datatrove(rule, documents):
-    result = oracle_filters.agreement(rule, documents)
+def test_agrees_with_datatrove(rule, documents, datatrove):
+    assert len(datatrove[rule.stage]) == len(documents)
+    result = oracle_filters.agreement(rule, documents, datatrove[rule.stage])
     lines: list[str] = []
     oracle_filters.print_table([result], out=lines.append)
     report = "\n".join(lines)
