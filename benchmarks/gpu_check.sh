@@ -31,14 +31,18 @@
 #             (benchmarks/gpu_syncs.py)
 #   profile   torch.profiler over 3 timed steps of proxy-1b, default kernels and compiled layers (the
 #             inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
+#   distopt   megatron's distributed optimizer (optimizer.distributed: true) on the parity config: its GPU
+#             losses against the CPU file (the parity part's, or made here), then 2 steps, a checkpoint of
+#             the sharded state and a resume for 2 more (last: it runs when the budget leaves time)
 #
 # Environment: GPU_CHECK_CPU=1 runs the CUDA-free parts on CPU instead (data, a --device cpu smoke and
 # resume on a small derived config, the CPU side of the parity check, checks that the MFU benchmark
-# refuses cleanly without CUDA, and runs one of its arcforge children on CPU with compiled layers) --
+# refuses cleanly without CUDA, and runs one of its arcforge children on CPU with compiled layers;
+# checks that the CPU path refuses optimizer.distributed in one line) --
 # to test this script on a machine without a GPU.
 # GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
 # GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
-# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,syncs,profile to run; default all; install, preflight and
+# GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,syncs,profile,distopt to run; default all; install, preflight and
 # data always run), GPU_CHECK_MFU_ARGS (more arguments for bench_gpu_mfu.py, e.g. --profile DIR).
 # Logs: $WORK/<part>.log; summary also in $WORK/summary.md.
 set -uo pipefail
@@ -54,7 +58,7 @@ export ARCFORGE_RUNS="$WORK/runs" ARCFORGE_GPU_DATA="$WORK/data" PYTHONUNBUFFERE
 export PYTHONPATH="$WORK/site:$REPO${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONWARNINGS=ignore
 SUMMARY=()
-PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu,syncs,profile}
+PARTS=${GPU_CHECK_PARTS:-smoke,resume,parity,mfu,syncs,profile,distopt}
 want() { [[ ",$PARTS," == *",$1,"* ]]; }
 # GPU_CHECK_OUT: a folder that gets the logs, summary.md and the JSON results when the script ends
 # (the device tool's $OUT), without the data and checkpoints, which stay in $WORK
@@ -214,6 +218,28 @@ if want profile && [ "$CPU" != 1 ]; then
   part profile 200 "head -q -n 1 \$WORK/profile-*.txt | tr '\n' ';'" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
     --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 190 --profile "$WORK" \
     --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers"
+fi
+
+# --- distributed optimizer -----------------------------------------------------------------------
+# the parity config with megatron's DistributedOptimizer (one rank: the same steps as the plain
+# mixed-precision optimizer), then a save and resume of its sharded state
+DCFG="$WORK/distopt.yaml"
+derive "$PCFG" "$DCFG" name=distopt optimizer.distributed=true output_dir="$WORK/distopt"
+if ! want distopt; then
+  :
+elif [ "$CPU" = 1 ]; then
+  derive "$PCFG" "$WORK/distopt.cpu.yaml" device=cpu dtype=fp32 optimizer.distributed=true
+  part distopt-refuses 60 "tail -n 1 \$WORK/distopt-refuses.log" -- bash -c \
+    "'$PY' -m arcforge.cli train '$WORK/distopt.cpu.yaml'; test \$? -eq 2"
+else
+  rm -rf "$WORK/distopt"
+  part distopt 180 "grep -E '^(parity ok|MISMATCH)' \$WORK/distopt.log | tail -n 2; steps_of \$WORK/distopt/train_log.csv" -- bash -c "
+    { [ -f '$WORK/parity_cpu.json' ] || '$PY' -m arcforge.model.parity_check '$PCFG' --device cpu --steps 4 --out '$WORK/parity_cpu.json'; } &&
+    '$PY' -m arcforge.model.parity_check '$DCFG' --device cuda --steps 4 --out '$WORK/distopt_gpu.json' --compare-with '$WORK/parity_cpu.json' &&
+    '$PY' -m arcforge.cli train '$DCFG' --no-resume --steps 2 && '$PY' -m arcforge.cli train '$DCFG' --steps 2 && '$PY' -c \"
+import csv, sys
+steps = [int(r['step']) for r in csv.DictReader(open('$WORK/distopt/train_log.csv')) if r['kind'] == 'train']
+sys.exit(0 if steps == [1, 2, 3, 4] else f'expected steps 1..4 after the resume, got {steps}')\""
 fi
 
 # --- summary --------------------------------------------------------------------------------------

@@ -197,9 +197,19 @@ def test_dry_run_matches_the_library_and_flags():
 
 
 def test_dry_run_of_the_gpu_configs_and_a_config_error(tmp_path):
-    p = _cli("configs/train.proxy-1b.gpu.yaml", "--dry-run", "--no-distributed-optimizer")
+    """The estimate follows the config's optimizer.distributed (false in the shipped GPU configs);
+    --[no-]distributed-optimizer overrides it."""
+    p = _cli("configs/train.proxy-1b.gpu.yaml", "--dry-run")
     assert p.returncode == 0, p.stderr
     assert "numerics: bf16, optimizer adam (not distributed)" in p.stdout
+    dist = tmp_path / "dist.yaml"
+    dist.write_text((ROOT / "configs" / "train.proxy-1b.gpu.yaml").read_text().replace(
+        "optimizer:\n", "optimizer:\n  distributed: true\n"))
+    for args in ((str(dist), "--dry-run"), ("configs/train.proxy-1b.gpu.yaml", "--dry-run", "--distributed-optimizer")):
+        p = _cli(*args)
+        assert p.returncode == 0, p.stderr
+        assert "numerics: bf16, optimizer adam (distributed over dp)" in p.stdout, args
+    assert "(not distributed)" in _cli(str(dist), "--dry-run", "--no-distributed-optimizer").stdout
     bad = tmp_path / "bad.yaml"
     bad.write_text((ROOT / "configs" / "train.proxy-1b.gpu.yaml").read_text().replace("parallel: {tp: 1, pp: 1, ep: 1}",
                                                                                         "parallel: {tp: 1, pp: 1, ep: 3}"))
@@ -209,9 +219,13 @@ def test_dry_run_of_the_gpu_configs_and_a_config_error(tmp_path):
 
 
 def test_docs_table_is_generated():
-    """docs/train.md's table is the output of `python -m arcforge.model.memory --docs-table`."""
+    """docs/train.md's table and launch commands are the output of `python -m arcforge.model.memory
+    --docs-table` and `--docs-commands`."""
+    from arcforge.model.memory_plans import docs_commands
+
     table = docs_table()
     assert table in (ROOT / "docs" / "train.md").read_text()
+    assert docs_commands() in (ROOT / "docs" / "train.md").read_text()
     rows = {tuple(r.split(" | ")[:2]): r for r in table.splitlines()[2:]}
     assert "| **no** | **no** |" in rows[("| glm45", "8")]  # GLM-4.5 does not fit 8 GPUs (H100, H200)
     assert "| **no** | fits |" in rows[("| glm45", "64")]  # 64: H200 only

@@ -167,29 +167,71 @@ def test_gpu_muon_groups_step_like_the_cpu_muon():
     assert set(gpu_opt.state) == set(mains.values())  # the combined state view megatron reads
 
 
-def test_megatron_optimizer_state_round_trip():
+def _megatron_sub(sharded: bool):
+    """A stand-in for one megatron sub-optimizer as the backend reads it: an inner torch AdamW
+    over fp32 main weights, held as whole copies (``fp32_from_float16_groups``) or, as the
+    distributed optimizer holds them, as this rank's flat slices (``shard_fp32_from_float16_groups``)."""
+    main = [torch.zeros(6), torch.zeros(4)] if sharded else [torch.zeros(3), torch.zeros(2, 2)]
+    inner = torch.optim.AdamW([{"params": main}], lr=0.1)
+    key = "shard_fp32_from_float16_groups" if sharded else "fp32_from_float16_groups"
+    return SimpleNamespace(optimizer=inner, **{key: [main]}), main
+
+
+def _trainer(sub, *, distributed: bool = False, dp: int = 1):
+    return SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub]), dp=dp,
+                           cfg=SimpleNamespace(_path="cfg", optimizer=SimpleNamespace(fused=False, distributed=distributed)))
+
+
+@pytest.mark.parametrize("sharded", [False, True], ids=["whole", "distributed"])
+def test_megatron_optimizer_state_round_trip(sharded):
     """The backend's checkpoint format: each megatron sub-optimizer's inner torch state plus its
-    fp32 main weights (restored into the main copies, which the model state does not hold)."""
+    fp32 main weights (restored into the main copies, which the model state does not hold);
+    under the distributed optimizer, this rank's slices and the data-parallel size they were
+    cut for."""
     from arcforge.model.backend_megatron import OPTIMIZER_FORMAT, MegatronBackend
 
-    def fake():
-        main = [torch.zeros(3), torch.zeros(2, 2)]
-        inner = torch.optim.AdamW([{"params": main}], lr=0.1)
-        return SimpleNamespace(optimizer=inner, fp32_from_float16_groups=[main]), main
-
-    sub, main = fake()
+    sub, main = _megatron_sub(sharded)
     for q in main:
         q.grad = torch.ones_like(q)
     sub.optimizer.step()
-    t = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub]), cfg=SimpleNamespace(_path="cfg", optimizer=SimpleNamespace(fused=False)))
-    state = MegatronBackend().optimizer_state(t)
-    assert state["format"] == OPTIMIZER_FORMAT
-    sub2, main2 = fake()
-    t2 = SimpleNamespace(optimizer=SimpleNamespace(chained_optimizers=[sub2]), cfg=SimpleNamespace(_path="cfg", optimizer=SimpleNamespace(fused=False)))
-    MegatronBackend().load_optimizer(t2, state)
+    state = MegatronBackend().optimizer_state(_trainer(sub, distributed=sharded, dp=2))
+    assert state["format"] == OPTIMIZER_FORMAT and state["sharded_over"] == (2 if sharded else None)
+    sub2, main2 = _megatron_sub(sharded)
+    MegatronBackend().load_optimizer(_trainer(sub2, distributed=sharded, dp=2), state)
     for a, b in zip(main, main2):
-        assert torch.equal(a, b)
+        assert torch.equal(a, b) and a.abs().sum() > 0
     assert sub2.optimizer.state_dict()["state"][0]["step"] == 1
+
+
+def test_megatron_optimizer_state_refuses_another_sharding():
+    """A sharded state resumed whole, whole resumed sharded, or shards cut for another
+    data-parallel size: one ConfigError saying what to set, nothing loaded."""
+    from arcforge.model.backend_megatron import MegatronBackend
+    from arcforge.runtime.config import ConfigError
+
+    sharded = MegatronBackend().optimizer_state(_trainer(_megatron_sub(True)[0], distributed=True, dp=2))
+    whole = MegatronBackend().optimizer_state(_trainer(_megatron_sub(False)[0]))
+    cases = [(sharded, _trainer(_megatron_sub(False)[0]), "saved sharded over 2 data-parallel ranks and this run's "
+              "is whole (not distributed); set optimizer.distributed: true"),
+             (whole, _trainer(_megatron_sub(True)[0], distributed=True, dp=2), "saved whole (not distributed) and "
+              "this run's is sharded over 2 data-parallel ranks; set optimizer.distributed: false"),
+             (sharded, _trainer(_megatron_sub(True)[0], distributed=True, dp=4), "sharded over 4")]
+    for state, t, msg in cases:
+        with pytest.raises(ConfigError, match=msg.replace("(", r"\(").replace(")", r"\)")):
+            MegatronBackend().load_optimizer(t, state)
+        assert not t.optimizer.chained_optimizers[0].optimizer.state  # nothing was loaded
+
+
+def test_distributed_optimizer_config_is_checked_before_megatron(tmp_path):
+    """``optimizer.distributed`` is for AdamW on the GPU path: Muon and the CPU path refuse it
+    in one line."""
+    from arcforge.runtime.config import ConfigError
+
+    shard = write_random_shard(str(tmp_path / "rand"), 40)
+    with pytest.raises(ConfigError, match="optimizer: Value error, distributed is for adamw"):
+        tiny_train_config(tmp_path, shard, "muon", optimizer={"name": "muon", "distributed": True})
+    with pytest.raises(ConfigError, match="optimizer.distributed: the CPU path runs one process"):
+        tiny_train_config(tmp_path, shard, "cpu", optimizer={"distributed": True})
 
 
 # ---- parity entry point (CPU) ----------------------------------------------------------------
@@ -245,6 +287,27 @@ def test_parity_check_cli_and_the_loop_agree(tmp_path, random_shard, capsys):
     assert [r["loss"] for r in rows] == pytest.approx(rm["loss"], rel=1e-6)
     assert [r["mtp_loss"] for r in rows] == pytest.approx(rm["mtp_loss"], rel=1e-6)
     assert not (tmp_path / "out" / "parity").exists()  # the parity runs used scratch directories
+
+
+def test_parity_weights_reach_whole_and_sliced_main_weights():
+    """``parity_check.set_weights`` writes the same values into the bf16 parameters and into
+    megatron's fp32 main weights, whole (``main_param``) or flat (``main_param_sharded``, as the
+    distributed optimizer marks them); a slice of a parameter (more than one data-parallel rank)
+    is refused by name."""
+    from arcforge.model.parity_check import parity_weights, set_weights
+
+    model = nn.Sequential(nn.Linear(4, 3), nn.Linear(3, 2, bias=False)).to(torch.bfloat16)
+    w, b, w2 = model.parameters()
+    w.main_param = torch.zeros(3, 4)  # whole (Float16OptimizerWithFloat16Params)
+    b.main_param, b.main_param_sharded = torch.zeros(3), True
+    w2.main_param, w2.main_param_sharded = torch.zeros(6), True  # flat, the whole of it on one rank
+    values = parity_weights(model, seed=5, std=0.5)
+    set_weights(model, values)
+    assert torch.equal(w.main_param, values["0.weight"]) and torch.equal(w.float(), values["0.weight"].bfloat16().float())
+    assert torch.equal(b.main_param, values["0.bias"]) and torch.equal(w2.main_param, values["1.weight"].reshape(-1))
+    w2.main_param = torch.zeros(3)  # half of it: another rank holds the rest
+    with pytest.raises(ValueError, match="1.weight's main weights are split over data-parallel ranks"):
+        set_weights(model, values)
 
 
 def test_fused_adamw_takes_the_same_steps_and_resumes_fused(tmp_path):

@@ -6,14 +6,16 @@ torchrun + NCCL (or one process without torchrun), ``parallel_state.initialize_m
 and grouped experts on ``torch._grouped_mm`` by default: ``arcforge.model.kernels``), the ``alltoall`` dispatcher, bf16 parameters,
 megatron's ``DistributedDataParallel``, its pipeline schedules (``get_forward_backward_func``)
 with ``finalize_model_grads``, and its mixed-precision optimizer wrappers (fp32 main weights,
-model-parallel-aware clipping) around ``torch.optim.AdamW`` or arcforge's Muon.
+model-parallel-aware clipping; with ``optimizer.distributed`` its ``DistributedOptimizer``)
+around ``torch.optim.AdamW`` or arcforge's Muon.
 
 What the CPU path shares with this one: the loop, the schedules, the data order, the loss
 columns (``losses.step_losses``: megatron's trackers are reset every step and divided by the
 number of micro-batches and data-parallel ranks) and the loss-free balancing update
 (``megatron_model.expert_bias_update`` after the optimizer step; megatron's own update inside
-``finalize_model_grads`` is switched off so there is exactly one). Not run on a GPU in the
-session that wrote it: see docs/train.md, "GPU path".
+``finalize_model_grads`` is switched off so there is exactly one). Run on one H100 by
+``benchmarks/gpu_check.sh`` (docs/benchmarks.md, "GPU"); multi-GPU layouts and the
+distributed optimizer have not run (docs/train.md, "GPU path").
 """
 
 from __future__ import annotations
@@ -36,6 +38,14 @@ OPTIMIZER_FORMAT = "arcforge.megatron-optimizer/1"
 def chained(optimizer) -> list:
     """The megatron optimizers inside a ``ChainedOptimizer`` (dense, then expert params)."""
     return list(getattr(optimizer, "chained_optimizers", [optimizer]))
+
+
+def main_param_groups(sub) -> list:
+    """The fp32 main weights a megatron optimizer steps for bf16 params, by group: whole copies
+    (``Float16OptimizerWithFloat16Params``) or this rank's flat slices (``DistributedOptimizer``;
+    its fp32 params' slices are views of the model's, saved with the model)."""
+    groups = getattr(sub, "shard_fp32_from_float16_groups", None)
+    return groups if groups is not None else getattr(sub, "fp32_from_float16_groups", [])
 
 
 class MegatronBackend:
@@ -143,7 +153,7 @@ class MegatronBackend:
         # construction, so they keep their expert_bias buffers and keep counting).
         config.moe_router_enable_expert_bias = False
         ddp_config = DistributedDataParallelConfig(grad_reduce_in_fp32=True, overlap_grad_reduce=False,
-                                                   use_distributed_optimizer=False)
+                                                   use_distributed_optimizer=cfg.optimizer.distributed)
         model = DistributedDataParallel(config=config, ddp_config=ddp_config, module=model)
         config.finalize_model_grads_func = finalize_model_grads  # DP all-reduce after the last micro-batch
         t.model, self.mcfg = model, config
@@ -155,7 +165,9 @@ class MegatronBackend:
         bf16 and clipping over the right model-parallel group) around torch AdamW; for Muon the
         inner torch optimizer of each is replaced by arcforge's ``optim.muon_adamw`` over the
         same (main) params, so both paths run the same Muon; ``optimizer.fused`` switches the
-        inner AdamW to its fused kernel (``optim.use_fused_adamw``)."""
+        inner AdamW to its fused kernel (``optim.use_fused_adamw``); ``optimizer.distributed``
+        makes each a ``DistributedOptimizer`` (main weights and moments sharded over the
+        data-parallel ranks; the inner AdamW steps this rank's flat slices)."""
         import torch
         from megatron.core.optimizer import OptimizerConfig, get_megatron_optimizer
 
@@ -165,7 +177,7 @@ class MegatronBackend:
         ocfg = OptimizerConfig(
             optimizer="adam", lr=o.lr, min_lr=o.min_lr, weight_decay=o.weight_decay, adam_beta1=o.betas[0],
             adam_beta2=o.betas[1], clip_grad=o.clip_grad, bf16=dtype == torch.bfloat16,
-            params_dtype=dtype, use_distributed_optimizer=False,
+            params_dtype=dtype, use_distributed_optimizer=o.distributed,
         )
         optimizer = get_megatron_optimizer(ocfg, [model])
         names = {}
@@ -287,33 +299,44 @@ class MegatronBackend:
 
     def optimizer_state(self, t: Trainer) -> dict[str, Any]:
         """Per megatron sub-optimizer: the inner torch optimizer's state and, under bf16, the
-        fp32 main weights (the model state holds only their bf16 copies)."""
+        fp32 main weights (the model state holds only their bf16 copies). With the distributed
+        optimizer both are this rank's shard, in this rank's checkpoint file; ``sharded_over``
+        records the data-parallel size they were cut for."""
         subs = []
         for sub in chained(t.optimizer):
             inner = getattr(sub, "optimizer", None)
             subs.append({
                 "inner": inner.state_dict() if inner is not None else None,
-                "main_params": [[q.detach().cpu() for q in g] for g in getattr(sub, "fp32_from_float16_groups", [])],
+                "main_params": [[q.detach().cpu() for q in g] for g in main_param_groups(sub)],
             })
-        return {"format": OPTIMIZER_FORMAT, "optimizers": subs}
+        return {"format": OPTIMIZER_FORMAT, "optimizers": subs,
+                "sharded_over": t.dp if t.cfg.optimizer.distributed else None}
 
     def load_optimizer(self, t: Trainer, state: dict[str, Any]) -> None:
         import torch
 
         from arcforge.model.optim import use_fused_adamw
 
+        where = f"{t.cfg._path}: checkpoint.dir"
         if state.get("format") != OPTIMIZER_FORMAT:
-            raise ConfigError(f"{t.cfg._path}: checkpoint.dir: the optimizer state is not {OPTIMIZER_FORMAT}")
+            raise ConfigError(f"{where}: the optimizer state is not {OPTIMIZER_FORMAT}")
+        saved, now = state.get("sharded_over"), t.dp if t.cfg.optimizer.distributed else None
+        if saved != now:
+            def kind(dp):
+                return f"sharded over {dp} data-parallel ranks" if dp else "whole (not distributed)"
+            raise ConfigError(f"{where}: the optimizer state was saved {kind(saved)} and this run's is {kind(now)}; "
+                              f"set optimizer.distributed: {str(bool(saved)).lower()} with the same layout, "
+                              "or use --no-resume to start over")
         subs = chained(t.optimizer)
         if len(subs) != len(state["optimizers"]):
-            raise ConfigError(f"{t.cfg._path}: checkpoint.dir: {len(state['optimizers'])} optimizers saved, {len(subs)} now")
-        for sub, saved in zip(subs, state["optimizers"]):
-            if saved["inner"] is not None:
-                sub.optimizer.load_state_dict(saved["inner"])
+            raise ConfigError(f"{where}: {len(state['optimizers'])} optimizers saved, {len(subs)} now")
+        for sub, saved_sub in zip(subs, state["optimizers"]):
+            if saved_sub["inner"] is not None:
+                sub.optimizer.load_state_dict(saved_sub["inner"])
                 if t.cfg.optimizer.fused:  # the saved groups' flags came back with the state
                     use_fused_adamw(sub.optimizer)
             with torch.no_grad():
-                for group, values in zip(getattr(sub, "fp32_from_float16_groups", []), saved["main_params"]):
+                for group, values in zip(main_param_groups(sub), saved_sub["main_params"]):
                     for q, v in zip(group, values):
                         q.copy_(v.to(q.device))
 

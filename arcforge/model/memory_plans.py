@@ -64,7 +64,8 @@ def docs_commands() -> str:
                 f"--mbs {mbs} --gbs {gbs} --seq {seq} --recompute {rc}",
                 f"#   config: model: {{preset: {preset}, seq_length: {seq}"
                 + (f", recompute: {rc}" if rc != "none" else "") + "}  device: cuda  dtype: bf16",
-                f"#           batch: {{micro_batch_size: {mbs}, global_batch_size: {gbs}}}  parallel: {{tp: {tp}, pp: {pp}, ep: {ep}}}",
+                f"#           batch: {{micro_batch_size: {mbs}, global_batch_size: {gbs}}}  parallel: {{tp: {tp}, pp: {pp}, ep: {ep}}}"
+                "  optimizer: {distributed: true}",
                 f"{launch} -m arcforge.cli train configs/{preset}.{world}gpu.yaml"
                 + ("   # on every node" if nodes > 1 else ""), ""]
     return "\n".join(out).rstrip()

@@ -70,7 +70,8 @@ def parity_weights(model, seed: int, std: float) -> dict[str, Any]:
 
 
 def set_weights(model, values: dict[str, Any]) -> None:
-    """Copy ``values`` into the parameters (and megatron's fp32 main copies, where present)."""
+    """Copy ``values`` into the parameters (and megatron's fp32 main copies, where present: whole,
+    or under the distributed optimizer a flat slice, which is whole on one data-parallel rank)."""
     import torch
 
     with torch.no_grad():
@@ -78,8 +79,14 @@ def set_weights(model, values: dict[str, Any]) -> None:
             v = values[name]
             p.copy_(v.to(p.device, p.dtype))
             main = getattr(p, "main_param", None)
-            if main is not None:
-                main.copy_(v.to(main.device, main.dtype))
+            if main is None:
+                continue
+            if getattr(p, "main_param_sharded", False):
+                if main.numel() != v.numel():
+                    raise ValueError(f"parity weights: {name}'s main weights are split over data-parallel ranks; "
+                                     "compare with one rank (or optimizer.distributed: false)")
+                v = v.reshape(-1)
+            main.copy_(v.to(main.device, main.dtype))
 
 
 def first_losses(cfg, steps: int, *, init: str = "parity") -> list[dict[str, Any]]:

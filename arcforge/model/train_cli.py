@@ -33,6 +33,7 @@ def dry_run(args: argparse.Namespace) -> int:
         warmup = b.warmup_start
         optimizer = "muon" if cfg.optimizer.name == "muon" else "adam"
         recompute = args.recompute or cfg.model.recompute
+        distributed = cfg.optimizer.distributed if args.distributed_optimizer is None else args.distributed_optimizer
     else:
         from arcforge.model.arch import PRESETS, get_preset
 
@@ -45,6 +46,7 @@ def dry_run(args: argparse.Namespace) -> int:
         mbs, seq, dtype, optimizer = args.mbs or 1, args.seq or 4096, "bf16", args.optimizer or "adam"
         gbs = args.gbs
         recompute = args.recompute or "none"
+        distributed = True if args.distributed_optimizer is None else args.distributed_optimizer
     etp = args.etp or tp
     world = args.gpus or int(os.environ.get("WORLD_SIZE", 0)) or tp * pp * ep * etp // tp  # smallest world with ep | dp
     if gbs is None:
@@ -56,14 +58,11 @@ def dry_run(args: argparse.Namespace) -> int:
         print(f"{where}: {e}", file=sys.stderr)
     if errs:
         return 2
-    est = estimate_memory(arch, lay, dtype=dtype, optimizer=optimizer, distributed_optimizer=args.distributed_optimizer,
+    est = estimate_memory(arch, lay, dtype=dtype, optimizer=optimizer, distributed_optimizer=distributed,
                           grad_fp32=not args.bf16_grads, recompute=recompute, attention=args.attention,
                           reserve_gib=args.reserve_gib)
     print(f"dry run: {where} (nothing started; shards not read)")
     print(format_estimate(est, args.gpu_memory_gib))
-    if args.config and cfg.device == "cuda" and args.distributed_optimizer:
-        print("note: arcforge's GPU path builds megatron's optimizer with use_distributed_optimizer=False today; "
-              "--no-distributed-optimizer estimates that")
     return 0
 
 
@@ -130,8 +129,9 @@ def add_train_parser(subparsers) -> None:
                    "model.recompute, else none)")
     d.add_argument("--attention", choices=("flash", "unfused"), default="flash",
                    help="core attention kernel: flash/fused (O(s) memory) or megatron's unfused local one (O(s^2))")
-    d.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=True,
-                   help="shard optimizer state over data parallel (megatron's distributed optimizer; default yes)")
+    d.add_argument("--distributed-optimizer", action=argparse.BooleanOptionalAction, default=None,
+                   help="shard optimizer state over data parallel (megatron's distributed optimizer); "
+                        "default: the config's optimizer.distributed, yes with --preset")
     d.add_argument("--bf16-grads", action="store_true", help="bf16 gradient buffers (default fp32: grad_reduce_in_fp32)")
     d.add_argument("--optimizer", choices=("adam", "muon"), default=None, help="without a CONFIG (default adam)")
     d.add_argument("--reserve-gib", type=float, default=3.0, help="CUDA context, NCCL, fragmentation allowance (default 3)")

@@ -132,6 +132,9 @@ class OptimizerSection(_Strict):
     betas: tuple[float, float] = (0.9, 0.95)
     clip_grad: float = Field(1.0, ge=0)  # 0 = no clipping (the norm is still logged)
     fused: bool = False  # AdamW's fused kernel (optim.use_fused_adamw); megatron without TE/Apex steps foreach
+    # megatron's distributed optimizer (ZeRO-1): fp32 main weights and Adam moments sharded over
+    # the data-parallel ranks, gradients reduce-scattered; GPU path, adamw only
+    distributed: bool = False
 
     @model_validator(mode="after")
     def _lrs(self) -> OptimizerSection:
@@ -139,6 +142,9 @@ class OptimizerSection(_Strict):
             raise ValueError("min_lr must be <= lr")
         if self.fused and self.name != "adamw":
             raise ValueError("fused is for adamw (Muon has no fused kernel)")
+        if self.distributed and self.name != "adamw":
+            raise ValueError("distributed is for adamw (Muon orthogonalises whole matrices; the distributed "
+                             "optimizer holds flat slices of them)")
         return self
 
 
@@ -293,6 +299,9 @@ def check_config(cfg: TrainConfig, path: str) -> None:
         for k in ("tp", "pp", "ep"):
             if getattr(cfg.parallel, k) != 1:
                 raise ConfigError(f"{path}: parallel.{k}: the CPU path runs one process (world size 1); model parallelism needs device: cuda")
+        if cfg.optimizer.distributed:
+            raise ConfigError(f"{path}: optimizer.distributed: the CPU path runs one process (nothing to shard over); "
+                              "megatron's distributed optimizer needs device: cuda")
     if cfg.kernels.dispatcher == "device" and (cfg.parallel.ep > 1 or cfg.parallel.tp > 1):
         raise ConfigError(f"{path}: kernels.dispatcher: device needs every expert on each rank (parallel.ep 1 and "
                           f"parallel.tp 1; got ep {cfg.parallel.ep}, tp {cfg.parallel.tp}); use megatron")
