@@ -19,11 +19,11 @@
 #             experts on torch._grouped_mm) and, for proxy-1b, arcforge's own token dispatcher
 #             (auto,auto,device: arcforge.model.dispatch), then levers, most telling first (the part is
 #             time-boxed; mfu.json is rewritten after every run): compiled layers (model.compile: layers,
-#             with the device dispatcher) at micro-batch 4; at 8 x 4 accumulated with the fused AdamW
-#             kernel (a training step of 4 micro-batches, as the train configs run: the optimizer's share
-#             amortised; the likeliest to pass 35%, so second: each new shape compiles anew), then 8 alone
-#             (the same shapes: its compile comes from the cache) and 16 (compiled layers keep about a
-#             quarter fewer activations); micro-batch 8 with fused AdamW;
+#             with the device dispatcher) at micro-batch 4; then 4 x 8 accumulated with the fused AdamW
+#             kernel (a training step of several micro-batches, as the train configs run: the optimizer's
+#             share amortised; the same shapes, so its compile comes from the inductor cache: on a bare
+#             machine every new shape compiles anew); 8 x 4 accumulated (a new shape), 8 alone (cached)
+#             and 16 (compiled layers keep about a quarter fewer activations); micro-batch 8 with fused AdamW;
 #             micro-batch 8 x 2 accumulated (per-step against per-micro-batch costs); proxy-100m with
 #             compiled layers
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
@@ -195,6 +195,7 @@ else
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} proxy-1b:auto,auto,device \
     --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers" \
+    --lever "proxy-1b:--variant auto,auto,device --accum 8 --set model.compile=layers --set optimizer.fused=true" \
     --lever "proxy-1b:--variant auto,auto,device --mbs 8 --accum 4 --set model.compile=layers --set optimizer.fused=true" \
     --lever "proxy-1b:--variant auto,auto,device --mbs 8 --set model.compile=layers --set optimizer.fused=true" \
     --lever "proxy-1b:--variant auto,auto,device --mbs 16 --set model.compile=layers --set optimizer.fused=true" \
