@@ -59,10 +59,12 @@ def model_identity(path: str | os.PathLike[str]) -> str:
 def model_dir_identity(directory: str | os.PathLike[str]) -> str:
     """``model_identity`` for a model held as a directory (a sentence-transformers encoder: the
     weights, the tokenizer files, the pooling and module configs, any of which changes the
-    embeddings): one sha256 over every file's relative path and identity, in path order."""
+    embeddings): one sha256 over every file's relative path and identity, in path order.
+    Hidden paths (``.git``, huggingface_hub's ``.cache`` download records) are not the model."""
     root = Path(directory)
     h = hashlib.sha256()
-    for f in sorted(q for q in root.rglob("*") if q.is_file()):
+    files = (q for q in root.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(root).parts))
+    for f in sorted(files):
         h.update(f"{f.relative_to(root).as_posix()}\0{model_identity(f)}\n".encode())
     return f"dir-sha256:{h.hexdigest()}"
 
