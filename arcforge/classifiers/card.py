@@ -63,10 +63,19 @@ def model_dir_identity(directory: str | os.PathLike[str]) -> str:
     Hidden paths (``.git``, huggingface_hub's ``.cache`` download records) are not the model."""
     root = Path(directory)
     h = hashlib.sha256()
-    files = (q for q in root.rglob("*") if q.is_file() and not any(part.startswith(".") for part in q.relative_to(root).parts))
-    for f in sorted(files):
-        h.update(f"{f.relative_to(root).as_posix()}\0{model_identity(f)}\n".encode())
+    files = sorted((q.relative_to(root), q) for q in root.rglob("*") if q.is_file())
+    for rel, f in files:
+        if not any(part.startswith(".") for part in rel.parts):
+            h.update(f"{rel.as_posix()}\0{model_identity(f)}\n".encode())
     return f"dir-sha256:{h.hexdigest()}"
+
+
+def pinned_identity(actual: str, pinned: str | None, what: str) -> str:
+    """``actual`` (a model's identity), after checking it against the value a config pins, if
+    any: a stage scoring with other weights than the config names must not run."""
+    if pinned is not None and pinned != actual:
+        raise ValueError(f"{what} changed: it is {actual}, the config pins {pinned}")
+    return actual
 
 
 def library_versions() -> dict[str, str | None]:

@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field, ValidationInfo, field_validator
 
-from arcforge.classifiers.card import model_identity, read_card
+from arcforge.classifiers.card import model_identity, pinned_identity, read_card
 from arcforge.classifiers.embedding_model import HEAD_FILE, EmbeddingScorer, embedding_texts, load_head
 from arcforge.classifiers.fasttext_model import MODEL_FILE, check_model_file, load_scorer, prepare
 from arcforge.runtime.documents import DOC_SCHEMA, put_column, with_columns
@@ -98,10 +98,7 @@ def _one_line(exc: Exception) -> str:
 def _fingerprint(model: str | None, extra: str, pinned: str | None) -> str | None:
     if model is None:  # the model itself failed validation: that error is the one reported
         return pinned
-    actual = model_identity(model) + extra
-    if pinned is not None and pinned != actual:
-        raise ValueError(f"the model file changed: it is {actual}, the config pins {pinned}")
-    return actual
+    return pinned_identity(model_identity(model) + extra, pinned, "the model file")
 
 
 class QualityParams(StageParams):

@@ -105,14 +105,11 @@ class SemanticDedupParams(StageParams):
     @field_validator("model_fingerprint")
     @classmethod
     def _fingerprint(cls, v: str | None, info: ValidationInfo) -> str | None:
-        from arcforge.classifiers.card import model_dir_identity
+        from arcforge.classifiers.card import model_dir_identity, pinned_identity
 
         if "model" not in info.data:  # the model failed validation: that error is the one reported
             return v
-        actual = model_dir_identity(info.data["model"] or sp.default_model())
-        if v is not None and v != actual:
-            raise ValueError(f"the encoder changed: it is {actual}, the config pins {v}")
-        return actual
+        return pinned_identity(model_dir_identity(info.data["model"] or sp.default_model()), v, "the encoder")
 
     @field_validator("keep")
     @classmethod
