@@ -16,7 +16,8 @@ For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4
   ``--kernels local,sequential sdpa,sequential sdpa,grouped auto,auto,device``.
   ``PRESET:VARIANT`` limits a variant to one preset (``proxy-1b:sdpa,sequential``).
   ``--set KEY=VALUE`` changes any dotted config key of every arcforge run; ``--profile DIR``
-  writes torch.profiler tables of the timed steps;
+  writes torch.profiler tables of ``PROFILED_STEPS`` more steps after the timed ones (the timed
+  steps stay unprofiled, so the same run gives both its speed and where its time goes);
 * **reference**: ``benchmarks/peers/moe_ref.py`` with the same layer shapes, micro-batch and
   sequence length (SDPA flash attention, ``torch._grouped_mm`` experts, fused AdamW), eager and,
   with ``--ref-compile``, ``torch.compile``.
@@ -59,6 +60,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 VOCAB, EOD, PAD = 4000, 2, 3
 DEFAULT_MBS = {"proxy-100m": 8, "proxy-1b": 4, "proxy-tiny": 8}
+PROFILED_STEPS = 2  # with --profile: steps after the timed ones, under torch.profiler
 
 
 def make_data(out: str | Path, *, tokens: int = 2_000_000, vocab: int = VOCAB, seed: int = 0) -> str:
@@ -140,12 +142,13 @@ def plan_runs(preset: str, variants: list[tuple[str | None, str]], sides: str, r
     return runs
 
 
-LEVER_FLAGS = {"--mbs", "--accum", "--set", "--variant"}
+LEVER_FLAGS = {"--mbs", "--accum", "--set", "--variant", "--profile"}
 
 
 def parse_lever(text: str) -> tuple[str | None, str]:
     """``[PRESET:]ARGS`` -> (preset or None, ARGS): one more arcforge run with these child
-    arguments (only ``--mbs``, ``--accum``, ``--set``, ``--variant``; each with its value)."""
+    arguments (only ``--mbs``, ``--accum``, ``--set``, ``--variant``, ``--profile``; each with its
+    value)."""
     head, sep, rest = text.partition(":")
     preset, spec = (head, rest) if sep and not head.startswith("-") and " " not in head else (None, text)
     words = shlex.split(spec)
@@ -203,8 +206,8 @@ def _config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, iters
 
 def child_arcforge(a) -> dict:
     """Drive arcforge's trainer step by step (``train_loop.started`` + ``Trainer.advance``): the
-    warm-up steps, then the timed ones (under torch.profiler with ``--profile``), no checkpoint
-    at the end (its device-to-host copy is not training)."""
+    warm-up steps, then the timed ones, then (with ``--profile``) ``PROFILED_STEPS`` under
+    torch.profiler, no checkpoint at the end (its device-to-host copy is not training)."""
     import torch
     from moe_ref import PEAK_BF16, flops_per_token
 
@@ -214,14 +217,17 @@ def child_arcforge(a) -> dict:
     from arcforge.model.train_loop import started
 
     mbs = a.mbs or DEFAULT_MBS.get(a.preset, 4)
-    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps + 1, seq=a.seq,
-                   kernels=a.variant, sets=a.set)
+    extra = PROFILED_STEPS if a.profile else 0
+    path = _config(a.preset, a.data, a.workdir, mbs=mbs, accum=a.accum, iters=a.warmup + a.steps + extra + 1,
+                   seq=a.seq, kernels=a.variant, sets=a.set)
     cfg = load_train_config(path)
     t0 = time.perf_counter()
     with started(cfg, resume=False, verbose=True) as trainer:
         warm = [trainer.advance(None) for _ in range(a.warmup)]  # with model.compile, the first compiles
-        timed_steps = lambda: [trainer.advance(None) for _ in range(a.steps)]  # noqa: E731
-        timed = _profiled(timed_steps, Path(a.profile) / f"profile-{Path(path).stem}.txt") if a.profile else timed_steps()
+        timed = [trainer.advance(None) for _ in range(a.steps)]
+        if a.profile:
+            out = Path(a.profile) / f"profile-{Path(path).stem}-mbs{mbs}x{a.accum}.txt"
+            _profiled(lambda: [trainer.advance(None) for _ in range(extra)], out)
         by_dtype: dict[str, int] = {}
         saved = _saved_activations(trainer, by_dtype)  # one more step, untimed: what autograd keeps
     wall = time.perf_counter() - t0
@@ -231,7 +237,7 @@ def child_arcforge(a) -> dict:
     used = ",".join(resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda",
                                     te=have_transformer_engine()))
     used += ",device" if cfg.kernels.dispatcher == "device" else ""
-    label = f"arcforge [{used}]" + "".join(" " + _set_label(x) for x in a.set) + (" (profiled)" if a.profile else "")
+    label = f"arcforge [{used}]" + "".join(" " + _set_label(x) for x in a.set)
     last = timed[-1]
     return dict(side=label, kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed),
                 warmup=a.warmup, tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=last["loss"],
@@ -364,7 +370,8 @@ def main() -> int:
                     help="one more arcforge run with these child arguments (--mbs N, --accum N, --set KEY=VALUE, "
                     "--variant KERNELS), e.g. 'proxy-1b:--mbs 16 --set model.recompute=selective' (repeatable)")
     ap.add_argument("--profile", default=None, metavar="DIR",
-                    help="profile the arcforge runs with torch.profiler: ops by CUDA time in DIR/profile-*.txt")
+                    help="after each arcforge run's timed steps, profile 2 more with torch.profiler: ops by CUDA time "
+                         "in DIR/profile-*.txt (a lever's own --profile DIR profiles that run alone)")
     ap.add_argument("--child", choices=("arcforge", "reference"), help=argparse.SUPPRESS)
     ap.add_argument("--preset", help=argparse.SUPPRESS)
     ap.add_argument("--workdir", help=argparse.SUPPRESS)

@@ -15,23 +15,23 @@
 #             kernels sdpa + grouped on both devices, so both build the same parameters):
 #             --device cpu, then --device cuda --compare-with the CPU file (bf16 tolerance, rtol 0.03)
 #   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-1b then
-#             proxy-100m at seq 4096, arcforge with the default kernels (no TE: SDPA attention + grouped
-#             experts on torch._grouped_mm) and, for proxy-1b, arcforge's own token dispatcher
-#             (auto,auto,device: arcforge.model.dispatch), then levers, most telling first (the part is
-#             time-boxed; mfu.json is rewritten after every run): compiled layers (model.compile: layers,
-#             with the device dispatcher) at micro-batch 4; then 4 x 8 accumulated with the fused AdamW
-#             kernel (a training step of several micro-batches, as the train configs run: the optimizer's
-#             share amortised; the same shapes, so its compile comes from the inductor cache: on a bare
-#             machine every new shape compiles anew); 8 x 4 accumulated (a new shape), 8 alone (cached)
-#             and 16 (compiled layers keep about a quarter fewer activations); micro-batch 8 with fused AdamW;
-#             micro-batch 8 x 2 accumulated (per-step against per-micro-batch costs); proxy-100m with
-#             compiled layers
+#             proxy-100m at seq 4096: arcforge with the default kernels (no TE: SDPA attention + grouped
+#             experts on torch._grouped_mm, megatron's dispatcher) and the eager reference first, then
+#             levers, most telling first (the part is time-boxed by GPU_CHECK_MFU_S, 420 s; mfu.json is
+#             rewritten after every run): compiled layers (model.compile: layers, with arcforge's device
+#             dispatcher) at micro-batch 4, profiled after its timed steps; the same shapes 4 x 8
+#             accumulated with the fused AdamW kernel (a step of several micro-batches, as the train
+#             configs run: the optimizer's share amortised; its compile comes from the inductor cache,
+#             while on a bare machine every new shape compiles anew); 8 x 4 accumulated (a new shape),
+#             profiled; 16 x 2 (compiled layers keep about a quarter fewer activations); the device
+#             dispatcher alone, eager; proxy-100m with compiled layers
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
 #             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
 #             (benchmarks/gpu_syncs.py)
-#   profile   torch.profiler over 3 timed steps of proxy-1b, default kernels and compiled layers (the
-#             inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
+#   profile   torch.profiler over 2 steps after 3 timed ones of proxy-1b, default kernels and compiled
+#             layers (the inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
+#             (the mfu part profiles two of its compiled levers the same way)
 #   distopt   megatron's distributed optimizer (optimizer.distributed: true) on the parity config: its GPU
 #             losses against the CPU file (the parity part's, or made here), then 2 steps, a checkpoint of
 #             the sharded state and a resume for 2 more (last: it runs when the budget leaves time)
@@ -41,7 +41,7 @@
 # refuses cleanly without CUDA, and runs one of its arcforge children on CPU with compiled layers;
 # checks that the CPU path refuses optimizer.distributed in one line) --
 # to test this script on a machine without a GPU.
-# GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480),
+# GPU_CHECK_WORK (default ${TMPDIR:-/tmp}/arcforge-gpu-check), GPU_CHECK_BUDGET_S (480), GPU_CHECK_MFU_S (420),
 # GPU_CHECK_OUT (copy logs and results there at the end), PYTHON (default python3),
 # GPU_CHECK_PARTS (comma list of smoke,resume,parity,mfu,syncs,profile,distopt to run; default all; install, preflight and
 # data always run), GPU_CHECK_MFU_ARGS (more arguments for bench_gpu_mfu.py, e.g. --profile DIR).
@@ -191,15 +191,14 @@ elif [ "$CPU" = 1 ]; then
     --variant sdpa,grouped,device --mbs 2 --accum 2 --seq 128 --steps 2 --warmup 2 --profile "$WORK" \
     --set device=cpu --set dtype=fp32 --set model.compile=layers
 else
-  part mfu 420 "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
+  part mfu "${GPU_CHECK_MFU_S:-420}" "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
-    --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} proxy-1b:auto,auto,device \
-    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers" \
+    --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
+    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers --profile $WORK" \
     --lever "proxy-1b:--variant auto,auto,device --accum 8 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--variant auto,auto,device --mbs 8 --accum 4 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--variant auto,auto,device --mbs 8 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--variant auto,auto,device --mbs 16 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--mbs 8 --set optimizer.fused=true" --lever "proxy-1b:--mbs 8 --accum 2" \
+    --lever "proxy-1b:--variant auto,auto,device --mbs 8 --accum 4 --set model.compile=layers --set optimizer.fused=true --profile $WORK" \
+    --lever "proxy-1b:--variant auto,auto,device --mbs 16 --accum 2 --set model.compile=layers --set optimizer.fused=true" \
+    --lever "proxy-1b:--variant auto,auto,device" \
     --lever "proxy-100m:--variant auto,auto,device --set model.compile=layers" \
     --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
@@ -214,8 +213,8 @@ if want syncs && [ "$CPU" != 1 ]; then
 fi
 
 # --- profile --------------------------------------------------------------------------------------
-# proxy-1b, default kernels, then compiled layers: torch.profiler over 3 steps after 2 (ops by CUDA
-# time, and the GPU's busy time against the wall) in $WORK/profile-*.txt
+# proxy-1b, default kernels, then compiled layers: torch.profiler over 2 steps after 2 + 3 (ops by
+# CUDA time, and the GPU's busy time against the wall) in $WORK/profile-*.txt
 if want profile && [ "$CPU" != 1 ]; then
   part profile 200 "head -q -n 1 \$WORK/profile-*.txt | tr '\n' ';'" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
     --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 190 --profile "$WORK" \
