@@ -21,24 +21,34 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def count_saved_bytes(model, fn, by_dtype: dict | None = None) -> int:
+def count_saved_bytes(model, fn, by_dtype: dict | None = None, *, first_forward_only: bool = False) -> int:
     """Bytes of the distinct non-parameter storages autograd saves for the backward while
     ``fn()`` runs (``torch.autograd.graph.saved_tensors_hooks``); also used by
     ``bench_gpu_mfu.py`` on a GPU training step. ``by_dtype``, if given, gets the bytes per
-    dtype name (where a bf16 run keeps fp32 tensors)."""
+    dtype name (where a bf16 run keeps fp32 tensors). ``first_forward_only`` counts what the
+    first call of ``model`` saves (one micro-batch of a step that runs several: the next ones
+    reuse the freed storages' addresses, so counting them by address would merge them unevenly)."""
     import torch
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     seen: dict[int, tuple[int, str]] = {}
+    calls = [0]
 
     def pack(t):
         st = t.untyped_storage()
-        if st.data_ptr() not in params:
+        if st.data_ptr() not in params and (calls[0] <= 1 or not first_forward_only):
             seen.setdefault(st.data_ptr(), (st.nbytes(), str(t.dtype).removeprefix("torch.")))
         return t
 
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+    def count_call(*_):
+        calls[0] += 1
+
+    handle = model.register_forward_pre_hook(count_call)
+    try:
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            fn()
+    finally:
+        handle.remove()
     if by_dtype is not None:
         for n, dtype in seen.values():
             by_dtype[dtype] = by_dtype.get(dtype, 0) + n

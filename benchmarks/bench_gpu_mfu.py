@@ -3,13 +3,14 @@
 For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4096, bf16):
 
 * **arcforge**: the trainer (``train_loop.started``, then ``Trainer.advance`` per step) on
-  ``configs/train.<preset>.gpu.yaml`` (device cuda, bf16, AdamW, megatron-core GPTModel with
+  ``configs/train.<preset>.gpu.yaml`` as it ships (its kernels, ``model.compile`` and optimizer;
+  the batch is this run's ``--mbs`` x ``--accum``) (device cuda, bf16, AdamW, megatron-core GPTModel with
   MTP, the real loop: schedules, router-load hooks, bias update), ``--warmup`` steps then
   ``--steps`` timed steps, no checkpoint; tokens/s from the steps' ``step_seconds``
   (CUDA-synchronised, covering forward, backward, optimizer step and bias update of every
   micro-batch of the step). One run per ``--kernels`` variant (the config's ``kernels``
-  section): ``auto`` (without Transformer Engine: SDPA attention + grouped experts on
-  ``torch._grouped_mm``, megatron's dispatcher) or ``ATTENTION,EXPERTS[,DISPATCHER]`` with
+  section): ``auto`` (the config's: without Transformer Engine, SDPA attention + grouped experts
+  on ``torch._grouped_mm``, and the config's dispatcher) or ``ATTENTION,EXPERTS[,DISPATCHER]`` with
   attention ``sdpa``/``local`` (megatron's unfused DotProductAttention)/``auto``, experts
   ``grouped``/``sequential`` (megatron's SequentialMLP)/``auto`` and dispatcher
   ``megatron``/``device`` (``arcforge.model.dispatch``), so each lever is measured alone:
@@ -30,7 +31,9 @@ MFU (also in docs/benchmarks.md, "GPU"): model FLOPs per token = 6 x active matm
 the output layer; no embedding, norms or biases; the MTP layer not counted) + 12 x layers x
 hidden x seq (attention scores and values, causal **not** halved), the same for both sides;
 tokens counted are the non-padding tokens (the synthetic shards have no pad id, so all of
-them); MFU = tokens/s x FLOPs per token / 989e12 (H100 SXM and H200 dense bf16 peak).
+them); MFU = tokens/s x FLOPs per token / 989e12 (H100 SXM and H200 dense bf16 peak). The
+arcforge rows also give "MFU, MTP counted": the same with the MTP layers' FLOPs added
+(``mtp_flops_per_token``: work the trained model does that the reference does not).
 
     python benchmarks/bench_gpu_mfu.py --data DIR [--presets proxy-100m,proxy-1b] [--steps 10] [--warmup 3]
         [--kernels auto local,sequential sdpa,sequential sdpa,grouped auto,auto,device] [--sides arcforge,reference]
@@ -112,6 +115,16 @@ def _shape(preset: str):
     from arcforge.model.arch import get_preset
 
     return shape_from_arch(get_preset(preset), VOCAB)
+
+
+def mtp_flops_per_token(preset: str, seq: int, mtp_layers: int) -> float:
+    """What the MTP layers add per token, by the same formula (the headline MFU leaves them out,
+    as the reference has none): each has ``eh_proj`` (2 x hidden -> hidden), one MoE layer with
+    its attention, and a second pass through the output layer."""
+    from moe_ref import attention_params, moe_params
+
+    s = _shape(preset)
+    return mtp_layers * (6 * (2 * s.H * s.H + attention_params(s) + moe_params(s) + s.H * s.V) + 12 * s.H * seq)
 
 
 def parse_variant(text: str) -> tuple[str | None, str]:
@@ -234,19 +247,21 @@ def child_arcforge(a) -> dict:
     tokens = sum(int(r["batch_size"]) * a.seq for r in timed)
     tok = tokens / sum(float(r["step_seconds"]) for r in timed)
     f = flops_per_token(_shape(a.preset), a.seq)
+    f_mtp = mtp_flops_per_token(a.preset, a.seq, cfg.arch().mtp_layers)
     used = ",".join(resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda",
                                     te=have_transformer_engine()))
     used += ",device" if cfg.kernels.dispatcher == "device" else ""
     label = f"arcforge [{used}]" + "".join(" " + _set_label(x) for x in a.set)
     last = timed[-1]
     return dict(side=label, kernels=used, preset=a.preset, seq=a.seq, mbs=mbs, accum=a.accum, steps=len(timed),
-                warmup=a.warmup, tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16, loss=last["loss"],
+                warmup=a.warmup, tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / PEAK_BF16,
+                mfu_with_mtp=tok * (f + f_mtp) / PEAK_BF16, loss=last["loss"],
                 mtp_loss=last.get("mtp_loss"), aux_loss=last.get("aux_loss"),
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
                 peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
                 wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm],
-                saved_activation_gib=saved / a.accum / 2**30,
-                saved_gib_by_dtype={k: v / a.accum / 2**30 for k, v in by_dtype.items()}, est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
+                saved_activation_gib=saved / 2**30, saved_gib_by_dtype={k: v / 2**30 for k, v in by_dtype.items()},
+                est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
                 **_compile_stats(cfg))
 
 
@@ -264,15 +279,14 @@ def _compile_stats(cfg) -> dict:
 
 
 def _saved_activations(trainer, by_dtype: dict | None = None) -> int:
-    """Bytes of the distinct non-parameter storages autograd saves for the backward during one
-    more training step (``torch.autograd.graph.saved_tensors_hooks``; the caller divides by the
-    micro-batches per step, which run one after the other: one micro-batch's activations), to
+    """Bytes of the distinct non-parameter storages autograd saves for the backward in the first
+    micro-batch of one more training step (``torch.autograd.graph.saved_tensors_hooks``), to
     set beside the dry-run's activation term and the
     measured peak (the estimate was 13-20% under the H100's peaks; benchmarks/activation_bytes.py
     matched it to 4% on CPU)."""
     from activation_bytes import count_saved_bytes
 
-    return count_saved_bytes(trainer.model, lambda: trainer.advance(None), by_dtype)
+    return count_saved_bytes(trainer.model, lambda: trainer.advance(None), by_dtype, first_forward_only=True)
 
 
 def _estimated_activations(cfg, mbs: int) -> float:
@@ -442,17 +456,19 @@ def main() -> int:
             if r.get("error") and r.get("tail"):
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
     print()
-    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | peak GiB | vs reference (eager) | saved / est. activations GiB |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | MFU, MTP counted | peak GiB | vs reference (eager) "
+          "| saved / est. activations GiB |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["preset"] == r["preset"] and x["side"] == "reference" and "error" not in x), None)
         if "error" in r:
-            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | | |")
+            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | | | |")
             continue
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
         act = f"{r['saved_activation_gib']:.2f} / {r['est_activation_gib']:.2f}" if "saved_activation_gib" in r else ""
+        mtp = f"{r['mfu_with_mtp'] * 100:.1f}%" if "mfu_with_mtp" in r else ""
         print(f"| {r['preset']} | {r['side']} | {r['mbs']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | "
-              f"{r['mfu'] * 100:.1f}% | {r['peak_mem_gib']:.1f} | {ratio} | {act} |")
+              f"{r['mfu'] * 100:.1f}% | {mtp} | {r['peak_mem_gib']:.1f} | {ratio} | {act} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
     return 0 if all("error" not in r for r in rows) else 1

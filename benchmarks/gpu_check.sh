@@ -14,24 +14,21 @@
 #   parity    python -m arcforge.model.parity_check on a small derived config (proxy-100m, seq 256, 4 steps,
 #             kernels sdpa + grouped on both devices, so both build the same parameters):
 #             --device cpu, then --device cuda --compare-with the CPU file (bf16 tolerance, rtol 0.03)
-#   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference, proxy-1b then
-#             proxy-100m at seq 4096: arcforge with the default kernels (no TE: SDPA attention + grouped
-#             experts on torch._grouped_mm, megatron's dispatcher) and the eager reference first, then
-#             levers, most telling first (the part is time-boxed by GPU_CHECK_MFU_S, 420 s; mfu.json is
-#             rewritten after every run): compiled layers (model.compile: layers, with arcforge's device
-#             dispatcher) at micro-batch 4, profiled after its timed steps; the same shapes 4 x 8
-#             accumulated with the fused AdamW kernel (a step of several micro-batches, as the train
-#             configs run: the optimizer's share amortised; its compile comes from the inductor cache,
-#             while on a bare machine every new shape compiles anew); 8 x 4 accumulated (a new shape),
-#             profiled; 16 x 2 (compiled layers keep about a quarter fewer activations); the device
-#             dispatcher alone, eager; proxy-100m with compiled layers
-#             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline)
-#             (eager reference; GPU_CHECK_REF_COMPILE=1 adds torch.compile)
+#   mfu       benchmarks/bench_gpu_mfu.py: arcforge vs the plain-PyTorch reference (eager and compiled),
+#             proxy-1b then proxy-100m at seq 4096, arcforge as each GPU config ships (proxy-1b: compiled
+#             layers, arcforge's device dispatcher, fused AdamW; proxy-100m: eager, megatron's dispatcher)
+#             at the reference's micro-batch, then levers, most telling first (the part is time-boxed by
+#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): proxy-1b eager with
+#             megatron's dispatcher and foreach AdamW (the first H100 and H200 runs' default); the config's
+#             own batch, 8 x 4 accumulated, profiled after its timed steps; 16 x 8 (H200 memory: 77 GiB);
+#             proxy-100m compiled, 8 x 4
+#             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
+#             GPU_CHECK_REF_COMPILE=0 leaves out the compiled reference)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
 #             (benchmarks/gpu_syncs.py)
-#   profile   torch.profiler over 2 steps after 3 timed ones of proxy-1b, default kernels and compiled
-#             layers (the inductor cache of the mfu part makes the second compile short): $WORK/profile-*.txt
-#             (the mfu part profiles two of its compiled levers the same way)
+#   profile   torch.profiler over 2 steps after 3 timed ones of proxy-1b, as the config ships (compiled
+#             layers: the inductor cache of the mfu part makes the compile short) and eager with megatron's
+#             dispatcher: $WORK/profile-*.txt (the mfu part profiles its 8 x 4 lever the same way)
 #   distopt   megatron's distributed optimizer (optimizer.distributed: true) on the parity config: its GPU
 #             losses against the CPU file (the parity part's, or made here), then 2 steps, a checkpoint of
 #             the sharded state and a resume for 2 more (last: it runs when the budget leaves time)
@@ -194,13 +191,11 @@ else
   part mfu "${GPU_CHECK_MFU_S:-420}" "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
-    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers --profile $WORK" \
-    --lever "proxy-1b:--variant auto,auto,device --accum 8 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--variant auto,auto,device --mbs 8 --accum 4 --set model.compile=layers --set optimizer.fused=true --profile $WORK" \
-    --lever "proxy-1b:--variant auto,auto,device --mbs 16 --accum 2 --set model.compile=layers --set optimizer.fused=true" \
-    --lever "proxy-1b:--variant auto,auto,device" \
-    --lever "proxy-100m:--variant auto,auto,device --set model.compile=layers" \
-    --out "$WORK/mfu.json" ${GPU_CHECK_REF_COMPILE:+--ref-compile} ${GPU_CHECK_MFU_ARGS:-}
+    --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
+    --lever "proxy-1b:--mbs 8 --accum 4 --profile $WORK" \
+    --lever "proxy-1b:--mbs 16 --accum 8" \
+    --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true" \
+    --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
 fi
 
@@ -213,12 +208,13 @@ if want syncs && [ "$CPU" != 1 ]; then
 fi
 
 # --- profile --------------------------------------------------------------------------------------
-# proxy-1b, default kernels, then compiled layers: torch.profiler over 2 steps after 2 + 3 (ops by
-# CUDA time, and the GPU's busy time against the wall) in $WORK/profile-*.txt
+# proxy-1b as configs/train.proxy-1b.gpu.yaml ships (compiled layers), then eager with megatron's
+# dispatcher: torch.profiler over 2 steps after 2 + 3 (ops by CUDA time, and the GPU's busy time
+# against the wall) in $WORK/profile-*.txt
 if want profile && [ "$CPU" != 1 ]; then
   part profile 200 "head -q -n 1 \$WORK/profile-*.txt | tr '\n' ';'" -- "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" \
     --sides arcforge --presets proxy-1b --steps 3 --warmup 2 --timeout 190 --profile "$WORK" \
-    --lever "proxy-1b:--variant auto,auto,device --set model.compile=layers"
+    --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false"
 fi
 
 # --- distributed optimizer -----------------------------------------------------------------------

@@ -9,7 +9,7 @@ step (``Trainer.advance``: forward, backward, optimizer step, bias update, loggi
 dispatcher against ``kernels.dispatcher: device``), each in its own process, and prints the
 count and the Python lines that caused them.
 
-    python benchmarks/gpu_syncs.py --data DIR [--preset proxy-1b] [--mbs 4] [--kernels auto auto,auto,device]
+    python benchmarks/gpu_syncs.py --data DIR [--preset proxy-1b] [--mbs 4] [--kernels auto,auto,megatron auto,auto,device]
 
 Needs CUDA (exits 2 with one line without it). The data is bench_gpu_mfu.py's synthetic shard.
 Without a GPU, ``arcforge.model.host_reads.HostReads`` counts the same operations on CPU (by
@@ -79,8 +79,9 @@ def main() -> int:
     ap.add_argument("--preset", default="proxy-1b")
     ap.add_argument("--mbs", type=int, default=4)
     ap.add_argument("--seq", type=int, default=4096)
-    ap.add_argument("--kernels", nargs="+", default=["auto", "auto,auto,device"], metavar="VARIANT")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a dotted train-config key")
+    ap.add_argument("--kernels", nargs="+", default=["auto,auto,megatron", "auto,auto,device"], metavar="VARIANT")
+    ap.add_argument("--set", action="append", default=["model.compile=none"], metavar="KEY=VALUE",
+                    help="a dotted train-config key, after model.compile=none (eager layers: their syncs show by line)")
     ap.add_argument("--timeout", type=float, default=150)
     ap.add_argument("--out", default=None, help="write the results as JSON here")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)

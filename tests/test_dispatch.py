@@ -34,6 +34,32 @@ def _moe_layer_pair(dispatcher_type: str, experts: str):
     return arch, ref, new
 
 
+@pytest.mark.parametrize("repeats", [1, 4])
+def test_row_gather_has_index_selects_gradient_without_index_add(repeats):
+    """``RowGather`` (the dispatcher's gathers) against autograd's ``index_select`` on the same
+    rows, double precision: each of 6 rows read by ``repeats`` outputs in a shuffled order (the
+    dispatch with k = 4; the combine's permutation with 1). Its backward is a gather and a sum:
+    no ``index_add`` runs (autograd's backward of ``index_select`` is one)."""
+    from torch.profiler import profile
+
+    from arcforge.model.dispatch import RowGather
+
+    gen = torch.Generator().manual_seed(0)
+    slots = torch.randperm(6 * repeats, generator=gen)  # output i reads row slots[i] // repeats
+    index = torch.div(slots, repeats, rounding_mode="floor")
+    readers = torch.empty_like(slots).scatter_(0, slots, torch.arange(slots.numel()))
+    x = torch.randn(6, 5, dtype=torch.float64, generator=gen)
+    up = torch.randn(6 * repeats, 5, dtype=torch.float64, generator=gen)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    with profile() as prof:
+        (RowGather.apply(a, index, readers, repeats) * up).sum().backward()
+    (b.index_select(0, index) * up).sum().backward()
+    assert torch.equal(RowGather.apply(x, index, readers, repeats), x.index_select(0, index))
+    torch.testing.assert_close(a.grad, b.grad, rtol=1e-12, atol=1e-12)
+    assert not [e.key for e in prof.key_averages() if "index_add" in e.key]
+    assert torch.autograd.gradcheck(lambda t: RowGather.apply(t, index, readers, repeats), (x.clone().requires_grad_(),))
+
+
 @pytest.mark.parametrize("experts", ["sequential", "grouped"])
 def test_device_dispatcher_equals_megatrons_on_one_moe_layer(experts):
     """Same output, same gradients (input, router, experts, shared expert), same tokens per

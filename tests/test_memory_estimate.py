@@ -211,11 +211,11 @@ def test_dry_run_of_the_gpu_configs_and_a_config_error(tmp_path):
         assert "numerics: bf16, optimizer adam (distributed over dp)" in p.stdout, args
     assert "(not distributed)" in _cli(str(dist), "--dry-run", "--no-distributed-optimizer").stdout
     bad = tmp_path / "bad.yaml"
-    bad.write_text((ROOT / "configs" / "train.proxy-1b.gpu.yaml").read_text().replace("parallel: {tp: 1, pp: 1, ep: 1}",
-                                                                                        "parallel: {tp: 1, pp: 1, ep: 3}"))
+    bad.write_text((ROOT / "configs" / "train.proxy-100m.gpu.yaml").read_text().replace("parallel: {tp: 1, pp: 1, ep: 1}",
+                                                                                          "parallel: {tp: 1, pp: 1, ep: 3}"))
     p = _cli(str(bad), "--dry-run")
     assert p.returncode == 2
-    assert p.stderr.strip().splitlines() == [f"{bad}: parallel.ep: 3 does not divide the 32 experts"]
+    assert p.stderr.strip().splitlines() == [f"{bad}: parallel.ep: 3 does not divide the 16 experts"]
 
 
 def test_docs_table_is_generated():

@@ -70,7 +70,7 @@ def test_recompute_leaves_the_steps_unchanged(tmp_path, shard, recompute, expert
 def test_dry_run_follows_the_configs_recompute(tmp_path):
     src = (ROOT / "configs" / "train.proxy-1b.gpu.yaml").read_text()
     cfg = tmp_path / "full.yaml"
-    cfg.write_text(src.replace("  seq_length: 4096\n", "  seq_length: 4096\n  recompute: full\n"))
+    cfg.write_text(src.replace("  compile: layers ", "  recompute: full\n  compile: none ").replace("  dispatcher: device ", "  dispatcher: megatron "))
     run = lambda *a: subprocess.run([sys.executable, "-m", "arcforge.cli", "train", *a], cwd=ROOT,  # noqa: E731
                                     capture_output=True, text=True, timeout=300)
     full, flag, none = run(str(cfg), "--dry-run"), run(str(cfg), "--dry-run", "--recompute", "none"), \

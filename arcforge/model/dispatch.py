@@ -23,7 +23,10 @@ the same permutation with no host round trip and no chunk sort:
   would read its maximum back to the host), which ``kernels.gmm`` turns into
   ``torch._grouped_mm`` offsets on the device;
 * combine: the inverse permutation and a sum over each token's ``k`` rows (no atomics; the
-  probabilities are applied inside the experts, as megatron does).
+  probabilities are applied inside the experts, as megatron does);
+* backward: every row gather (``RowGather``) differentiates into another row gather and a sum,
+  not autograd's ``index_add``, which adds bf16 rows with atomics on CUDA: on one H200 it took
+  18% of a compiled proxy-1b step (as long as the experts' grouped GEMMs; docs/benchmarks.md).
 
 The model's parameters do not change, so checkpoints move freely between the two
 dispatchers. Chosen by the train config's ``kernels.dispatcher: device``; ``megatron`` (the
@@ -40,6 +43,31 @@ from megatron.core.transformer.moe.moe_utils import get_default_pg_collection
 from megatron.core.transformer.moe.token_dispatcher import MoETokenDispatcher
 
 DISPATCHERS = ("megatron", "device")
+
+
+class RowGather(torch.autograd.Function):
+    """``x.index_select(0, index)`` whose backward is a gather as well.
+
+    Every row of ``x`` is read by exactly ``repeats`` output rows, listed by ``readers``: row
+    ``r``'s readers are ``readers[r * repeats : (r + 1) * repeats]`` (for a permutation, with
+    ``repeats`` 1, ``readers`` is its inverse). The gradient of ``x`` is then those rows of the
+    output's gradient, summed per group of ``repeats``. Autograd's own backward of
+    ``index_select`` is ``index_add``, which must allow any index pattern and so adds rows with
+    atomics (on CUDA, for bf16, one slow kernel per call)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, readers: torch.Tensor, repeats: int) -> torch.Tensor:
+        ctx.save_for_backward(readers)
+        ctx.repeats = repeats
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (readers,) = ctx.saved_tensors
+        rows = grad.index_select(0, readers)
+        if ctx.repeats > 1:
+            rows = rows.view(-1, ctx.repeats, *rows.shape[1:]).sum(dim=1)
+        return rows, None, None, None
 
 
 class DeviceTokenDispatcher(MoETokenDispatcher):
@@ -65,10 +93,12 @@ class DeviceTokenDispatcher(MoETokenDispatcher):
         experts = routing_map.to(torch.int8).topk(self.topk, dim=1, sorted=False).indices  # [T, k]
         flat = experts.reshape(-1)
         order = torch.argsort(flat, stable=True)  # by expert; within one, by token (t * k + j)
-        self.order = order
+        # inverse[t * k + j]: where token t's j-th expert row sits in expert-major order
+        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        self.order, self.inverse = order, inverse
         self.tokens_per_expert = routing_map.sum(dim=0)  # not bincount: on CUDA it reads max() back
-        permuted = x.index_select(0, torch.div(order, self.topk, rounding_mode="floor"))
-        permuted_probs = probs.gather(1, experts).reshape(-1).index_select(0, order)
+        permuted = RowGather.apply(x, torch.div(order, self.topk, rounding_mode="floor"), inverse, self.topk)
+        permuted_probs = RowGather.apply(probs.gather(1, experts).reshape(-1), order, inverse, 1)
         return permuted, permuted_probs
 
     def token_dispatch(self, hidden_states: torch.Tensor, probs: torch.Tensor):
@@ -86,9 +116,8 @@ class DeviceTokenDispatcher(MoETokenDispatcher):
 
     def combine_postprocess(self, hidden_states: torch.Tensor) -> torch.Tensor:
         """Back to token order, each token's ``k`` expert rows summed: ``[*hidden_shape]``."""
-        order, self.order = self.order, None
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
-        rows = hidden_states.index_select(0, inverse)  # row t * k + j: token t's j-th expert
+        order, inverse, self.order, self.inverse = self.order, self.inverse, None, None
+        rows = RowGather.apply(hidden_states, inverse, order, 1)  # row t * k + j: token t's j-th expert
         return rows.view(-1, self.topk, rows.shape[-1]).sum(dim=1).view(self.hidden_shape)
 
 
@@ -104,4 +133,4 @@ class DeviceMoELayer(MoELayer):
         )
 
 
-__all__ = ["DISPATCHERS", "DeviceMoELayer", "DeviceTokenDispatcher"]
+__all__ = ["DISPATCHERS", "DeviceMoELayer", "DeviceTokenDispatcher", "RowGather"]

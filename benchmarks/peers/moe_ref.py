@@ -50,14 +50,22 @@ def shape_from_arch(arch, vocab: int | None = None) -> Shape:
 PROXY_1B = Shape(L=16, H=1024, NH=16, KV=4, HD=64, FF=3072, E=32, K=4, EF=416, V=4000)  # the issue's run
 
 
+def attention_params(s: Shape) -> int:
+    """One layer's QKV and output projections."""
+    return s.H * (s.NH + 2 * s.KV) * s.HD + s.NH * s.HD * s.H
+
+
+def moe_params(s: Shape) -> int:
+    """One MoE layer's matmul weights a token goes through: top-k routed + shared experts, router."""
+    return 3 * s.H * s.EF * (s.K + s.shared) + s.H * s.E
+
+
 def active_matmul_params(s: Shape) -> int:
     """Matmul weights one token goes through: attention (QKV + output projection), the dense
     MLPs, top-k routed + shared experts, routers, and the output layer; no embedding, norms
     or biases. The same count as ``bench_gpu_mfu.active_matmul_params(arch)``."""
-    attn = s.H * (s.NH + 2 * s.KV) * s.HD + s.NH * s.HD * s.H
     dense = 3 * s.H * s.FF
-    moe = 3 * s.H * s.EF * (s.K + s.shared) + s.H * s.E
-    return s.L * attn + s.dense * dense + (s.L - s.dense) * moe + s.H * s.V
+    return s.L * attention_params(s) + s.dense * dense + (s.L - s.dense) * moe_params(s) + s.H * s.V
 
 
 def flops_per_token(s: Shape, seq: int) -> float:
