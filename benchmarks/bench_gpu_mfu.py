@@ -267,15 +267,19 @@ def child_arcforge(a) -> dict:
 
 def _compile_stats(cfg) -> dict:
     """With ``model.compile``: the graphs dynamo made (3 for proxy-1b on CPU:
-    tests/test_compile.py), its graph breaks and their first reasons: a break or an extra
-    graph on the GPU would show here, not only in the speed."""
+    tests/test_compile.py), its graph breaks and their first reasons, and the guards whose
+    failure made it compile a frame again (5 graphs on the H200 for 3 layer kinds): a break
+    or an extra graph on the GPU would show here, not only in the speed."""
     if cfg.model.compile == "none":
         return {}
-    from torch._dynamo.utils import counters
+    from torch._dynamo.utils import counters, guard_failures
 
     breaks = counters["graph_break"]
+    recompiles = [f"{getattr(code, 'co_name', code)}: {why.splitlines()[0][:200]}"
+                  for code, whys in guard_failures.items() for why in whys]
     return dict(unique_graphs=counters["stats"]["unique_graphs"], graph_breaks=sum(breaks.values()),
-                graph_break_reasons=[f"{n} x {why[:200]}" for why, n in breaks.most_common(3)])
+                graph_break_reasons=[f"{n} x {why[:200]}" for why, n in breaks.most_common(3)],
+                recompile_reasons=recompiles[:10])
 
 
 def _saved_activations(trainer, by_dtype: dict | None = None) -> int:
@@ -450,9 +454,12 @@ def main() -> int:
                 Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
             msg = r.get("error") or f"{r['tokens_per_s']:,.0f} tokens/s, MFU {r['mfu'] * 100:.1f}%"
             if "unique_graphs" in r:
-                msg += f"; compiled: {r['unique_graphs']} graphs, {r['graph_breaks']} breaks, first steps " + \
+                msg += f"; compiled: {r['unique_graphs']} graphs, {r['graph_breaks']} breaks, " + \
+                       f"{len(r.get('recompile_reasons', []))} recompiles, first steps " + \
                        ", ".join(f"{x:.1f}" for x in r.get("warmup_step_s", [])) + " s"
             print(f"  {preset} {r['side']}: {msg} ({r['child_s']:.0f} s)", flush=True)
+            for why in r.get("recompile_reasons", []):
+                print(f"    recompiled: {why}", flush=True)
             if r.get("error") and r.get("tail"):
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
     print()
