@@ -46,12 +46,12 @@ def _short(filename: str) -> str:
 def child(a) -> dict:
     import torch
 
-    from bench_gpu_mfu import _config, parse_variant
+    from mfu_plan import parse_variant, write_config
     from arcforge.model.train import load_train_config
     from arcforge.model.train_loop import started
 
     parse_variant(a.variant)
-    path = _config(a.preset, a.data, a.workdir, mbs=a.mbs, accum=1, iters=3, seq=a.seq, kernels=a.variant, sets=a.set)
+    path = write_config(a.preset, a.data, a.workdir, mbs=a.mbs, accum=1, iters=3, seq=a.seq, kernels=a.variant, sets=a.set)
     cfg = load_train_config(path)
     cuda = torch.cuda.is_available()  # False only when this function is tested on CPU: nothing to count
     with started(cfg, resume=False, verbose=False) as trainer:
@@ -96,7 +96,7 @@ def main() -> int:
     if a.child:
         print("RESULT " + json.dumps(child(a)), flush=True)
         return 0
-    from bench_gpu_mfu import make_data
+    from mfu_plan import make_data
 
     make_data(a.data)
     work = tempfile.mkdtemp(prefix="arcforge-syncs-")

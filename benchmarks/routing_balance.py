@@ -24,14 +24,14 @@ sys.path.insert(0, str(HERE.parent))
 
 def trajectory(preset: str, data: str, workdir: str, rate: float, steps: int, seq: int, mbs: int) -> list[tuple]:
     """(step, loss, mean max/mean load, worst layer's max/mean load) for each step."""
-    from bench_gpu_mfu import _config
+    from mfu_plan import write_config
 
     from arcforge.model.train import load_train_config
     from arcforge.model.train_loop import started
 
     sets = ["device=cpu", "dtype=fp32", "threads=2", "kernels.attention=local", "kernels.experts=sequential",
             f"balance.bias_update_rate={rate}", "optimizer.warmup_iters=5"]
-    cfg = load_train_config(_config(preset, data, str(Path(workdir) / f"rate-{rate}"), mbs=mbs, accum=1,
+    cfg = load_train_config(write_config(preset, data, str(Path(workdir) / f"rate-{rate}"), mbs=mbs, accum=1,
                                     iters=steps, seq=seq, sets=sets))
     rows = []
     with started(cfg, resume=False, verbose=False) as t:
@@ -52,7 +52,7 @@ def main() -> int:
     ap.add_argument("--every", type=int, default=3)
     a = ap.parse_args()
     from arcforge.model.arch import get_preset
-    from bench_gpu_mfu import make_data
+    from mfu_plan import make_data
 
     make_data(a.data)
     arch = get_preset(a.preset)

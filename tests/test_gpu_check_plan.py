@@ -1,5 +1,5 @@
-"""The runs ``benchmarks/gpu_check.sh`` asks of ``bench_gpu_mfu.py``, checked on CPU before a GPU
-is lent: every ``--kernels`` variant and ``--lever`` written in the script parses, and the train
+"""The runs ``benchmarks/gpu_check.sh`` asks of ``bench_gpu_mfu.py`` (planned by ``mfu_plan.py``),
+checked on CPU before a GPU is lent: every ``--kernels`` variant and ``--lever`` written in the script parses, and the train
 config each arcforge child would write validates (a config the validator refuses would cost a
 GPU run). Nothing here needs CUDA: the configs are written and validated, not trained."""
 
@@ -29,7 +29,7 @@ def _script_runs() -> tuple[list[str], list[str]]:
 
 
 def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
-    import bench_gpu_mfu as bench
+    import mfu_plan as bench
 
     from arcforge.model.train import load_train_config
 
@@ -49,7 +49,7 @@ def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
                     sets.append(value)
                 else:
                     opts[flag] = value
-            path = bench._config(preset, str(data), str(tmp_path / "work"), mbs=int(opts["--mbs"]),
+            path = bench.write_config(preset, str(data), str(tmp_path / "work"), mbs=int(opts["--mbs"]),
                                  accum=int(opts["--accum"]), iters=11, seq=4096, kernels=opts["--variant"], sets=sets)
             cfg = load_train_config(path)
             assert cfg.device == "cuda" and cfg.dtype == "bf16", lever
@@ -62,7 +62,7 @@ def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
 
 def test_a_lever_the_trainer_refuses_is_caught_here(tmp_path):
     """The check above can fail: compiled layers without the device dispatcher are refused."""
-    import bench_gpu_mfu as bench
+    import mfu_plan as bench
 
     from arcforge.model.train import load_train_config
     from arcforge.runtime.config import ConfigError
@@ -72,14 +72,14 @@ def test_a_lever_the_trainer_refuses_is_caught_here(tmp_path):
     _, spec = bench.parse_lever("proxy-1b:--variant auto,auto,megatron --set model.compile=layers")
     words = shlex.split(spec)
     sets = [w for f, w in zip(words[::2], words[1::2]) if f == "--set"]
-    path = bench._config("proxy-1b", str(data), str(tmp_path / "work"), mbs=4, accum=1, iters=3, seq=4096,
+    path = bench.write_config("proxy-1b", str(data), str(tmp_path / "work"), mbs=4, accum=1, iters=3, seq=4096,
                          kernels="auto,auto,megatron", sets=sets)
     with pytest.raises(ConfigError, match=r"model\.compile: layers needs"):
         load_train_config(path)
 
 
 def test_a_broken_compile_skips_the_later_compiled_runs_but_running_out_of_memory_does_not():
-    from bench_gpu_mfu import stops_compiled_runs
+    from mfu_plan import stops_compiled_runs
 
     assert stops_compiled_runs({"tokens_per_s": 1.0}) == ""
     assert stops_compiled_runs({"error": "timed out after 240 s"}) == "timed out after 240 s"
@@ -92,7 +92,7 @@ def test_mtp_flops_by_hand_for_proxy_1b():
     head dim 64, 32 experts top-4 of FFN 416 plus one shared, vocab 4,000): eh_proj 2,097,152 +
     attention 2,621,440 + MoE 6,422,528 + output layer 4,096,000 = 15,237,120 matmul weights;
     6 x that + 12 x 1024 x 4096 for its attention."""
-    from bench_gpu_mfu import mtp_flops_per_token
+    from mfu_plan import mtp_flops_per_token
 
     assert mtp_flops_per_token("proxy-1b", 4096, 1) == 6 * 15_237_120 + 12 * 1024 * 4096
     assert mtp_flops_per_token("proxy-1b", 4096, 0) == 0
@@ -114,3 +114,53 @@ def test_saved_bytes_of_the_first_forward_only():
     outs.clear()
     first = count_saved_bytes(model, lambda: [outs.append(model(x)) for x in xs], first_forward_only=True)
     assert once > 0 and both == 2 * once and first == once
+
+
+# rows of the H200 profile of issue 12 (compiled proxy-1b, 8 x 4, 2 steps): op name, self GPU ms
+H200_ROWS = [
+    ("aten::_grouped_mm", 313.102), ("aten::index_add", 293.854), ("aten::_cudnn_attention_backward", 246.425),
+    ("aten::mm", 218.608), ("aten::_cudnn_attention_forward", 84.992), ("aten::copy_", 44.661),
+    ("triton_poi_fused__to_copy_cat_mul_silu_silu_backward_split_7", 31.502), ("aten::add_", 28.056),
+    ("aten::topk", 25.263), ("Command Buffer Full", 23.286), ("triton_poi_fused_index_select_view_33", 18.284),
+    ("triton_red_fused__to_copy_index_add_mul_new_zeros_silu_split_squeeze_1", 12.373),
+    ("aten::_fused_adamw_", 11.850), ("aten::masked_fill_", 12.864), ("aten::cat", 0.0),
+]
+
+
+def test_profile_kinds_of_real_op_names():
+    """Each op of a real GPU profile falls in one kind; inductor's kernels stay inductor's even
+    when their names mention ``index_add`` or ``index_select``; ops without GPU time are left
+    out; the kinds sum to what was given."""
+    from profile_kinds import kind_of, kinds_table, time_by_kind
+
+    assert kind_of("aten::index_add") == "atomics (index_add, scatter_add, index_put)"
+    assert kind_of("triton_red_fused__to_copy_index_add_mul_new_zeros_silu_split_squeeze_1") == "inductor fused kernels"
+    assert kind_of("aten::index_select") == "gathers and sorts"
+    assert kind_of("aten::_grouped_mm") == "expert GEMMs (grouped)"
+    assert kind_of("arcforge::grouped_mm_wgrad") == "expert GEMMs (grouped)"
+    assert kind_of("aten::addmm") == kind_of("aten::mm") == "dense GEMMs"
+    assert kind_of("aten::_fused_adamw_") == "optimizer"
+    assert kind_of("Command Buffer Full") == "other"
+    by_kind = {k: round(v, 3) for k, v in time_by_kind(H200_ROWS).items()}
+    assert by_kind == {
+        "attention": 331.417, "expert GEMMs (grouped)": 313.102, "atomics (index_add, scatter_add, index_put)": 293.854,
+        "dense GEMMs": 218.608, "inductor fused kernels": 62.159, "other aten ops": 40.92, "copies": 44.661,
+        "gathers and sorts": 25.263, "other": 23.286, "optimizer": 11.85,
+    } and list(by_kind)[:3] == ["attention", "expert GEMMs (grouped)", "atomics (index_add, scatter_add, index_put)"]
+    assert sum(by_kind.values()) == pytest.approx(sum(ms for _, ms in H200_ROWS))
+    table = kinds_table(time_by_kind((name, ms * 1e3) for name, ms in H200_ROWS), 1672.0e3)  # microseconds
+    assert "| attention | 331.4 | 19.8% |" in table
+
+
+def test_profiled_time_by_kind_on_a_cpu_profile():
+    """On a real (CPU-only) torch.profiler run no op has GPU time: no kinds, nothing unattributed
+    (the GPU numbers need the H200; this checks the event walk runs on torch's own events)."""
+    import torch
+    from profile_kinds import profiled_time_by_kind
+    from torch.profiler import ProfilerActivity, profile
+
+    layer = torch.nn.Linear(16, 16)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        layer(torch.randn(4, 16)).sum().backward()
+    assert any(e.name == "aten::addmm" for e in prof.events())
+    assert profiled_time_by_kind(prof) == ({}, 0)
