@@ -305,18 +305,19 @@ def main() -> int:
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
     print()
     print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | MFU, MTP counted | peak GiB | vs reference (eager) "
-          "| saved / est. activations GiB |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+          "| saved / est. activations GiB | router max/mean, worst layer |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ref = next((x for x in rows if x["preset"] == r["preset"] and x["side"] == "reference" and "error" not in x), None)
         if "error" in r:
-            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | | | |")
+            print(f"| {r['preset']} | {r['side']} | | failed: {r['error']} | | | | | | | |")
             continue
         ratio = f"{r['tokens_per_s'] / ref['tokens_per_s']:.2f}x" if ref else ""
         act = f"{r['saved_activation_gib']:.2f} / {r['est_activation_gib']:.2f}" if "saved_activation_gib" in r else ""
         mtp = f"{r['mfu_with_mtp'] * 100:.1f}%" if "mfu_with_mtp" in r else ""
+        balance = f"{r['balance_max_mean_worst']:.2f}" if r.get("balance_max_mean_worst") is not None else ""
         print(f"| {r['preset']} | {r['side']} | {r['mbs']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | "
-              f"{r['mfu'] * 100:.1f}% | {mtp} | {r['peak_mem_gib']:.1f} | {ratio} | {act} |")
+              f"{r['mfu'] * 100:.1f}% | {mtp} | {r['peak_mem_gib']:.1f} | {ratio} | {act} | {balance} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
     return 0 if all("error" not in r for r in rows) else 1

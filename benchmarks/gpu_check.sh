@@ -21,7 +21,9 @@
 #             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): proxy-1b eager with
 #             megatron's dispatcher and foreach AdamW (the first H100 and H200 runs' default); the config's
 #             own batch, 8 x 4 accumulated, profiled after its timed steps; 16 x 8 (H200 memory: 77 GiB);
-#             proxy-100m compiled, 8 x 4
+#             8 x 4 at lr 1e-6 (routing stays as at initialisation instead of collapsing: the table's
+#             router max/mean column says which routing each speed was measured in); 8 x 4 on real
+#             text when benchmarks/gpu_text is carried (see data); proxy-100m compiled, 8 x 4
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
 #             GPU_CHECK_REF_COMPILE=0 leaves out the compiled reference)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
@@ -139,8 +141,16 @@ if not torch.cuda.is_available() and '$CPU' != '1':
 " || { [ "$CPU" = 1 ] || { printf '%s\n' "${SUMMARY[@]}"; echo "preflight failed: stopping"; exit 1; }; }
 
 # --- data -----------------------------------------------------------------------------------------
-part data 60 "grep 'synthetic data' \$WORK/data.log || ls \$WORK/data" -- \
-  "$PY" benchmarks/bench_gpu_mfu.py --make-data "$WORK/data"
+# the synthetic shard, built here; real text only if carried: benchmarks/gpu_text/text.{bin,idx}, built
+# after `make demo` by `python benchmarks/mfu_plan.py --text-from runs/demo/mixture/pretrain_1_general.blend.json`
+# (git-ignored, like gpu_wheels/: carry both); with it the mfu part runs one more lever on it
+GPU_TEXT=${GPU_CHECK_TEXT:-benchmarks/gpu_text}
+TEXT_LEVER=()
+[ -f "$GPU_TEXT/text.idx" ] && TEXT_LEVER=(--lever "proxy-1b:--mbs 8 --accum 4 --set data.blend=[$GPU_TEXT/text]")
+part data 60 "grep -E 'synthetic data|real text' \$WORK/data.log || ls \$WORK/data" -- bash -c \
+  "'$PY' benchmarks/bench_gpu_mfu.py --make-data '$WORK/data' && if [ -f '$GPU_TEXT/text.idx' ]; then
+     echo \"real text: \$(( \$(stat -c %s '$GPU_TEXT/text.bin') / 2 )) tokens in $GPU_TEXT/text\"; else
+     echo 'real text: none carried ($GPU_TEXT/text.idx)'; fi"
 
 # --- smoke + resume -------------------------------------------------------------------------------
 if [ "$CPU" = 1 ]; then
@@ -194,6 +204,8 @@ else
     --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-1b:--mbs 8 --accum 4 --profile $WORK" \
     --lever "proxy-1b:--mbs 16 --accum 8" \
+    --lever "proxy-1b:--mbs 8 --accum 4 --set optimizer.lr=1e-6 --set optimizer.min_lr=1e-7" \
+    ${TEXT_LEVER[@]+"${TEXT_LEVER[@]}"} \
     --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"

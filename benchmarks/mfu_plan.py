@@ -66,6 +66,57 @@ def make_data(out: str | Path, *, tokens: int = 2_000_000, vocab: int = VOCAB, s
     return str(prefix)
 
 
+TEXT_DIR = ROOT / "benchmarks" / "gpu_text"  # text_shard's output, carried to the GPU machine like gpu_wheels/
+
+
+def text_shard(blend_file: str | Path, out: str | Path = TEXT_DIR, tokenizer: str | Path | None = None) -> str:
+    """Real text for the GPU benchmarks: every document of a blend written by ``arcforge mix``
+    (after ``make demo``: ``runs/demo/mixture/pretrain_1_general.blend.json``, the demo's
+    stage-1 mixture of web, Wikipedia, books, docs and multilingual text), each once, merged
+    into one Megatron shard ``OUT/text.{bin,idx}`` with megatron-core's builder
+    (``add_index``), plus ``OUT/tokenizer.json``.
+
+    Why: the synthetic shard is a Markov chain, on which proxy-1b's routing collapses within a
+    few steps; issue 12 asks for the speed with real data and real routing. The GPU machine
+    cannot run the demo pipeline (no Java, no time), so the shard is built here and carried.
+    The tokenizer (default: the blend's run's ``tokenizer`` stage) must have the synthetic
+    shard's vocabulary and special ids, so the GPU configs train on either unchanged; else one
+    line, and nothing is written."""
+    import numpy as np
+
+    from arcforge.model.data import read_tokenizer_info
+    from arcforge.tokenize.shards import megatron_builder
+
+    blend_file = Path(blend_file)
+    meta = json.loads(blend_file.read_text())
+    paths = meta["data_path"]
+    prefixes = paths[1::2] if len(paths) > 1 and _is_number(paths[0]) else paths
+    tokenizer = Path(tokenizer) if tokenizer else blend_file.parent.parent / "tokenizer"
+    info = read_tokenizer_info(str(tokenizer))
+    if (info.vocab_size, info.eod_id, info.pad_id) != (VOCAB, EOD, PAD):
+        raise SystemExit(f"mfu_plan: {info.source}: vocabulary {info.vocab_size}, eod {info.eod_id}, pad {info.pad_id}; "
+                         f"the GPU configs expect {VOCAB}, {EOD}, {PAD} (the synthetic shard's)")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    prefix = out / "text"
+    builder = megatron_builder()(str(prefix) + ".bin", dtype=np.uint16)
+    for p in prefixes:
+        builder.add_index(p)
+    builder.finalize(str(prefix) + ".idx")
+    (out / "tokenizer.json").write_text(json.dumps({"vocab_size": VOCAB, "eod_id": EOD, "pad_id": PAD}))
+    tokens = (out / "text.bin").stat().st_size // 2
+    print(f"text: {len(prefixes)} shards of {blend_file}, {tokens:,} tokens -> {prefix}.bin/.idx", flush=True)
+    return str(prefix)
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
 def shape(preset: str):
     from moe_ref import shape_from_arch
 
@@ -186,3 +237,15 @@ def stops_compiled_runs(r: dict) -> str:
     if "out of memory" in (error + r.get("tail", "")).lower():
         return ""
     return f"failed ({error})"
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description="build the GPU benchmarks' real-text shard from a blend (after make demo)")
+    ap.add_argument("--text-from", required=True, metavar="BLEND_JSON",
+                    help="e.g. runs/demo/mixture/pretrain_1_general.blend.json")
+    ap.add_argument("--out", default=str(TEXT_DIR))
+    ap.add_argument("--tokenizer", default=None, help="default: the blend's run's tokenizer stage")
+    a = ap.parse_args()
+    text_shard(a.text_from, a.out, a.tokenizer)

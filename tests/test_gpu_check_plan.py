@@ -33,10 +33,19 @@ def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
 
     from arcforge.model.train import load_train_config
 
+    import shutil
+
     kernels, levers = _script_runs()
     assert "auto" in kernels
     data = tmp_path / "data"
     bench.make_data(data, tokens=50_000)
+    # the real-text lever's shard (benchmarks/gpu_text, carried when built): the synthetic one stands in
+    text = tmp_path / "gpu_text"
+    text.mkdir()
+    for ext in ("bin", "idx"):
+        shutil.copy(data / f"synthetic.{ext}", text / f"text.{ext}")
+    assert any("$GPU_TEXT/text" in lever for lever in levers)
+    levers = [lever.replace("$GPU_TEXT", str(text)) for lever in levers]
     variants = [bench.parse_variant(k) for k in kernels]
     configs = []
     for preset in ("proxy-1b", "proxy-100m"):
@@ -164,3 +173,72 @@ def test_profiled_time_by_kind_on_a_cpu_profile():
         layer(torch.randn(4, 16)).sum().backward()
     assert any(e.name == "aten::addmm" for e in prof.events())
     assert profiled_time_by_kind(prof) == ({}, 0)
+
+
+def test_reference_routing_balance_reads_its_own_routing():
+    """``moe_ref.routing_balance`` (the reference's column beside arcforge's
+    ``balance_max_mean_worst``) on the reference model itself, on CPU in bf16: a selection bias
+    that sends every token to the same k experts reads exactly E / k; the random start reads
+    less; the hooks are gone afterwards."""
+    import dataclasses
+
+    import torch
+
+    sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
+    from moe_ref import PROXY_1B, build, routing_balance
+
+    s = dataclasses.replace(PROXY_1B, L=3, H=64, NH=4, KV=2, HD=16, FF=96, E=8, K=2, EF=32, V=256)
+    torch.manual_seed(0)
+    model = build(s, device="cpu")
+    ids = torch.randint(0, s.V, (2, 64))
+    start = routing_balance(model, ids, s)
+    assert 1.0 <= start < s.E / s.K
+    with torch.no_grad():
+        for block in model.blocks[s.dense:]:
+            block.mlp.bias[: s.K] = 100.0
+    assert routing_balance(model, ids, s) == s.E / s.K
+    assert all(not b.mlp.router._forward_hooks for b in model.blocks[s.dense:])
+
+
+def test_text_shard_merges_every_document_of_a_blend_once(tmp_path):
+    """``mfu_plan.text_shard`` (the GPU benchmarks' real-text shard): the documents of every
+    shard a blend names, in blend order, each once, in one Megatron shard megatron-core reads
+    back; a tokenizer with other special ids is refused in one line and writes nothing."""
+    import json
+
+    import numpy as np
+    from megatron.core.datasets.indexed_dataset import IndexedDataset
+
+    import mfu_plan
+    from arcforge.tokenize.shards import megatron_builder
+
+    rng = np.random.default_rng(0)
+    docs = [[rng.integers(4, 4000, size=int(rng.integers(5, 40))).astype(np.uint16) for _ in range(n)] for n in (3, 5)]
+    prefixes = []
+    for i, group in enumerate(docs):
+        prefix = tmp_path / "run" / "shards" / f"part-{i}"
+        prefix.parent.mkdir(parents=True, exist_ok=True)
+        builder = megatron_builder()(f"{prefix}.bin", dtype=np.uint16)
+        for d in group:
+            builder.add_document(d, [len(d)])
+        builder.finalize(f"{prefix}.idx")
+        prefixes.append(str(prefix))
+    (tmp_path / "run" / "tokenizer").mkdir()
+    tok = tmp_path / "run" / "tokenizer" / "tokenizer.json"
+    tok.write_text(json.dumps({"vocab_size": 4000, "eod_id": 2, "pad_id": 3}))
+    blend = tmp_path / "run" / "mixture" / "stage.blend.json"
+    blend.parent.mkdir()
+    blend.write_text(json.dumps({"data_path": ["0.7", prefixes[1], "0.3", prefixes[0]]}))
+
+    out = mfu_plan.text_shard(blend, tmp_path / "gpu_text")
+    merged = IndexedDataset(out)
+    expected = docs[1] + docs[0]
+    assert len(merged) == len(expected)
+    for i, d in enumerate(expected):
+        assert np.array_equal(merged[i], d)
+    assert json.loads((tmp_path / "gpu_text" / "tokenizer.json").read_text())["vocab_size"] == 4000
+
+    tok.write_text(json.dumps({"vocab_size": 4000, "eod_id": 1, "pad_id": 3}))
+    with pytest.raises(SystemExit, match=r"tokenizer\.json: vocabulary 4000, eod 1, pad 3; the GPU configs expect 4000, 2, 3"):
+        mfu_plan.text_shard(blend, tmp_path / "other")
+    assert not (tmp_path / "other").exists()

@@ -171,6 +171,32 @@ def build(s: Shape, device: str = "cuda"):
     return LM().to(device, torch.bfloat16)
 
 
+def routing_balance(model, ids, s: Shape) -> float:
+    """The worst MoE layer's expert load max/mean on one batch (1 = balanced, ``E / K`` = every
+    token on the same ``K`` experts): the routing state a speed was measured in, set beside
+    arcforge's ``balance_max_mean_worst``. One more forward, eager and without gradients (hooks
+    on the routers replay the forward's selection), so the timed steps are untouched."""
+    import torch
+
+    loads: list[float] = []
+
+    def hook(moe):
+        def on_router(_module, _inputs, logits):
+            picked = torch.topk(torch.sigmoid(logits.float()) + moe.bias, s.K, dim=-1).indices
+            counts = torch.bincount(picked.reshape(-1), minlength=s.E).float()
+            loads.append(float(counts.max() / counts.mean()))
+        return on_router
+
+    handles = [b.mlp.router.register_forward_hook(hook(b.mlp)) for b in model.blocks if hasattr(b.mlp, "router")]
+    try:
+        with torch.no_grad():
+            model(ids)
+    finally:
+        for h in handles:
+            h.remove()
+    return max(loads) if loads else 0.0
+
+
 def run(s: Shape, seq: int, mbs: int, *, steps: int = 10, warmup: int = 3, compile: bool = False,
         peak: float = PEAK_BF16, seed: int = 0) -> dict:
     """Forward + backward + fused AdamW on random tokens; tokens/s and MFU over ``steps`` after
@@ -206,10 +232,11 @@ def run(s: Shape, seq: int, mbs: int, *, steps: int = 10, warmup: int = 3, compi
     torch.cuda.synchronize()
     dt = (time.perf_counter() - t) / steps
     tok = mbs * seq / dt
+    balance = routing_balance(model, ids[:, :-1], s)  # after timing: an eager forward of its own
     f = flops_per_token(s, seq)
     out = dict(side="reference", compile=compile, seq=seq, mbs=mbs, steps=steps, warmup=warmup,
                tokens_per_s=tok, tflops=tok * f / 1e12, mfu=tok * f / peak, loss=float(loss),
-               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, shape=asdict(s),
+               peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30, shape=asdict(s), balance_max_mean_worst=balance,
                active_matmul_params=active_matmul_params(s), flops_per_token=f)
     torch.cuda.empty_cache()
     return out
