@@ -18,12 +18,12 @@
 #             proxy-1b then proxy-100m at seq 4096, arcforge as each GPU config ships (proxy-1b: compiled
 #             layers, arcforge's device dispatcher, fused AdamW; proxy-100m: eager, megatron's dispatcher)
 #             at the reference's micro-batch, then levers, most telling first (the part is time-boxed by
-#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): proxy-1b eager with
-#             megatron's dispatcher and foreach AdamW (the first H100 and H200 runs' default); the config's
-#             own batch, 8 x 4 accumulated, profiled after its timed steps; 16 x 8 (H200 memory: 77 GiB);
-#             8 x 4 at lr 1e-6 (routing stays as at initialisation instead of collapsing: the table's
-#             router max/mean column says which routing each speed was measured in); 8 x 4 on real
-#             text when benchmarks/gpu_text is carried (see data); proxy-100m compiled, 8 x 4
+#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): the config's
+#             own batch, 8 x 4 accumulated, profiled after its timed steps; 8 x 4 on real text when
+#             benchmarks/gpu_text is carried (see data); 8 x 4 at lr 1e-6 (routing stays as at
+#             initialisation instead of collapsing: the table's router max/mean column says which routing
+#             each speed was measured in); 16 x 8 (H200 memory: 77 GiB); proxy-1b eager with megatron's
+#             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled, 8 x 4
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
 #             GPU_CHECK_REF_COMPILE=0 leaves out the compiled reference)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
@@ -144,7 +144,7 @@ if not torch.cuda.is_available() and '$CPU' != '1':
 # the synthetic shard, built here; real text only if carried: benchmarks/gpu_text/text.{bin,idx}, built
 # after `make demo` by `python benchmarks/mfu_plan.py --text-from runs/demo/mixture/pretrain_1_general.blend.json`
 # (git-ignored, like gpu_wheels/: carry both); with it the mfu part runs one more lever on it
-GPU_TEXT=${GPU_CHECK_TEXT:-benchmarks/gpu_text}
+GPU_TEXT=${GPU_CHECK_TEXT:-$REPO/benchmarks/gpu_text}
 TEXT_LEVER=()
 [ -f "$GPU_TEXT/text.idx" ] && TEXT_LEVER=(--lever "proxy-1b:--mbs 8 --accum 4 --set data.blend=[$GPU_TEXT/text]")
 part data 60 "grep -E 'synthetic data|real text' \$WORK/data.log || ls \$WORK/data" -- bash -c \
@@ -201,11 +201,11 @@ else
   part mfu "${GPU_CHECK_MFU_S:-420}" "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
-    --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-1b:--mbs 8 --accum 4 --profile $WORK" \
-    --lever "proxy-1b:--mbs 16 --accum 8" \
-    --lever "proxy-1b:--mbs 8 --accum 4 --set optimizer.lr=1e-6 --set optimizer.min_lr=1e-7" \
     ${TEXT_LEVER[@]+"${TEXT_LEVER[@]}"} \
+    --lever "proxy-1b:--mbs 8 --accum 4 --set optimizer.lr=1e-6 --set optimizer.min_lr=1e-7" \
+    --lever "proxy-1b:--mbs 16 --accum 8" \
+    --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
