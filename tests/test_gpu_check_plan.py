@@ -21,7 +21,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 def _script_runs() -> tuple[list[str], list[str]]:
     """The ``--kernels`` variants and ``--lever`` specs of the script's mfu and profile parts."""
     text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
-    levers = list(dict.fromkeys(re.findall(r'--lever "([^"]+)"', text)))  # the profile part repeats one
+    even = re.search(r'^EVEN="([^"]+)"$', text, re.M).group(1)  # the evenly routed levers' settings
+    levers = list(dict.fromkeys(lever.replace("$EVEN", even)  # the profile part repeats one
+                                for lever in re.findall(r'--lever "([^"]+)"', text)))
     kernels = []
     for line in re.findall(r"--kernels ([^\\\n]+)", text):
         kernels += [w for w in line.split() if not w.startswith("$")]
@@ -67,6 +69,8 @@ def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
     eager = {p for p, _, c in configs if c.model.compile == "none" and c.kernels.dispatcher == "megatron"}
     assert compiled == eager == {"proxy-1b", "proxy-100m"}  # each preset both ways
     assert any(c.optimizer.fused for _, _, c in configs) and not all(c.optimizer.fused for _, _, c in configs)
+    even = [c for p, _, c in configs if p == "proxy-1b" and c.arch().embedding_init_std == 1.0]
+    assert even and all(c.optimizer.lr == 1e-6 for c in even)  # the evenly routed levers
 
 
 def test_a_lever_the_trainer_refuses_is_caught_here(tmp_path):

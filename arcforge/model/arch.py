@@ -62,9 +62,17 @@ class ArchConfig(BaseModel):
     max_position_embeddings: int = Field(131_072, gt=0)
     norm_eps: float = Field(1e-5, gt=0)
     init_std: float = Field(0.02, gt=0)
+    # The word embeddings' init std; None = init_std (megatron's and HF Glm4Moe's default). At
+    # 0.02 the layers' outputs outweigh the embeddings in the residual stream from the start, the
+    # tokens' router inputs share one direction more with depth, and routing is uneven from step 0
+    # (docs/model.md, "Routing at initialisation"); 1.0 (torch's nn.Embedding default) keeps it even.
+    embedding_init_std: float | None = Field(None, gt=0)
 
     @model_validator(mode="after")
     def _check(self) -> "ArchConfig":
+        if self.embedding_init_std is not None and self.tie_embeddings:
+            raise ValueError("embedding_init_std needs untied embeddings (tie_embeddings: false): the output layer "
+                             "would share the embedding's scale")
         if self.first_dense_layers > self.num_layers:
             raise ValueError("first_dense_layers must be <= num_layers")
         if self.num_attention_heads % self.num_query_groups:
@@ -266,6 +274,7 @@ def to_transformer_config(
         hidden_dropout=0.0,
         attention_dropout=0.0,
         init_method_std=arch.init_std,
+        embedding_init_method_std=arch.embedding_init_std,
         # MoE
         num_moe_experts=arch.num_experts,
         moe_layer_freq=arch.moe_layer_pattern,
