@@ -19,11 +19,12 @@
 #             layers, arcforge's device dispatcher, fused AdamW; proxy-100m: eager, megatron's dispatcher)
 #             at the reference's micro-batch, then levers, most telling first (the part is time-boxed by
 #             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): the config's
-#             own batch, 8 x 4 accumulated, profiled after its timed steps; 8 x 4 evenly routed (lr 1e-6
-#             keeps the initial routing, embeddings drawn at std 1.0 make it even: the table's router
-#             max/mean column says which routing each speed was measured in); 16 x 8 evenly routed on
-#             real text when benchmarks/gpu_text is carried (see data); 16 x 8 (H200 memory: 77 GiB;
-#             routing collapsed within a few steps at lr 1e-3); proxy-1b eager with megatron's
+#             own batch, 8 x 4 accumulated, profiled after its timed steps; 16 x 8 evenly routed on
+#             real text when benchmarks/gpu_text is carried (see data; lr 1e-6 keeps the initial routing,
+#             embeddings drawn at std 1.0 make it even: the table's router max/mean column says which
+#             routing each speed was measured in); 16 x 8 (H200 memory: 77 GiB; routing collapsed within
+#             a few steps at lr 1e-3); 8 x 4 evenly routed; 16 x 8 with inductor's coordinate-descent
+#             tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
 #             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled, 8 x 4
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
 #             GPU_CHECK_REF_COMPILE=0 leaves out the compiled reference)
@@ -206,9 +207,10 @@ else
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
     --lever "proxy-1b:--mbs 8 --accum 4 --profile $WORK" \
-    --lever "proxy-1b:--mbs 8 --accum 4 $EVEN" \
     ${TEXT_LEVER[@]+"${TEXT_LEVER[@]}"} \
     --lever "proxy-1b:--mbs 16 --accum 8" \
+    --lever "proxy-1b:--mbs 8 --accum 4 $EVEN" \
+    --lever "proxy-1b:--mbs 16 --accum 8 --set model.compile_options.coordinate_descent_tuning=true" \
     --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}

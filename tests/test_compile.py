@@ -123,12 +123,16 @@ def test_trainer_with_compiled_layers_takes_the_same_steps(tmp_path, shard):
     counters.clear()
     kernels = {"attention": "sdpa", "experts": "grouped", "dispatcher": "device"}
     eager = tiny_train_config(tmp_path, shard, "eager", kernels=kernels)
-    comp = tiny_train_config(tmp_path, shard, "compiled", kernels=kernels, model={"compile": "layers"})
+    # inductor options reach torch.compile (model.compile_options): its trace of each graph it lowers
+    trace = tmp_path / "inductor-trace"
+    comp = tiny_train_config(tmp_path, shard, "compiled", kernels=kernels, model={"compile": "layers", "compile_options": {
+        "trace.enabled": True, "trace.debug_dir": str(trace), "fx_graph_cache": False}})
     with started(eager, resume=False, verbose=False) as a, started(comp, resume=False, verbose=False) as b:
         b.model.load_state_dict(a.model.state_dict())
         assert all(getattr(layer.forward.__wrapped__, "_torchdynamo_orig_callable", None) is not None
                    for layer in transformer_layers(b.model))
         assert_same_steps(a, b, rel=1e-4)
+    assert list(trace.rglob("output_code.py")), sorted(str(p) for p in trace.rglob("*"))[:20]
     # the trainer's router-load hooks trace into the layers' graphs too, one graph for all MoE
     # layers (proxy-tiny: 3 of them; a per-router Python constant in the hook would recompile each)
     assert sum(counters["graph_break"].values()) == 0, dict(counters["graph_break"])
@@ -146,3 +150,12 @@ def test_config_refuses_compile_where_a_layer_cannot_be_one_graph(tmp_path, shar
                           kernels={"attention": "sdpa", "experts": "grouped", "dispatcher": "device"})
     with pytest.raises(ConfigError, match=r"model\.compile"):
         tiny_train_config(tmp_path, shard, "bad", model={"compile": "everything"})
+    ok_kernels = {"attention": "sdpa", "experts": "grouped", "dispatcher": "device"}
+    for model, message in (
+            ({"compile_options": {"coordinate_descent_tuning": True}}, r"compile_options needs model\.compile: layers"),
+            ({"compile": "layers", "compile_options": {"coordinate_decent_tuning": True}},
+             r"compile_options\.coordinate_decent_tuning: not an inductor option"),
+            ({"compile": "layers", "compile_options": {"triton.cudagraphs": True}},
+             r"compile_options\.triton\.cudagraphs: not supported")):
+        with pytest.raises(ConfigError, match=r"^bad\.yaml: model\." + message):
+            tiny_train_config(tmp_path, shard, "bad", model=model, kernels=ok_kernels)

@@ -45,7 +45,7 @@ class CpuBackend:
         if cfg.model.compile == "layers":
             from arcforge.model.compile import compile_layers
 
-            compile_layers(t.model)
+            compile_layers(t.model, options=cfg.model.compile_options or None)
         o = cfg.optimizer
         t.optimizer = build_optimizer(t.model, o.name, o.lr, o.weight_decay, tuple(o.betas), t.arch.num_experts,
                                       fused=o.fused)

@@ -145,7 +145,9 @@ class MegatronBackend:
                               recompute=cfg.model.recompute)
             except ValueError as exc:  # Transformer Engine's specs (kernels auto with TE)
                 raise ConfigError(f"{cfg._path}: {exc}") from None
-            t.say(f"model.compile: {cfg.model.compile}: {compile_layers(model)} transformer layers")
+            n = compile_layers(model, options=cfg.model.compile_options or None)
+            t.say(f"model.compile: {cfg.model.compile}: {n} transformer layers"
+                  + (f", inductor options {cfg.model.compile_options}" if cfg.model.compile_options else ""))
         # One loss-free balancing update for both paths: the backend calls
         # megatron_model.expert_bias_update after the optimizer step. With this flag off,
         # finalize_model_grads neither updates the bias nor zeroes the routers' token counts

@@ -120,6 +120,29 @@ def apply_compile_shims() -> None:
     _SHIMMED = True
 
 
+# inductor options a compiled layer may not take: CUDA graphs need the optimizer and megatron's
+# gradient buffers made capture-safe (the module docstring)
+REFUSED_OPTIONS = ("triton.cudagraphs",)
+
+
+def check_compile_options(mode: str, options: dict) -> None:
+    """``ValueError`` (one line) for ``model.compile_options`` that torch.compile would not take
+    here: options without compiled layers, a name inductor does not know, or CUDA graphs."""
+    if not options:
+        return
+    if mode == "none":
+        raise ValueError("model.compile_options needs model.compile: layers")
+    from torch._inductor import config as inductor_config
+
+    known = inductor_config.get_config_copy()
+    for key in options:
+        if key in REFUSED_OPTIONS:
+            raise ValueError(f"model.compile_options.{key}: not supported (CUDA graphs would capture megatron's "
+                             "gradient buffers)")
+        if key not in known:
+            raise ValueError(f"model.compile_options.{key}: not an inductor option (torch._inductor.config)")
+
+
 def transformer_layers(model) -> list:
     """The ``TransformerLayer`` modules of a built model (decoder, then MTP), in order."""
     from megatron.core.transformer.transformer_layer import TransformerLayer

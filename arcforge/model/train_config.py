@@ -38,6 +38,9 @@ class ModelSection(_Strict):
     # torch.compile of every transformer layer (arcforge.model.compile): none | layers (needs
     # kernels sdpa + grouped + dispatcher device, and recompute none)
     compile: Literal["none", "layers"] = "none"
+    # inductor options for compile: layers (torch.compile(options=...)), e.g.
+    # {coordinate_descent_tuning: true}: tunes each generated kernel's launch settings (longer compile)
+    compile_options: dict[str, bool | int | float | str] = Field(default_factory=dict)
 
 
 BlendItem = str | tuple[str, float]
@@ -305,14 +308,15 @@ def check_config(cfg: TrainConfig, path: str) -> None:
     if cfg.kernels.dispatcher == "device" and (cfg.parallel.ep > 1 or cfg.parallel.tp > 1):
         raise ConfigError(f"{path}: kernels.dispatcher: device needs every expert on each rank (parallel.ep 1 and "
                           f"parallel.tp 1; got ep {cfg.parallel.ep}, tp {cfg.parallel.tp}); use megatron")
-    if cfg.model.compile != "none":
-        from arcforge.model.compile import check_compile
+    if cfg.model.compile != "none" or cfg.model.compile_options:
+        from arcforge.model.compile import check_compile, check_compile_options
         from arcforge.model.kernels import resolve_kernels
 
         try:
             attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device=cfg.device, te=False)
             check_compile(cfg.model.compile, dispatcher=cfg.kernels.dispatcher, experts=experts, attention=attention,
                           recompute=cfg.model.recompute)
+            check_compile_options(cfg.model.compile, cfg.model.compile_options)
         except ValueError as exc:
             raise ConfigError(f"{path}: {exc}") from None
     if cfg.parallel.ep > 1 and arch.num_experts % cfg.parallel.ep:
