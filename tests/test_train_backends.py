@@ -334,3 +334,16 @@ def test_fused_adamw_takes_the_same_steps_and_resumes_fused(tmp_path):
     with started(switched, resume=True, verbose=False) as c:
         assert c.step == 2 and all(g["fused"] is True and g["foreach"] is False for g in c.optimizer.param_groups)
         c.advance(None)
+
+
+def test_resume_ignores_how_the_layers_run_not_what_they_are():
+    """A checkpoint written before ``model.compile`` / ``compile_options`` existed (or with other
+    values) resumes; a changed ``model`` key that shapes the trajectory does not."""
+    from arcforge.model.train_loop import _resume_view
+
+    saved = {"model": {"preset": "proxy-tiny", "seq_length": 32, "recompute": "none"}}
+    now = {"model": {"preset": "proxy-tiny", "seq_length": 32, "recompute": "full", "compile": "layers",
+                     "compile_options": {"coordinate_descent_tuning": True}}}
+    assert _resume_view(saved, "model") == _resume_view(now, "model")
+    now["model"]["seq_length"] = 64
+    assert _resume_view(saved, "model") != _resume_view(now, "model")

@@ -79,8 +79,9 @@ def bias_rate_at(cfg: TrainConfig, arch, tokens: int) -> float:
 
 # the sections whose change makes a checkpoint's trajectory meaningless to continue
 _RESUME_KEYS = ("model", "data", "batch", "seed")
-# (recompute and compile change memory and time, not the trajectory; older checkpoints do not name them)
-_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids", "allow_stale"), "model": ("recompute", "compile")}
+# (recompute and compile, with its options, change memory and time, not the trajectory; older
+# checkpoints do not name them)
+_RESUME_IGNORED = {"data": ("cache_dir", "check_token_ids", "allow_stale"), "model": ("recompute", "compile", "compile_options")}
 
 
 def _resume_view(config: dict[str, Any], key: str) -> Any:
