@@ -18,14 +18,16 @@
 #             proxy-1b then proxy-100m at seq 4096, arcforge as each GPU config ships (proxy-1b: compiled
 #             layers, arcforge's device dispatcher, fused AdamW; proxy-100m: eager, megatron's dispatcher)
 #             at the reference's micro-batch, then levers, most telling first (the part is time-boxed by
-#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): the config's
-#             own batch, 8 x 4 accumulated, profiled after its timed steps; 16 x 8 evenly routed on
-#             real text when benchmarks/gpu_text is carried (see data; lr 1e-6 keeps the initial routing,
-#             embeddings drawn at std 1.0 make it even: the table's router max/mean column says which
-#             routing each speed was measured in); 16 x 8 (H200 memory: 77 GiB; routing collapsed within
-#             a few steps at lr 1e-3); 8 x 4 evenly routed; 16 x 8 with inductor's coordinate-descent
+#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): 16 x 8 evenly routed (lr 1e-6
+#             keeps the initial routing, embeddings drawn at std 1.0 make it even: the table's router
+#             max/mean column says which routing each speed was measured in) on real text when
+#             benchmarks/gpu_text is carried (see data), else on the synthetic shard, with megatron's fused
+#             cross-entropy and TF32 router GEMMs ($FAST: kernels.cross_entropy fused, fp32_matmul tf32),
+#             then the same without them; the config's own batch, 8 x 4 accumulated, with $FAST, profiled
+#             after its timed steps; 8 x 4 evenly routed; 16 x 8 with $FAST and inductor's coordinate-descent
 #             tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
-#             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled, 8 x 4
+#             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled,
+#             8 x 4, with $FAST
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
 #             GPU_CHECK_REF_COMPILE=0 leaves out the compiled reference)
 #   syncs     host-device syncs in one proxy-1b step by source line, megatron's dispatcher vs device
@@ -145,13 +147,15 @@ if not torch.cuda.is_available() and '$CPU' != '1':
 # --- data -----------------------------------------------------------------------------------------
 # the synthetic shard, built here; real text only if carried: benchmarks/gpu_text/text.{bin,idx}, built
 # after `make demo` by `python benchmarks/mfu_plan.py --text-from runs/demo/mixture/pretrain_1_general.blend.json`
-# (git-ignored, like gpu_wheels/: carry both); with it the mfu part runs one more lever on it
+# (git-ignored, like gpu_wheels/: carry both); with it the mfu part's first levers run on it
 GPU_TEXT=${GPU_CHECK_TEXT:-$REPO/benchmarks/gpu_text}
-TEXT_LEVER=()
+TEXT=""
+[ -f "$GPU_TEXT/text.idx" ] && TEXT="--set data.blend=[$GPU_TEXT/text]"
 # even routing (lr 1e-6 keeps the initial routing; embeddings drawn at std 1.0 make it even: docs/model.md,
-# "Routing at initialisation"), micro-batch 16 x 8 (H200 memory) on the real text
+# "Routing at initialisation")
 EVEN="--set optimizer.lr=1e-6 --set optimizer.min_lr=1e-7 --set model.overrides.embedding_init_std=1.0"
-[ -f "$GPU_TEXT/text.idx" ] && TEXT_LEVER=(--lever "proxy-1b:--mbs 16 --accum 8 --set data.blend=[$GPU_TEXT/text] $EVEN")
+# the two kernel choices that change no module: megatron's fused loss, TF32 for the routers' fp32 GEMMs
+FAST="--set kernels.cross_entropy=fused --set kernels.fp32_matmul=tf32"
 part data 60 "grep -E 'synthetic data|real text' \$WORK/data.log || ls \$WORK/data" -- bash -c \
   "'$PY' benchmarks/bench_gpu_mfu.py --make-data '$WORK/data' && if [ -f '$GPU_TEXT/text.idx' ]; then
      echo \"real text: \$(( \$(stat -c %s '$GPU_TEXT/text.bin') / 2 )) tokens in $GPU_TEXT/text\"; else
@@ -206,13 +210,13 @@ else
   part mfu "${GPU_CHECK_MFU_S:-420}" "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
-    --lever "proxy-1b:--mbs 8 --accum 4 --profile $WORK" \
-    ${TEXT_LEVER[@]+"${TEXT_LEVER[@]}"} \
-    --lever "proxy-1b:--mbs 16 --accum 8" \
+    --lever "proxy-1b:--mbs 16 --accum 8 $TEXT $EVEN $FAST" \
+    --lever "proxy-1b:--mbs 16 --accum 8 $TEXT $EVEN" \
+    --lever "proxy-1b:--mbs 8 --accum 4 $FAST --profile $WORK" \
     --lever "proxy-1b:--mbs 8 --accum 4 $EVEN" \
-    --lever "proxy-1b:--mbs 16 --accum 8 --set model.compile_options.coordinate_descent_tuning=true" \
+    --lever "proxy-1b:--mbs 16 --accum 8 $FAST --set model.compile_options.coordinate_descent_tuning=true" \
     --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
-    --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true" \
+    --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true $FAST" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
   [ -f "$WORK/mfu.log" ] && grep -E '^\|' "$WORK/mfu.log"
 fi

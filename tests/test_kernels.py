@@ -1,7 +1,9 @@
 """The GPU levers of issue 12 checked on CPU (fp32): grouped GEMM for the experts
 (``kernels.gmm`` with grouped_gemm's semantics, megatron's ``GroupedMLP`` on it) and torch SDPA
 attention (``kernels.SDPAttention``), each against the megatron module it replaces, alone, in
-a built model, and through the CPU backend of the trainer. Their speed needs a GPU: not here."""
+a built model, and through the CPU backend of the trainer; and the two choices that change no
+module (megatron's fused cross-entropy, TF32 for float32 matmuls). Their speed needs a GPU:
+not here."""
 
 from __future__ import annotations
 
@@ -288,3 +290,127 @@ def test_foreach_multi_tensor_ops_replace_megatrons_stand_ins():
     finally:
         (clip_grads.l2_norm_impl, clip_grads.multi_tensor_scale_impl, optimizer.multi_tensor_scale_impl,
          optimizer._multi_tensor_copy_this_to_that) = originals
+
+
+def _ce_runs(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> dict:
+    """(loss, logits gradient) of megatron's plain and fused cross-entropy and of
+    ``F.cross_entropy`` on the logits cast to fp32 (the oracle); ``[s, b, v]`` logits."""
+    from megatron.core import parallel_state, tensor_parallel
+    from megatron.core.fusions.fused_cross_entropy import fused_vocab_parallel_cross_entropy
+
+    from arcforge.model.megatron_model import init_runtime
+
+    init_runtime("cpu")
+    v = logits.shape[-1]
+    fns = {"oracle": lambda x: torch.nn.functional.cross_entropy(x.float().view(-1, v), target.view(-1),
+                                                                  reduction="none").view(target.shape),
+           "plain": lambda x: tensor_parallel.vocab_parallel_cross_entropy(x, target),
+           "fused": lambda x: fused_vocab_parallel_cross_entropy(
+               x, target, parallel_state.get_tensor_model_parallel_group())}
+    out = {}
+    for name, fn in fns.items():
+        x = logits.clone().requires_grad_()
+        loss = fn(x)
+        (loss * weight).sum().backward()
+        out[name] = (loss.detach(), x.grad)
+    return out
+
+
+@pytest.mark.parametrize("compiled", [False, True])
+def test_fused_cross_entropy_equals_the_plain_one_under_bf16(monkeypatch, compiled):
+    """``kernels.cross_entropy: fused`` is megatron's fused cross-entropy. Under bf16 logits it
+    gives the oracle's loss and gradient as the plain one does (the gradient to one bf16
+    rounding), also with its pieces traced by ``torch.compile`` as on the GPU (here with
+    ``aot_eager``: dynamo and AOT autograd, without inductor's code generation). Under fp32 its
+    gradient comes back bf16-rounded (about 1e-3 off where the plain one is exact): why the
+    validator allows it under ``dtype: bf16`` only."""
+    from megatron.core.fusions import fused_cross_entropy as fce
+
+    if compiled:
+        for name in ("calculate_logits_max", "calculate_predicted_logits", "calculate_cross_entropy_loss",
+                     "calculate_gradients"):
+            fn = getattr(fce, name)
+            fn = getattr(fn, "_torchdynamo_orig_callable", fn)
+            monkeypatch.setattr(fce, name, torch.compile(fn, backend="aot_eager", fullgraph=True))
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(32, 2, 512, generator=g) * 3
+    target = torch.randint(0, 512, (32, 2), generator=g)
+    weight = torch.randn(32, 2, generator=g)
+    bf = _ce_runs(logits.bfloat16(), target, weight)
+    ref_loss, ref_grad = bf["oracle"]
+    for name in ("plain", "fused"):
+        loss, grad = bf[name]
+        assert grad.dtype == torch.bfloat16, name
+        torch.testing.assert_close(loss, ref_loss, rtol=1e-5, atol=1e-5, msg=name)
+        torch.testing.assert_close(grad.float(), ref_grad.float(), rtol=8e-3, atol=1e-5, msg=name)
+    fp = _ce_runs(logits, target, weight)
+    ref_loss, ref_grad = fp["oracle"]
+    torch.testing.assert_close(fp["plain"][1], ref_grad, rtol=1e-5, atol=1e-6)
+    fused_grad = fp["fused"][1]
+    torch.testing.assert_close(fp["fused"][0], ref_loss, rtol=1e-5, atol=1e-5)
+    assert torch.equal(fused_grad, fused_grad.bfloat16().float())  # bf16 values in an fp32 tensor
+    assert (fused_grad - ref_grad).abs().max() > 1e-4
+
+
+def test_cross_entropy_and_fp32_matmul_choices_are_checked_and_applied(tmp_path, shard):
+    """The two ``kernels`` keys that change no module: the validator's one-line refusals
+    (fused loss outside bf16, TF32 off CUDA, unknown names), the ``TransformerConfig`` fields
+    the fused loss sets (a built model's loss then goes through it), and the process-wide
+    matmul precision ``set_fp32_matmul`` sets and restores."""
+    from arcforge.model.arch import get_preset, to_transformer_config
+    from arcforge.model.kernels import cross_entropy_settings, set_fp32_matmul
+    from arcforge.runtime.config import ConfigError
+
+    prefix = shard
+    with pytest.raises(ConfigError, match=r"^bad\.yaml: kernels\.cross_entropy: fused needs dtype: bf16 .*got fp32$"):
+        tiny_train_config(tmp_path, prefix, "bad", kernels={"cross_entropy": "fused"})
+    with pytest.raises(ConfigError, match=r"^bad\.yaml: kernels\.fp32_matmul: tf32 needs device: cuda .*got cpu$"):
+        tiny_train_config(tmp_path, prefix, "bad", kernels={"fp32_matmul": "tf32"})
+    for key in ("cross_entropy", "fp32_matmul"):
+        with pytest.raises(ConfigError, match=rf"kernels\.{key}"):
+            tiny_train_config(tmp_path, prefix, "bad", kernels={key: "fast"})
+    gpu = tiny_train_config(tmp_path, prefix, "gpu", kernels={"cross_entropy": "fused", "fp32_matmul": "tf32"},
+                            device="cuda", dtype="bf16")
+    assert (gpu.kernels.cross_entropy, gpu.kernels.fp32_matmul) == ("fused", "tf32")
+    config = to_transformer_config(get_preset("proxy-tiny"), **cross_entropy_settings("fused"))
+    assert config.cross_entropy_loss_fusion and config.cross_entropy_fusion_impl == "native"
+    assert not to_transformer_config(get_preset("proxy-tiny"), **cross_entropy_settings("plain")).cross_entropy_loss_fusion
+    with pytest.raises(ValueError, match="cross_entropy"):
+        cross_entropy_settings("fast")
+    before = torch.get_float32_matmul_precision()
+    try:
+        set_fp32_matmul("tf32")
+        assert torch.get_float32_matmul_precision() == "high"
+        assert torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cuda.matmul.allow_tf32
+        set_fp32_matmul("ieee")
+        assert torch.get_float32_matmul_precision() == "highest"
+        assert torch.backends.cuda.matmul.fp32_precision == "ieee" and not torch.backends.cuda.matmul.allow_tf32
+        with pytest.raises(ValueError, match="fp32_matmul"):
+            set_fp32_matmul("bf16")
+    finally:
+        torch.set_float32_matmul_precision(before)
+
+
+def test_a_model_built_with_the_fused_loss_computes_it():
+    """proxy-tiny built with ``cross_entropy_settings("fused")`` (fp32 here, so that the
+    fused loss shows itself by its bf16-rounded logits gradient): the same LM and MTP losses as
+    the plain model with the same weights, every gradient within that rounding, and not equal."""
+    from arcforge.model.arch import get_preset
+    from arcforge.model.kernels import cross_entropy_settings
+    from arcforge.model.megatron_model import build_model, causal_attention_mask, lm_loss
+
+    arch = get_preset("proxy-tiny")
+    g = torch.Generator().manual_seed(0)
+    tokens = torch.randint(0, arch.vocab_size, (2, 33), generator=g)
+    runs = []
+    for choice in ("plain", "fused"):
+        model = build_model(arch, seq_length=32, seed=1, **cross_entropy_settings(choice))
+        out = lm_loss(model, tokens[:, :-1], tokens[:, 1:], attention_mask=causal_attention_mask(32))
+        out.loss.backward()
+        runs.append((out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}))
+    (a, ga), (b, gb) = runs
+    assert b.lm_loss == pytest.approx(a.lm_loss, rel=1e-6) and b.mtp_losses == pytest.approx(a.mtp_losses, rel=1e-6)
+    assert ga.keys() == gb.keys()
+    for k in ga:
+        torch.testing.assert_close(gb[k], ga[k], rtol=2e-2, atol=1e-4, msg=k)
+    assert not torch.equal(gb["output_layer.weight"], ga["output_layer.weight"])

@@ -289,6 +289,23 @@ def test_parity_check_cli_and_the_loop_agree(tmp_path, random_shard, capsys):
     assert not (tmp_path / "out" / "parity").exists()  # the parity runs used scratch directories
 
 
+def test_parity_config_takes_the_plain_kernels_on_cpu(tmp_path, random_shard):
+    """A GPU config with megatron's fused loss and TF32 GEMMs (bf16 / CUDA only) gets their
+    plain forms, fp32 and parallel sizes 1 for its CPU side; its CUDA side keeps them all."""
+    import yaml
+
+    from arcforge.model.parity_check import parity_config
+
+    path = _config(tmp_path, random_shard)
+    cfg = yaml.safe_load(path.read_text())
+    cfg.update(device="cuda", dtype="bf16", kernels={"cross_entropy": "fused", "fp32_matmul": "tf32"},
+               parallel={"tp": 1, "pp": 1, "ep": 2})
+    path.write_text(yaml.safe_dump(cfg))
+    cpu, gpu = parity_config(str(path), "cpu", str(tmp_path / "c")), parity_config(str(path), "cuda", str(tmp_path / "g"))
+    assert (cpu.dtype, cpu.kernels.cross_entropy, cpu.kernels.fp32_matmul, cpu.parallel.ep) == ("fp32", "plain", "ieee", 1)
+    assert (gpu.dtype, gpu.kernels.cross_entropy, gpu.kernels.fp32_matmul, gpu.parallel.ep) == ("bf16", "fused", "tf32", 2)
+
+
 def test_parity_weights_reach_whole_and_sliced_main_weights():
     """``parity_check.set_weights`` writes the same values into the bf16 parameters and into
     megatron's fp32 main weights, whole (``main_param``) or flat (``main_param_sharded``, as the

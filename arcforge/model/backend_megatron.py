@@ -100,7 +100,7 @@ class MegatronBackend:
         from megatron.core.models.gpt.gpt_layer_specs import get_gpt_decoder_block_spec, get_gpt_mtp_block_spec
 
         from arcforge.model.arch import recompute_settings, to_transformer_config
-        from arcforge.model.kernels import apply_kernels, resolve_kernels
+        from arcforge.model.kernels import apply_kernels, cross_entropy_settings, resolve_kernels, set_fp32_matmul
         from arcforge.model.megatron_model import causal_attention_mask
 
         cfg, arch, te = t.cfg, t.arch, self.te
@@ -113,7 +113,10 @@ class MegatronBackend:
         te_specs = attention == "te"
         self.kernels = (attention, experts)
         dispatcher = cfg.kernels.dispatcher
-        t.say(f"kernels: attention {attention}, experts {experts}, dispatcher {dispatcher}")
+        k = cfg.kernels
+        set_fp32_matmul(k.fp32_matmul)  # before any compile: dynamo guards on it
+        t.say(f"kernels: attention {attention}, experts {experts}, dispatcher {dispatcher}, "
+              f"cross_entropy {k.cross_entropy}, fp32_matmul {k.fp32_matmul}")
         config = to_transformer_config(
             arch, params_dtype=dtype, use_cpu_initialization=False,
             tensor_model_parallel_size=p.tp, pipeline_model_parallel_size=p.pp, expert_model_parallel_size=p.ep,
@@ -121,6 +124,7 @@ class MegatronBackend:
             moe_grouped_gemm=te_specs or experts == "grouped",
             pipeline_dtype=dtype, bias_activation_fusion=te, masked_softmax_fusion=te, apply_rope_fusion=False,
             bias_dropout_fusion=te, gradient_accumulation_fusion=False,
+            **cross_entropy_settings(k.cross_entropy),
             **recompute_settings(cfg.model.recompute, grouped_experts=experts in ("grouped", "te")),
         )
         pre, post = parallel_state.is_pipeline_first_stage(), parallel_state.is_pipeline_last_stage()

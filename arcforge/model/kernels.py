@@ -21,8 +21,10 @@ against the module it replaces (``tests/test_kernels.py``) and switched by the t
   bias) go to ``DotProductAttention.forward``.
 
 A third choice, the MoE token dispatcher, lives in ``arcforge.model.dispatch``; ``apply_kernels``
-puts it in the spec too. Measured on one H100: grouped experts 2.26x over sequential on
-proxy-1b (docs/benchmarks.md, "GPU").
+puts it in the spec too. Two more (``cross_entropy_settings``, ``set_fp32_matmul``) change no
+module: megatron's fused cross-entropy, and tensor cores for the routers' float32 GEMMs.
+Measured on one H100: grouped experts 2.26x over sequential on proxy-1b (docs/benchmarks.md,
+"GPU").
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from arcforge.model.grouped_gemm import gmm, grouped_mm_usable, install_torch_gr
 
 ATTENTION = ("sdpa", "local")
 EXPERTS = ("grouped", "sequential")
+CROSS_ENTROPY = ("plain", "fused")
+FP32_MATMUL = ("ieee", "tf32")
 
 # ---- grouped experts -------------------------------------------------------------------------
 
@@ -148,6 +152,40 @@ def resolve_kernels(attention: str, experts: str, *, device: str, te: bool) -> t
     return attention, experts
 
 
+def cross_entropy_settings(choice: str) -> dict[str, Any]:
+    """``TransformerConfig`` fields for ``kernels.cross_entropy``. ``plain``: megatron's
+    ``tensor_parallel.vocab_parallel_cross_entropy``, about ten full passes over fp32 logits
+    (cast, max, shift, exp, sum, divide; backward: one-hot update, scale, cast) for the main
+    loss and again for each MTP depth. ``fused``: its ``cross_entropy_loss_fusion`` with the
+    ``native`` implementation (``megatron.core.fusions.fused_cross_entropy``): the same steps
+    in four ``jit_fuser`` functions (``torch.compile`` on GPU). Its backward hands back bf16
+    gradients whatever the logits' dtype, so the validator allows it under ``dtype: bf16``
+    only (``tests/test_kernels.py`` shows both sides of that)."""
+    if choice not in CROSS_ENTROPY:
+        raise ValueError(f"kernels: cross_entropy must be one of {CROSS_ENTROPY}; got {choice!r}")
+    if choice == "plain":
+        return {"cross_entropy_loss_fusion": False}
+    return {"cross_entropy_loss_fusion": True, "cross_entropy_fusion_impl": "native"}
+
+
+def set_fp32_matmul(precision: str) -> None:
+    """``kernels.fp32_matmul``: how CUDA runs float32 matmuls, for the whole process.
+
+    Under bf16 the float32 ones are the routers' gating GEMMs (``moe_router_dtype: fp32``):
+    megatron without Transformer Engine casts the bf16 input and weight to fp32 and
+    multiplies in IEEE fp32, forward and both backward GEMMs; an H200 profile of proxy-1b gave
+    them 2.2% of the GPU time (one of them a SIMT kernel), for well under 0.1% of the FLOPs.
+    ``tf32`` runs them on tensor cores. The forward stays exact (bf16 values fit TF32's 10-bit
+    mantissa and products accumulate in fp32); the backward rounds the fp32 logit gradient to
+    TF32, still finer than the bf16 of every other gradient. Set with
+    ``torch.set_float32_matmul_precision`` (``high`` / ``highest``), which keeps torch's old
+    and new TF32 flags in agreement: setting only the new ``fp32_precision`` makes a later
+    read of the old ``allow_tf32`` raise (torch 2.13)."""
+    if precision not in FP32_MATMUL:
+        raise ValueError(f"kernels: fp32_matmul must be one of {FP32_MATMUL}; got {precision!r}")
+    torch.set_float32_matmul_precision("high" if precision == "tf32" else "highest")
+
+
 def _swap(obj: Any, swaps: dict, seen: dict) -> Any:
     if id(obj) in seen:
         return seen[id(obj)]
@@ -203,5 +241,6 @@ def uses(model: torch.nn.Module) -> dict[str, str]:
     return {"attention": att, "experts": exp, "dispatcher": "device" if "DeviceMoELayer" in kinds else "megatron"}
 
 
-__all__ = ["ATTENTION", "EXPERTS", "SDPAttention", "TorchGroupedMLP", "apply_kernels", "copy_sequential_to_grouped",
-           "gmm", "grouped_mm_usable", "install_torch_grouped_gemm", "resolve_kernels", "uses"]
+__all__ = ["ATTENTION", "CROSS_ENTROPY", "EXPERTS", "FP32_MATMUL", "SDPAttention", "TorchGroupedMLP", "apply_kernels",
+           "copy_sequential_to_grouped", "cross_entropy_settings", "gmm", "grouped_mm_usable",
+           "install_torch_grouped_gemm", "resolve_kernels", "set_fp32_matmul", "uses"]

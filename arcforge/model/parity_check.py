@@ -6,8 +6,9 @@
 The run uses the config's data, batch plan, schedules and optimizer (the data order is that of
 a full run of the config; only the first ``N`` steps are taken) in a scratch output directory
 (no logs, no checkpoints; megatron's dataset index cache of the config is reused). ``device``
-replaces the config's; on CPU ``dtype`` becomes fp32 and the parallel sizes 1, on CUDA the
-config's ``dtype`` (normally bf16) and parallel sizes stay.
+replaces the config's; on CPU ``dtype`` becomes fp32, the parallel sizes 1 and the GPU-only
+kernel forms of the same arithmetic (``kernels.cross_entropy: fused``, ``fp32_matmul: tf32``)
+their plain ones; on CUDA the config's ``dtype`` (normally bf16), parallel sizes and kernels stay.
 
 Initial weights: megatron initialises on CPU and on CUDA from different random streams, so by
 default (``--init parity``) every parameter is overwritten, before the first step, by values
@@ -46,6 +47,8 @@ def parity_config(path: str, device: str, work_dir: str):
     if device == "cpu":
         data["dtype"] = "fp32"
         data["parallel"] = {"tp": 1, "pp": 1, "ep": 1}
+        # the GPU-only forms of the same arithmetic: megatron's fused loss (bf16) and TF32 GEMMs
+        data["kernels"] = {**data["kernels"], "cross_entropy": "plain", "fp32_matmul": "ieee"}
     data["output_dir"] = work_dir
     data["checkpoint"] = {**data["checkpoint"], "dir": None}
     data["data"] = {**data["data"], "cache_dir": base.cache_dir}

@@ -201,6 +201,10 @@ class KernelsSection(_Strict):
     experts: Literal["auto", "grouped", "sequential"] = "auto"  # GroupedMLP on torch._grouped_mm | SequentialMLP
     # megatron's own token dispatcher | arcforge.model.dispatch (all experts on one rank, no host syncs)
     dispatcher: Literal["megatron", "device"] = "megatron"
+    # megatron's cross-entropy: plain | fused (its cross_entropy_loss_fusion; dtype bf16 only)
+    cross_entropy: Literal["plain", "fused"] = "plain"
+    # float32 matmuls (the routers' gating GEMMs under bf16): ieee | tf32 (tensor cores; CUDA only)
+    fp32_matmul: Literal["ieee", "tf32"] = "ieee"
 
 
 class LogSection(_Strict):
@@ -308,6 +312,11 @@ def check_config(cfg: TrainConfig, path: str) -> None:
     if cfg.kernels.dispatcher == "device" and (cfg.parallel.ep > 1 or cfg.parallel.tp > 1):
         raise ConfigError(f"{path}: kernels.dispatcher: device needs every expert on each rank (parallel.ep 1 and "
                           f"parallel.tp 1; got ep {cfg.parallel.ep}, tp {cfg.parallel.tp}); use megatron")
+    if cfg.kernels.cross_entropy == "fused" and cfg.dtype != "bf16":
+        raise ConfigError(f"{path}: kernels.cross_entropy: fused needs dtype: bf16 (megatron's fused loss hands back "
+                          f"bf16 gradients); got {cfg.dtype}")
+    if cfg.kernels.fp32_matmul == "tf32" and cfg.device != "cuda":
+        raise ConfigError(f"{path}: kernels.fp32_matmul: tf32 needs device: cuda (a tensor-core format); got {cfg.device}")
     if cfg.model.compile != "none" or cfg.model.compile_options:
         from arcforge.model.compile import check_compile, check_compile_options
         from arcforge.model.kernels import resolve_kernels
