@@ -18,13 +18,14 @@
 #             proxy-1b then proxy-100m at seq 4096, arcforge as each GPU config ships (proxy-1b: compiled
 #             layers, arcforge's device dispatcher, fused AdamW; proxy-100m: eager, megatron's dispatcher)
 #             at the reference's micro-batch, then levers, most telling first (the part is time-boxed by
-#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): 16 x 8 evenly routed (lr 1e-6
+#             GPU_CHECK_MFU_S, 420 s; mfu.json is rewritten after every run): 16 x 8 ($BIG: 12 x 8 on a GPU
+#             with less than 100 GiB, an H100) evenly routed (lr 1e-6
 #             keeps the initial routing, embeddings drawn at std 1.0 make it even: the table's router
 #             max/mean column says which routing each speed was measured in) on real text when
 #             benchmarks/gpu_text is carried (see data), else on the synthetic shard, with megatron's fused
 #             cross-entropy and TF32 router GEMMs ($FAST: kernels.cross_entropy fused, fp32_matmul tf32),
 #             then the same without them; the config's own batch, 8 x 4 accumulated, with $FAST, profiled
-#             after its timed steps; 8 x 4 evenly routed; 16 x 8 with $FAST and inductor's coordinate-descent
+#             after its timed steps; 8 x 4 evenly routed; $BIG with $FAST and inductor's coordinate-descent
 #             tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
 #             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled,
 #             8 x 4, with $FAST
@@ -139,10 +140,16 @@ import warnings; warnings.simplefilter('ignore')
 import sys, torch, pydantic, megatron.core
 import arcforge.model.train, arcforge.model.parity_check
 gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no CUDA'
+print('gpu_memory_gib', torch.cuda.get_device_properties(0).total_memory >> 30 if torch.cuda.is_available() else 0)
 print(f'python {sys.version.split()[0]}, torch {torch.__version__}, megatron-core {megatron.core.__version__}, pydantic {pydantic.__version__}, {gpu}')
 if not torch.cuda.is_available() and '$CPU' != '1':
     sys.exit('torch sees no GPU (set GPU_CHECK_CPU=1 for the CPU-only parts)')
 " || { [ "$CPU" = 1 ] || { printf '%s\n' "${SUMMARY[@]}"; echo "preflight failed: stopping"; exit 1; }; }
+# the mfu levers' large micro-batch: 16 x 8 where the GPU has the memory (77 GiB measured on an
+# H200), else 12 x 8 (about 60 GiB, between 8 x 4's 42 and 16 x 8's 77: fits an H100's 79)
+GPU_GIB=$(sed -n 's/^gpu_memory_gib //p' "$WORK/preflight.log" 2>/dev/null)
+BIG="--mbs 16 --accum 8"
+[ "${GPU_GIB:-0}" -lt 100 ] 2>/dev/null && BIG="--mbs 12 --accum 8"
 
 # --- data -----------------------------------------------------------------------------------------
 # the synthetic shard, built here; real text only if carried: benchmarks/gpu_text/text.{bin,idx}, built
@@ -210,11 +217,11 @@ else
   part mfu "${GPU_CHECK_MFU_S:-420}" "grep -E '^\| proxy' \$WORK/mfu.log | sed 's/|  *|/|/g' | cut -d'|' -f2-7 | tr '\n' ';'" -- \
     "$PY" benchmarks/bench_gpu_mfu.py --data "$WORK/data" --presets proxy-1b,proxy-100m --steps 8 --warmup 2 --timeout 240 \
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
-    --lever "proxy-1b:--mbs 16 --accum 8 $TEXT $EVEN $FAST" \
-    --lever "proxy-1b:--mbs 16 --accum 8 $TEXT $EVEN" \
+    --lever "proxy-1b:$BIG $TEXT $EVEN $FAST" \
+    --lever "proxy-1b:$BIG $TEXT $EVEN" \
     --lever "proxy-1b:--mbs 8 --accum 4 $FAST --profile $WORK" \
     --lever "proxy-1b:--mbs 8 --accum 4 $EVEN" \
-    --lever "proxy-1b:--mbs 16 --accum 8 $FAST --set model.compile_options.coordinate_descent_tuning=true" \
+    --lever "proxy-1b:$BIG $FAST --set model.compile_options.coordinate_descent_tuning=true" \
     --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true $FAST" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
