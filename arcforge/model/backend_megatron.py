@@ -112,8 +112,8 @@ class MegatronBackend:
         attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device="cuda", te=te)
         te_specs = attention == "te"
         self.kernels = (attention, experts)
-        dispatcher = cfg.kernels.dispatcher
         k = cfg.kernels
+        dispatcher = k.dispatcher
         set_fp32_matmul(k.fp32_matmul)  # before any compile: dynamo guards on it
         t.say(f"kernels: attention {attention}, experts {experts}, dispatcher {dispatcher}, "
               f"cross_entropy {k.cross_entropy}, fp32_matmul {k.fp32_matmul}")
