@@ -25,8 +25,8 @@
 #             benchmarks/gpu_text is carried (see data), else on the synthetic shard, with megatron's fused
 #             cross-entropy and TF32 router GEMMs ($FAST: kernels.cross_entropy fused, fp32_matmul tf32),
 #             then the same without them; the config's own batch, 8 x 4 accumulated, with $FAST, profiled
-#             after its timed steps; 8 x 4 evenly routed; $BIG with $FAST and inductor's coordinate-descent
-#             tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
+#             after its timed steps; 8 x 4 evenly routed with $FAST (on the real text if carried); the
+#             first lever with inductor's coordinate-descent tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
 #             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled,
 #             8 x 4, with $FAST
 #             (GPU_CHECK_BASELINE=sdpa,sequential or local,sequential adds that baseline;
@@ -220,8 +220,8 @@ else
     --lever "proxy-1b:$BIG $TEXT $EVEN $FAST" \
     --lever "proxy-1b:$BIG $TEXT $EVEN" \
     --lever "proxy-1b:--mbs 8 --accum 4 $FAST --profile $WORK" \
-    --lever "proxy-1b:--mbs 8 --accum 4 $EVEN" \
-    --lever "proxy-1b:$BIG $FAST --set model.compile_options.coordinate_descent_tuning=true" \
+    --lever "proxy-1b:--mbs 8 --accum 4 $TEXT $EVEN $FAST" \
+    --lever "proxy-1b:$BIG $TEXT $EVEN $FAST --set model.compile_options.coordinate_descent_tuning=true" \
     --lever "proxy-1b:--variant auto,auto,megatron --set model.compile=none --set optimizer.fused=false" \
     --lever "proxy-100m:--variant auto,auto,device --accum 4 --set model.compile=layers --set optimizer.fused=true $FAST" \
     --out "$WORK/mfu.json" $([ "${GPU_CHECK_REF_COMPILE:-1}" = 1 ] && echo --ref-compile) ${GPU_CHECK_MFU_ARGS:-}
