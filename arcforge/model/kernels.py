@@ -174,7 +174,7 @@ def set_fp32_matmul(precision: str) -> None:
     Under bf16 the float32 ones are the routers' gating GEMMs (``moe_router_dtype: fp32``):
     megatron without Transformer Engine casts the bf16 input and weight to fp32 and
     multiplies in IEEE fp32, forward and both backward GEMMs; an H200 profile of proxy-1b gave
-    them 2.2% of the GPU time (one of them a SIMT kernel), for 0.18% of the FLOPs.
+    them 2.2% of the GPU time (one of them a SIMT kernel), for about 0.2% of the FLOPs.
     ``tf32`` runs them on tensor cores. The forward stays exact (bf16 values fit TF32's 10-bit
     mantissa and products accumulate in fp32); the backward rounds the fp32 logit gradient to
     TF32, still finer than the bf16 of every other gradient. Set with
