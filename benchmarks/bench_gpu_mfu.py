@@ -25,6 +25,8 @@ For each preset (default proxy-100m and proxy-1b, vocabulary 4,000, seq_length 4
 
 Each side runs in its own child process of this run, one after the other on the same GPU (a
 failure of one side is reported and does not stop the other; GPU memory is clean for each).
+Levers holding settings that broke an earlier lever, which passed without them, are skipped
+(``mfu_plan.failed_settings``).
 
 MFU (also in docs/benchmarks.md, "GPU"): model FLOPs per token = 6 x active matmul parameters
 (attention QKV and output projections, dense MLPs, top-k routed + shared experts, routers, and
@@ -58,8 +60,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks" / "peers"))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mfu_plan import (DEFAULT_MBS, VOCAB, make_data, mtp_flops_per_token, parse_lever, parse_variant,  # noqa: E402
-                      plan_runs, set_label, shape, stops_compiled_runs, write_config)
+from mfu_plan import (DEFAULT_MBS, VOCAB, failed_settings, lever_sets, make_data, mtp_flops_per_token,  # noqa: E402
+                      parse_lever, parse_variant, plan_runs, set_label, shape, stops_compiled_runs, write_config)
 
 PROFILED_STEPS = 2  # with --profile: steps after the timed ones, under torch.profiler
 
@@ -265,15 +267,26 @@ def main() -> int:
               "--accum", str(a.accum)] + (["--mbs", str(a.mbs)] if a.mbs else [])
     common += [x for item in a.set for x in ("--set", item)] + (["--profile", a.profile] if a.profile else [])
     compile_broken = ""
+    failed: list[frozenset[str]] = []  # the --set items of levers that failed (not by memory or time)
+    passed: list[frozenset[str]] = []
     for preset in a.presets.split(","):
         for extra, lever in plan_runs(preset, variants, a.sides, a.ref_compile, a.lever):
             t0 = time.perf_counter()
             compiled = any("model.compile=" in x and not x.endswith("=none") for x in extra + common)
+            sets = lever_sets(extra)
+            blame = failed_settings(sets, failed, passed) if lever else ""
             if compiled and compile_broken:  # the next compile would fail the same way: keep the budget
                 r = {"error": f"skipped: an earlier compiled run {compile_broken}"}
+            elif blame:  # a setting that broke an earlier lever, which passed without it
+                r = {"error": f"skipped: {blame} failed in an earlier lever"}
             else:
                 r = _spawn(["--preset", preset, *common, *extra], a.timeout)
                 compile_broken = compile_broken or (stops_compiled_runs(r) if compiled else "")
+                if lever and "error" not in r:
+                    passed.append(sets)
+                elif lever and not stops_compiled_runs(r).startswith("timed out") and \
+                        "out of memory" not in (r["error"] + r.get("tail", "")).lower():
+                    failed.append(sets)
             mbs = a.mbs or DEFAULT_MBS.get(preset, 4)
             while "error" in r and "out of memory" in r.get("tail", "").lower() and mbs > 1 and lever is None:
                 mbs //= 2  # e.g. megatron's unfused attention keeps s x s scores per head: halve and retry

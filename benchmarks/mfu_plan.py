@@ -225,6 +225,25 @@ def write_config(preset: str, data: str, workdir: str, *, mbs: int, accum: int, 
     return str(path)
 
 
+def lever_sets(extra: list[str]) -> frozenset[str]:
+    """The ``--set KEY=VALUE`` items of one child run's arguments."""
+    return frozenset(v for k, v in zip(extra, extra[1:]) if k == "--set")
+
+
+def failed_settings(sets: frozenset[str], failed: list[frozenset[str]], passed: list[frozenset[str]]) -> str:
+    """The settings to blame if a run with ``sets`` would fail as an earlier one did ('' if none):
+    for a failed run F and a run S that passed, F - S are the settings only the failure had; a
+    later run holding all of them is skipped (e.g. a new kernel choice that breaks on the GPU:
+    its first lever fails, the same lever without it passes, the other levers with it need not
+    run). Failures by running out of memory or time are not recorded (see ``stops_compiled_runs``)."""
+    for f in failed:
+        for ok in passed:
+            blame = f - ok
+            if blame and blame <= sets:
+                return ", ".join(sorted(blame))
+    return ""
+
+
 def stops_compiled_runs(r: dict) -> str:
     """Why a compiled run's result means the later compiled runs would fail too ('' if not): a
     timeout (the compile did not finish) or an error that is not running out of memory (a

@@ -261,3 +261,20 @@ def test_text_shard_merges_every_document_of_a_blend_once(tmp_path):
     with pytest.raises(SystemExit, match=r"tokenizer\.json: vocabulary 4000, eod 1, pad 3; the GPU configs expect 4000, 2, 3"):
         mfu_plan.text_shard(blend, tmp_path / "other")
     assert not (tmp_path / "other").exists()
+
+
+def test_a_setting_that_broke_a_lever_skips_the_later_levers_that_hold_it():
+    """``failed_settings``: the first lever with the new kernels fails, the same lever without
+    them passes, so the later levers holding both new settings are skipped (and name them);
+    levers without them still run, and nothing is blamed before a run has passed."""
+    import mfu_plan as bench
+
+    fast = ["--set", "kernels.cross_entropy=fused", "--set", "kernels.fp32_matmul=tf32"]
+    even = ["--set", "optimizer.lr=1e-6", "--set", "model.overrides.embedding_init_std=1.0"]
+    first, second = bench.lever_sets(["--mbs", "16", *even, *fast]), bench.lever_sets(["--mbs", "16", *even])
+    assert second == {"optimizer.lr=1e-6", "model.overrides.embedding_init_std=1.0"} and len(first) == 4
+    assert bench.failed_settings(second, [first], []) == ""  # nothing passed yet: no blame
+    later = bench.lever_sets(["--mbs", "8", *fast, "--profile", "/tmp/x"])
+    assert bench.failed_settings(later, [first], [second]) == "kernels.cross_entropy=fused, kernels.fp32_matmul=tf32"
+    assert bench.failed_settings(bench.lever_sets(["--mbs", "8", *fast[:2]]), [first], [second]) == ""
+    assert bench.failed_settings(bench.lever_sets(["--set", "model.compile=none"]), [first], [second]) == ""
