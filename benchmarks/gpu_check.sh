@@ -24,7 +24,8 @@
 #             max/mean column says which routing each speed was measured in) on real text when
 #             benchmarks/gpu_text is carried (see data), else on the synthetic shard, with megatron's fused
 #             cross-entropy and TF32 router GEMMs ($FAST: kernels.cross_entropy fused, fp32_matmul tf32),
-#             then the same without them; the config's own batch, 8 x 4 accumulated, with $FAST, profiled
+#             then the same without them; 24 x 8 with $FAST where the GPU has 130 GiB or more ($HUGE: an
+#             H200; none on an H100); the config's own batch, 8 x 4 accumulated, with $FAST, profiled
 #             after its timed steps; 8 x 4 evenly routed with $FAST (on the real text if carried); the
 #             first lever with inductor's coordinate-descent tuning of its generated kernels (a longer compile); proxy-1b eager with megatron's
 #             dispatcher and foreach AdamW (the first H100 and H200 runs' default); proxy-100m compiled,
@@ -150,6 +151,10 @@ if not torch.cuda.is_available() and '$CPU' != '1':
 GPU_GIB=$(sed -n 's/^gpu_memory_gib //p' "$WORK/preflight.log" 2>/dev/null)
 BIG="--mbs 16 --accum 8"
 [ "${GPU_GIB:-0}" -lt 100 ] 2>/dev/null && BIG="--mbs 12 --accum 8"
+# and a larger one where the GPU has 130 GiB or more (an H200): 24 x 8, about 112 GiB on the same line
+# (6.9 GiB + 4.4 GiB per sequence of the micro-batch, from the two measured points); none elsewhere
+HUGE=""
+[ "${GPU_GIB:-0}" -ge 130 ] 2>/dev/null && HUGE="--mbs 24 --accum 8"
 
 # --- data -----------------------------------------------------------------------------------------
 # the synthetic shard, built here; real text only if carried: benchmarks/gpu_text/text.{bin,idx}, built
@@ -219,6 +224,7 @@ else
     --kernels auto ${GPU_CHECK_BASELINE:+"proxy-1b:$GPU_CHECK_BASELINE"} \
     --lever "proxy-1b:$BIG $TEXT $EVEN $FAST" \
     --lever "proxy-1b:$BIG $TEXT $EVEN" \
+    ${HUGE:+--lever "proxy-1b:$HUGE $TEXT $EVEN $FAST"} \
     --lever "proxy-1b:--mbs 8 --accum 4 $FAST --profile $WORK" \
     --lever "proxy-1b:--mbs 8 --accum 4 $TEXT $EVEN $FAST" \
     --lever "proxy-1b:$BIG $TEXT $EVEN $FAST --set model.compile_options.coordinate_descent_tuning=true" \

@@ -21,16 +21,19 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::U
 def _script_runs() -> tuple[list[str], list[str]]:
     """The ``--kernels`` variants and ``--lever`` specs of the script's mfu and profile parts,
     with its shell variables filled in: ``$EVEN``, ``$FAST``, ``$TEXT`` as set when the real
-    text was carried, and each value ``$BIG`` takes (16 x 8, or 12 x 8 on a smaller GPU)."""
+    text was carried, each value ``$BIG`` takes (16 x 8, or 12 x 8 on a smaller GPU) and ``$HUGE``
+    (24 x 8, on a GPU with 130 GiB or more)."""
     text = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     fixed = {name: re.search(rf'^{name}="([^"]+)"$', text, re.M).group(1) for name in ("EVEN", "FAST")}
     fixed["TEXT"] = re.search(r'TEXT="(--set data\.blend=[^"]+)"', text).group(1)
     bigs = re.findall(r'BIG="([^"]+)"', text)
     assert len(bigs) == 2
+    huge = re.findall(r'HUGE="([^"]+)"', text)  # set only on a GPU with the memory (an H200)
+    assert len(huge) == 1
     levers = []
     for lever in re.findall(r'--lever "([^"]+)"', text):
         for big in bigs:
-            filled = lever.replace("$BIG", big)
+            filled = lever.replace("$BIG", big).replace("$HUGE", huge[0])
             for name, value in fixed.items():
                 filled = filled.replace(f"${name}", value)
             levers.append(filled)
@@ -84,7 +87,7 @@ def test_gpu_check_levers_and_variants_give_valid_train_configs(tmp_path):
     assert even and all(c.optimizer.lr == 1e-6 for c in even)  # the evenly routed levers
     fast = [c for _, _, c in configs if c.kernels.cross_entropy == "fused"]
     assert fast and all(c.kernels.fp32_matmul == "tf32" for c in fast)  # the fused loss and TF32 levers
-    assert {c.batch.micro_batch_size for p, _, c in configs if p == "proxy-1b"} >= {8, 12, 16}
+    assert {c.batch.micro_batch_size for p, _, c in configs if p == "proxy-1b"} >= {8, 12, 16, 24}
     assert not [lever for _, lever, _ in configs if lever and re.search(r"\$(?!WORK\b)", lever)]  # filled in (not --profile DIR)
 
 
