@@ -70,7 +70,6 @@ def child_arcforge(a) -> dict:
     """Drive arcforge's trainer step by step (``train_loop.started`` + ``Trainer.advance``): the
     warm-up steps, then the timed ones, then (with ``--profile``) ``PROFILED_STEPS`` under
     torch.profiler, no checkpoint at the end (its device-to-host copy is not training)."""
-    import torch
     from moe_ref import PEAK_BF16, flops_per_token
 
     from arcforge.model.kernels import resolve_kernels
@@ -86,7 +85,9 @@ def child_arcforge(a) -> dict:
     t0 = time.perf_counter()
     with started(cfg, resume=False, verbose=True) as trainer:
         warm = [trainer.advance(None) for _ in range(a.warmup)]  # with model.compile, the first compiles
+        warm_peak = _reset_peak()
         timed = [trainer.advance(None) for _ in range(a.steps)]
+        timed_peak = _reset_peak()
         by_kind = {}
         if a.profile:
             out = Path(a.profile) / f"profile-{Path(path).stem}-mbs{mbs}x{a.accum}.txt"
@@ -108,11 +109,32 @@ def child_arcforge(a) -> dict:
                 mfu_with_mtp=tok * (f + f_mtp) / PEAK_BF16, loss=last["loss"],
                 mtp_loss=last.get("mtp_loss"), aux_loss=last.get("aux_loss"),
                 balance_max_mean_worst=last.get("balance_max_mean_worst"),
-                peak_mem_gib=torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                **_peaks(warm_peak, timed_peak, _reset_peak()),
                 wall_s=wall, flops_per_token=f, warmup_step_s=[float(r["step_seconds"]) for r in warm],
                 saved_activation_gib=saved / 2**30, saved_gib_by_dtype={k: v / 2**30 for k, v in by_dtype.items()},
                 est_activation_gib=_estimated_activations(cfg, mbs) / 2**30,
                 **({"profile_gpu_ms_by_kind": by_kind} if by_kind else {}), **_compile_stats(cfg))
+
+
+def _reset_peak() -> int:
+    """``torch.cuda.max_memory_allocated`` since the last call (0 without CUDA), then reset:
+    the run's peak (``peak_mem_gib``: compiling steps, profiled and counting steps included)
+    and the timed steps' own (``peak_timed_gib``, what training holds) are read apart."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    peak = torch.cuda.max_memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    return peak
+
+
+def _peaks(warm: int, timed: int, after: int) -> dict:
+    import torch
+
+    if not torch.cuda.is_available():
+        return dict(peak_mem_gib=None, peak_timed_gib=None)
+    return dict(peak_mem_gib=max(warm, timed, after) / 2**30, peak_timed_gib=timed / 2**30)
 
 
 def _compile_stats(cfg) -> dict:
@@ -317,7 +339,8 @@ def main() -> int:
             if r.get("error") and r.get("tail"):
                 print("    " + r["tail"].replace("\n", "\n    "), flush=True)
     print()
-    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | MFU, MTP counted | peak GiB | vs reference (eager) "
+    print("| preset | side | micro-batch | tokens/s | TFLOP/s | MFU | MFU, MTP counted | peak GiB (run / timed steps) "
+          "| vs reference (eager) "
           "| saved / est. activations GiB | router max/mean, worst layer |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
@@ -329,8 +352,10 @@ def main() -> int:
         act = f"{r['saved_activation_gib']:.2f} / {r['est_activation_gib']:.2f}" if "saved_activation_gib" in r else ""
         mtp = f"{r['mfu_with_mtp'] * 100:.1f}%" if "mfu_with_mtp" in r else ""
         balance = f"{r['balance_max_mean_worst']:.2f}" if r.get("balance_max_mean_worst") is not None else ""
+        peak = f"{r['peak_mem_gib']:.1f}" if r.get("peak_mem_gib") is not None else ""
+        peak += f" / {r['peak_timed_gib']:.1f}" if r.get("peak_timed_gib") is not None else ""
         print(f"| {r['preset']} | {r['side']} | {r['mbs']} | {r['tokens_per_s']:,.0f} | {r['tflops']:.1f} | "
-              f"{r['mfu'] * 100:.1f}% | {mtp} | {r['peak_mem_gib']:.1f} | {ratio} | {act} | {balance} |")
+              f"{r['mfu'] * 100:.1f}% | {mtp} | {peak} | {ratio} | {act} | {balance} |")
     if a.out:
         Path(a.out).write_text(json.dumps({"device": dev, "torch": torch.__version__, "rows": rows}, indent=2))
     return 0 if all("error" not in r for r in rows) else 1

@@ -147,12 +147,15 @@ if not torch.cuda.is_available() and '$CPU' != '1':
     sys.exit('torch sees no GPU (set GPU_CHECK_CPU=1 for the CPU-only parts)')
 " || { [ "$CPU" = 1 ] || { printf '%s\n' "${SUMMARY[@]}"; echo "preflight failed: stopping"; exit 1; }; }
 # the mfu levers' large micro-batch: 16 x 8 where the GPU has the memory (77 GiB measured on an
-# H200), else 12 x 8 (about 60 GiB, between 8 x 4's 42 and 16 x 8's 77: fits an H100's 79)
+# H200, set by an eager first micro-batch that compiled layers no longer run: about 62 expected;
+# docs/benchmarks.md, "Peak memory of a compiled run"), else 12 x 8 (about 60 GiB on the old
+# line, about 49 expected: fits an H100's 79 either way)
 GPU_GIB=$(sed -n 's/^gpu_memory_gib //p' "$WORK/preflight.log" 2>/dev/null)
 BIG="--mbs 16 --accum 8"
 [ "${GPU_GIB:-0}" -lt 100 ] 2>/dev/null && BIG="--mbs 12 --accum 8"
-# and a larger one where the GPU has 130 GiB or more (an H200): 24 x 8, about 112 GiB on the same line
-# (6.9 GiB + 4.4 GiB per sequence of the micro-batch, from the two measured points); none elsewhere
+# and a larger one where the GPU has 130 GiB or more (an H200): 24 x 8, about 112 GiB on the old line
+# (6.9 GiB + 4.4 GiB per sequence of the micro-batch: that first eager micro-batch), about 86 expected
+# now (12.4 + 3.06 per sequence); none elsewhere
 HUGE=""
 [ "${GPU_GIB:-0}" -ge 130 ] 2>/dev/null && HUGE="--mbs 24 --accum 8"
 

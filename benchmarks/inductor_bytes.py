@@ -89,7 +89,7 @@ def child(side: str, seq: int) -> list[list[tuple[int, str, str]]]:
                             params_dtype=torch.bfloat16).bfloat16()
         model.train()
         compile_layers(model)
-        for _ in range(3):  # each layer's first call runs eagerly (arcforge.model.compile)
+        for _ in range(3):  # the first call compiles; the same graphs run after
             tokens, labels = (torch.randint(4, 4000, (1, seq)) for _ in range(2))
             lm_loss(model, tokens, labels, loss_scale=1.0).loss.backward()
     return graphs

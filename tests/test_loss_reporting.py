@@ -148,5 +148,40 @@ def test_reset_for_a_model_zeroes_its_entries_in_place_and_drops_other_sizes(meg
     assert tracker["seq_load_balancing_loss"]["values"] is held and float(tracker_aux_total()) == pytest.approx(0.25 * size)
     reset_loss_trackers()
     megatron_trackers([2.0], [0.5] * (size + 2))  # another model's layer count
+    stale = tracker["seq_load_balancing_loss"]["values"]
+    reset_loss_trackers(model)  # dropped, and made again at this model's size
+    fresh = tracker["seq_load_balancing_loss"]["values"]
+    assert fresh is not stale and fresh.shape == (size,) and float(fresh.abs().sum()) == 0.0
+
+
+@pytest.mark.parametrize("router", [
+    {},  # GLM-4.5's: the sequence-level aux loss only
+    {"moe_router_load_balancing_type": ["aux_loss", "seq_aux_loss", "global_aux_loss"],
+     "moe_aux_loss_coeff": [1e-3, 1e-4, 1e-3], "moe_z_loss_coeff": 1e-3},
+])
+def test_reset_creates_the_entries_a_forward_writes(megatron_trackers, router):
+    """``reset_loss_trackers(model)`` creates, before the first forward, exactly the aux-loss
+    entries that model's routers write in a training forward (what megatron's own first write
+    would make: the trace of ``model.compile: layers`` depends on no layer creating one), and
+    the forward then adds into those same tensors."""
+    from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
+
+    from arcforge.model.arch import get_preset
+    from arcforge.model.losses import aux_loss_names
+    from arcforge.model.megatron_model import build_model, causal_attention_mask, lm_loss, position_ids_for
+
+    model = build_model(get_preset("proxy-tiny"), seq_length=32, seed=0, **router)
+    model.train()
+    tokens, labels = (torch.randint(4, 200, (2, 32), generator=torch.Generator().manual_seed(s)) for s in (1, 2))
+    tracker = get_moe_layer_wise_logging_tracker()
+    reset_loss_trackers()
+    model(tokens, position_ids_for(tokens), causal_attention_mask(32, tokens.device), labels=labels)  # megatron alone
+    written = {name: entry["values"].shape for name, entry in tracker.items()}
+    assert len(written) == 1 + 3 * bool(router) and sorted(aux_loss_names(model)) == sorted(written)
+    reset_loss_trackers()
     reset_loss_trackers(model)
-    assert "seq_load_balancing_loss" not in tracker
+    primed = {name: entry["values"] for name, entry in tracker.items()}
+    assert {name: v.shape for name, v in primed.items()} == written
+    assert all(float(v.abs().sum()) == 0.0 for v in primed.values())
+    lm_loss(model, tokens, labels)  # resets (keeping the entries), then the forward adds
+    assert all(tracker[name]["values"] is v and float(v.abs().sum()) > 0 for name, v in primed.items())

@@ -11,10 +11,14 @@ they are), forward and backward, so both the launches and the Python between the
 What it compiles: each ``TransformerLayer`` of the decoder and of the MTP block, one
 ``torch.compile(layer.forward)`` each (the embedding, the output layer and the loss stay
 eager). Layers of the same kind share one compiled graph (parameters are graph inputs, the
-layer number too), so proxy-1b compiles 3 graphs (dense, MoE, the MTP layer), not 17: each
-layer's first call runs eagerly, which creates megatron's aux-loss tracker entries once, and
-the trainer zeroes them in place from then on (``losses.reset_loss_trackers(model)``); else
-the first MoE layer of each step, which creates them, would need a graph of its own.
+layer number too), so proxy-1b compiles 3 graphs (dense, MoE, the MTP layer), not 17:
+``losses.reset_loss_trackers(model)``, before every step, creates megatron's aux-loss tracker
+entries before the first forward and zeroes them in place after; else the first MoE layer of
+each step, which would create them, would need a graph of its own. (Until 2026-11-27 each
+layer's first call ran eagerly to create them. That first micro-batch kept eager
+activations, 4.3 GiB per 4,096-token sequence of proxy-1b against 3.1 compiled, and set the
+run's peak memory: 76.9 GiB at 16 x 8 on the H200, where later steps need about 62;
+docs/benchmarks.md, "Peak memory of a compiled run".)
 Anything a layer's forward reaches must not hold a per-layer Python constant: the trainer's
 router-load hook is one function over a buffer of each router for that reason.
 
@@ -172,9 +176,8 @@ def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
 
     ``dynamic=None`` (tensor shapes static) with the router's ``layer_number`` a graph input
     from the start (``torch.compiler.config.dynamic_sources``): the MoE layers differ only in
-    it (megatron indexes the aux-loss tracker with it). Each layer's first call runs eagerly
-    (``_eager_first``). The recompile limit is raised to cover one entry per layer anyway, so
-    that no layer silently falls back to eager after the limit."""
+    it (megatron indexes the aux-loss tracker with it). The recompile limit is raised to cover
+    one entry per layer anyway, so that no layer silently falls back to eager after the limit."""
     import torch._dynamo
 
     apply_compile_shims()
@@ -194,27 +197,8 @@ def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
         if ROUTER_LAYER_NUMBER not in sources:
             compiler_cfg.dynamic_sources = ",".join([*sources, ROUTER_LAYER_NUMBER])
     for layer in layers:
-        layer.forward = _eager_first(layer.forward, torch.compile(layer.forward, backend=backend, dynamic=None,
-                                                                  **options))
+        layer.forward = torch.compile(layer.forward, backend=backend, dynamic=None, **options)
     return len(layers)
-
-
-def _eager_first(eager, compiled):
-    """A layer's forward that runs eagerly on its first call and compiled after: the first
-    training forward creates megatron's aux-loss tracker entries (in the first MoE layer), and
-    ``losses.reset_loss_trackers(model)`` keeps them from then on, so the compiled MoE layers
-    only ever see them there (one graph; compiled on the first call, the first MoE layer of each
-    step would have a graph of its own)."""
-    first = [True]
-
-    def forward(*args, **kwargs):
-        if first[0]:
-            first[0] = False
-            return eager(*args, **kwargs)
-        return compiled(*args, **kwargs)
-
-    forward.__wrapped__ = compiled
-    return forward
 
 
 __all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "compile_layers",

@@ -91,9 +91,11 @@ def reset_loss_trackers(model: Any = None) -> None:
     the next write, on the device of that write.
 
     Given the ``model`` that writes next (its ``config``), the aux-loss entries sized for it
-    (``num_layers + mtp_num_layers``, megatron's rule) are kept and zeroed in place instead:
-    then no layer of a training step creates an entry after the first forward, and the
-    compiled MoE layers (``model.compile``) share one graph (a layer that created the entry
+    (``num_layers + mtp_num_layers``, megatron's rule) are kept and zeroed in place instead,
+    and the entries its routers will write are created now (``aux_loss_names``), as
+    megatron's ``save_to_aux_losses_tracker`` would on their first write: then no layer
+    creates an entry, from the first forward on, and the compiled MoE layers
+    (``model.compile``) share one graph from their first call (a layer that created the entry
     would compile a graph of its own).
     """
     from megatron.core.transformer.moe.moe_utils import get_moe_layer_wise_logging_tracker
@@ -112,6 +114,36 @@ def reset_loss_trackers(model: Any = None) -> None:
             del tracker[name]
         else:
             values.zero_()
+    names = aux_loss_names(model)
+    if names:
+        import torch
+
+        device = next(model.parameters()).device
+        for name in names:
+            if name not in tracker:  # megatron's first write: zeros(num_layers) on the loss's device
+                tracker[name] = {"values": torch.zeros(size, device=device), "reduce_group": None,
+                                 "avg_group": None, "reduce_group_has_dp": False}
+
+
+# megatron-core 0.16.1's router: the tracker entry each load-balancing type writes
+# (``TopKRouter._apply_aux_loss`` / ``_apply_seq_aux_loss`` / ``_apply_global_aux_loss``)
+AUX_LOSS_ENTRIES = {"aux_loss": "load_balancing_loss", "seq_aux_loss": "seq_load_balancing_loss",
+                    "global_aux_loss": "global_load_balancing_loss"}
+
+
+def aux_loss_names(model: Any) -> list[str]:
+    """The aux-loss tracker entries ``model``'s routers write in a training forward: one per
+    load-balancing type with a positive coefficient, and ``z_loss`` when ``moe_z_loss_coeff``
+    is set (``tests/test_loss_reporting.py`` checks the list against what a forward writes)."""
+    from megatron.core.transformer.moe.router import TopKRouter
+
+    router = next((m for m in model.modules() if isinstance(m, TopKRouter)), None)
+    if router is None:  # no MoE layer here (a dense model, or a pipeline stage of dense layers)
+        return []
+    names = [entry for kind, entry in AUX_LOSS_ENTRIES.items() if router.get_aux_loss_coeff(kind) > 0]
+    if router.config.moe_z_loss_coeff is not None:
+        names.append("z_loss")
+    return names
 
 
 def tracker_mtp_values(depths: int, device: Any = None):
