@@ -34,6 +34,29 @@ def _moe_layer_pair(dispatcher_type: str, experts: str):
     return arch, ref, new
 
 
+@pytest.mark.parametrize("tokens,experts,k,collapsed", [(1000, 32, 4, False), (1000, 32, 4, True), (9, 8, 2, False),
+                                                        (5, 4, 4, False), (3, 16, 1, False)])
+def test_expert_major_order_counts_the_permutation_topk_and_argsort_gave(tokens, experts, k, collapsed):
+    """``expert_major_order`` (two cumulative sums, no sort) against the first version's
+    formulation on the same routing map: each token's experts by ``topk`` of the map (put in
+    ascending order, which the new one promises), then a stable ``argsort`` of the flat expert
+    ids. Same experts, same order, same inverse, exactly; also when every token picks the same
+    ``k`` experts (a collapsed layer) and when ``k`` is every expert."""
+    from arcforge.model.dispatch import expert_major_order
+
+    gen = torch.Generator().manual_seed(tokens + k)
+    scores = torch.rand(tokens, experts, generator=gen)
+    if collapsed:
+        scores[:, :k] += 2.0
+    routing_map = torch.zeros(tokens, experts, dtype=torch.bool).scatter_(1, scores.topk(k, dim=1).indices, True)
+    got_experts, order, inverse = expert_major_order(routing_map, k)
+    want_experts = routing_map.to(torch.int8).topk(k, dim=1, sorted=False).indices.sort(dim=1).values
+    want_order = torch.argsort(want_experts.reshape(-1), stable=True)
+    assert torch.equal(got_experts, want_experts)
+    assert torch.equal(order, want_order)
+    assert torch.equal(inverse[order], torch.arange(tokens * k)) and torch.equal(order[inverse], torch.arange(tokens * k))
+
+
 @pytest.mark.parametrize("repeats", [1, 4])
 def test_row_gather_has_index_selects_gradient_without_index_add(repeats):
     """``RowGather`` (the dispatcher's gathers) against autograd's ``index_select`` on the same

@@ -15,10 +15,10 @@ The H100 run of issue 12 showed about 0.19 s per step that does not grow with th
 (docs/benchmarks.md, "GPU"); these syncs are one candidate. ``DeviceTokenDispatcher`` does
 the same permutation with no host round trip and no chunk sort:
 
-* the ``k`` experts of each token: ``topk`` over the boolean routing map (exactly ``k`` per
-  row in dropless routing, which is what arcforge trains);
-* expert-major order, tokens ascending within an expert (megatron's order, so the experts see
-  the same rows in the same order): a stable ``argsort`` of the flat expert ids;
+* the ``k`` experts of each token and expert-major order, tokens ascending within an expert
+  (megatron's order, so the experts see the same rows in the same order), counted from the
+  boolean routing map (exactly ``k`` per row in dropless routing, which is what arcforge
+  trains) with two cumulative sums and no sort (``expert_major_order``);
 * ``tokens_per_expert``: the routing map summed over tokens, on the device (``bincount``
   would read its maximum back to the host), which ``kernels.gmm`` turns into
   ``torch._grouped_mm`` offsets on the device;
@@ -70,6 +70,32 @@ class RowGather(torch.autograd.Function):
         return rows, None, None, None
 
 
+def expert_major_order(routing_map: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(experts [T, k], order [T * k], inverse [T * k])`` of a ``[T, E]`` boolean routing map
+    with exactly ``k`` experts per token: token ``t``'s experts in ascending id order; ``order``
+    lists the rows ``t * k + j`` expert-major, tokens ascending within an expert; ``inverse[t *
+    k + j]`` is where row ``t * k + j`` sits in that order.
+
+    Counted rather than sorted: a pair's slot ``j`` is the number of the token's experts before
+    it (a cumulative sum along the experts), its place within the expert the number of earlier
+    tokens sent there (along the tokens), plus the expert's offset. The first version took
+    ``topk`` of the map and a stable ``argsort`` of the flat expert ids: on the H200 those were
+    two kernels of about 80 and 70 us per MoE layer and micro-batch, 1.4% of a compiled
+    proxy-1b step (docs/benchmarks.md); these are elementwise, scans and one small reduction,
+    which inductor fuses. The result is the same permutation (``tests/test_dispatch.py``)."""
+    m = routing_map.to(torch.int32)
+    slot = m.cumsum(1) - m  # [T, E]: the token's experts before e
+    tokens_per_expert = m.sum(0)
+    dest = (tokens_per_expert.cumsum(0) - tokens_per_expert) + (m.cumsum(0) - m)  # [T, E]: row in expert-major order
+    j = torch.arange(k, device=routing_map.device, dtype=torch.int32)
+    pick = routing_map.unsqueeze(-1) & (slot.unsqueeze(-1) == j)  # [T, E, k]: e is the token's j-th expert
+    ids = torch.arange(routing_map.shape[1], device=routing_map.device, dtype=torch.int32).view(1, -1, 1)
+    experts = (pick * ids).sum(1, dtype=torch.int64)  # [T, k]
+    inverse = dest.gather(1, experts).reshape(-1).to(torch.int64)
+    order = torch.empty_like(inverse).scatter_(0, inverse, torch.arange(inverse.numel(), device=inverse.device))
+    return experts, order, inverse
+
+
 class DeviceTokenDispatcher(MoETokenDispatcher):
     """Dispatch and combine for one rank that holds every expert, without host syncs."""
 
@@ -90,11 +116,7 @@ class DeviceTokenDispatcher(MoETokenDispatcher):
         """Tokens and their probabilities in expert-major order (``[T * k, H]``, ``[T * k]``)."""
         self.hidden_shape = hidden_states.shape
         x = hidden_states.view(-1, self.hidden_shape[-1])
-        experts = routing_map.to(torch.int8).topk(self.topk, dim=1, sorted=False).indices  # [T, k]
-        flat = experts.reshape(-1)
-        order = torch.argsort(flat, stable=True)  # by expert; within one, by token (t * k + j)
-        # inverse[t * k + j]: where token t's j-th expert row sits in expert-major order
-        inverse = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=order.device))
+        experts, order, inverse = expert_major_order(routing_map, self.topk)
         self.order, self.inverse = order, inverse
         self.tokens_per_expert = routing_map.sum(dim=0)  # not bincount: on CUDA it reads max() back
         permuted = RowGather.apply(x, torch.div(order, self.topk, rounding_mode="floor"), inverse, self.topk)
@@ -133,4 +155,4 @@ class DeviceMoELayer(MoELayer):
         )
 
 
-__all__ = ["DISPATCHERS", "DeviceMoELayer", "DeviceTokenDispatcher", "RowGather"]
+__all__ = ["DISPATCHERS", "DeviceMoELayer", "DeviceTokenDispatcher", "RowGather", "expert_major_order"]
