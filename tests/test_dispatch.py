@@ -41,7 +41,8 @@ def test_expert_major_order_counts_the_permutation_topk_and_argsort_gave(tokens,
     formulation on the same routing map: each token's experts by ``topk`` of the map (put in
     ascending order, which the new one promises), then a stable ``argsort`` of the flat expert
     ids. Same experts, same order, same inverse, exactly; also when every token picks the same
-    ``k`` experts (a collapsed layer) and when ``k`` is every expert."""
+    ``k`` experts (a collapsed layer) and when ``k`` is every expert. As a custom operator its
+    declared output shapes match what it returns (``opcheck``)."""
     from arcforge.model.dispatch import expert_major_order
 
     gen = torch.Generator().manual_seed(tokens + k)
@@ -55,6 +56,7 @@ def test_expert_major_order_counts_the_permutation_topk_and_argsort_gave(tokens,
     assert torch.equal(got_experts, want_experts)
     assert torch.equal(order, want_order)
     assert torch.equal(inverse[order], torch.arange(tokens * k)) and torch.equal(order[inverse], torch.arange(tokens * k))
+    torch.library.opcheck(expert_major_order, (routing_map, k))  # its fake shapes and schema, as compile uses them
 
 
 @pytest.mark.parametrize("repeats", [1, 4])

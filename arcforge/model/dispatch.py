@@ -70,6 +70,7 @@ class RowGather(torch.autograd.Function):
         return rows, None, None, None
 
 
+@torch.library.custom_op("arcforge::expert_major_order", mutates_args=())
 def expert_major_order(routing_map: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """``(experts [T, k], order [T * k], inverse [T * k])`` of a ``[T, E]`` boolean routing map
     with exactly ``k`` experts per token: token ``t``'s experts in ascending id order; ``order``
@@ -81,12 +82,16 @@ def expert_major_order(routing_map: torch.Tensor, k: int) -> tuple[torch.Tensor,
     tokens sent there (along the tokens), plus the expert's offset. The first version took
     ``topk`` of the map and a stable ``argsort`` of the flat expert ids: on the H200 those were
     two kernels of about 80 and 70 us per MoE layer and micro-batch, 1.4% of a compiled
-    proxy-1b step (docs/benchmarks.md); these are elementwise, scans and one small reduction,
-    which inductor fuses. The result is the same permutation (``tests/test_dispatch.py``)."""
+    proxy-1b step (docs/benchmarks.md). The result is the same permutation
+    (``tests/test_dispatch.py``). A custom operator, so that compiled layers call these eager
+    kernels (torch's scans) as they are rather than inductor generating a split scan over the
+    tokens for them: the same code compiled and eager, and nothing new to go wrong in a
+    compile on the GPU."""
     m = routing_map.to(torch.int32)
-    slot = m.cumsum(1) - m  # [T, E]: the token's experts before e
-    tokens_per_expert = m.sum(0)
-    dest = (tokens_per_expert.cumsum(0) - tokens_per_expert) + (m.cumsum(0) - m)  # [T, E]: row in expert-major order
+    slot = m.cumsum(1, dtype=torch.int32) - m  # [T, E]: the token's experts before e
+    tokens_per_expert = m.sum(0, dtype=torch.int32)
+    start = tokens_per_expert.cumsum(0, dtype=torch.int32) - tokens_per_expert  # each expert's first row
+    dest = start + (m.cumsum(0, dtype=torch.int32) - m)  # [T, E]: the pair's row in expert-major order
     j = torch.arange(k, device=routing_map.device, dtype=torch.int32)
     pick = routing_map.unsqueeze(-1) & (slot.unsqueeze(-1) == j)  # [T, E, k]: e is the token's j-th expert
     ids = torch.arange(routing_map.shape[1], device=routing_map.device, dtype=torch.int32).view(1, -1, 1)
@@ -94,6 +99,13 @@ def expert_major_order(routing_map: torch.Tensor, k: int) -> tuple[torch.Tensor,
     inverse = dest.gather(1, experts).reshape(-1).to(torch.int64)
     order = torch.empty_like(inverse).scatter_(0, inverse, torch.arange(inverse.numel(), device=inverse.device))
     return experts, order, inverse
+
+
+@expert_major_order.register_fake
+def _(routing_map: torch.Tensor, k: int):
+    t = routing_map.shape[0]
+    return (routing_map.new_empty((t, k), dtype=torch.int64), routing_map.new_empty((t * k,), dtype=torch.int64),
+            routing_map.new_empty((t * k,), dtype=torch.int64))
 
 
 class DeviceTokenDispatcher(MoETokenDispatcher):
