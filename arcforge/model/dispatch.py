@@ -78,27 +78,31 @@ def expert_major_order(routing_map: torch.Tensor, k: int) -> tuple[torch.Tensor,
     k + j]`` is where row ``t * k + j`` sits in that order.
 
     Counted rather than sorted: a pair's slot ``j`` is the number of the token's experts before
-    it (a cumulative sum along the experts), its place within the expert the number of earlier
-    tokens sent there (along the tokens), plus the expert's offset. The first version took
-    ``topk`` of the map and a stable ``argsort`` of the flat expert ids: on the H200 those were
-    two kernels of about 80 and 70 us per MoE layer and micro-batch, 1.4% of a compiled
-    proxy-1b step (docs/benchmarks.md). The result is the same permutation
-    (``tests/test_dispatch.py``). A custom operator, so that compiled layers call these eager
-    kernels (torch's scans) as they are rather than inductor generating a split scan over the
-    tokens for them: the same code compiled and eager, and nothing new to go wrong in a
-    compile on the GPU."""
+    it (a cumulative sum along each token's row of experts); its row in expert-major order is
+    the number of pairs before it in that order, one cumulative sum over the routing map read
+    expert by expert (so the scan runs over one contiguous vector: torch's scan along the token
+    dimension of a ``[T, E]`` map gives each of the ``E`` columns one thread). Each token's
+    ``k`` pairs are then scattered into their slots; the other ``E - k`` go to columns of their
+    own past ``k`` (so no two writes meet: deterministic) and are cut off.
+
+    The first version took ``topk`` of the map and a stable ``argsort`` of the flat expert ids:
+    on the H200 those were two kernels of about 80 and 70 us per MoE layer and micro-batch, 1.4%
+    of a compiled proxy-1b step (docs/benchmarks.md). The result is the same permutation
+    (``tests/test_dispatch.py``). A custom operator, so that compiled layers call these kernels
+    as they are rather than inductor generating scans for them: the same code compiled and
+    eager, and nothing new to go wrong in a compile on the GPU."""
+    t, e = routing_map.shape
     m = routing_map.to(torch.int32)
     slot = m.cumsum(1, dtype=torch.int32) - m  # [T, E]: the token's experts before e
-    tokens_per_expert = m.sum(0, dtype=torch.int32)
-    start = tokens_per_expert.cumsum(0, dtype=torch.int32) - tokens_per_expert  # each expert's first row
-    dest = start + (m.cumsum(0, dtype=torch.int32) - m)  # [T, E]: the pair's row in expert-major order
-    j = torch.arange(k, device=routing_map.device, dtype=torch.int32)
-    pick = routing_map.unsqueeze(-1) & (slot.unsqueeze(-1) == j)  # [T, E, k]: e is the token's j-th expert
-    ids = torch.arange(routing_map.shape[1], device=routing_map.device, dtype=torch.int32).view(1, -1, 1)
-    experts = (pick * ids).sum(1, dtype=torch.int64)  # [T, k]
-    inverse = dest.gather(1, experts).reshape(-1).to(torch.int64)
+    by_expert = m.t().reshape(-1)  # [E * T], expert-major
+    dest = (by_expert.cumsum(0, dtype=torch.int32) - by_expert).view(e, t).t()  # [T, E]: the pair's row
+    ids = torch.arange(e, device=routing_map.device)
+    col = torch.where(routing_map, slot, k + ids)  # [T, E]: j for the token's experts, k + e for the others
+    experts = torch.empty(t, k + e, dtype=torch.int64, device=routing_map.device).scatter_(1, col, ids.expand(t, e))
+    inverse = torch.empty(t, k + e, dtype=torch.int64, device=routing_map.device).scatter_(1, col, dest.to(torch.int64))
+    inverse = inverse[:, :k].contiguous().view(-1)
     order = torch.empty_like(inverse).scatter_(0, inverse, torch.arange(inverse.numel(), device=inverse.device))
-    return experts, order, inverse
+    return experts[:, :k].contiguous(), order, inverse
 
 
 @expert_major_order.register_fake
