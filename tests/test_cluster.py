@@ -145,7 +145,7 @@ class Clusters:
     def _spark_up(self, workers: int) -> bool:
         try:
             return self.spark_status()["aliveworkers"] >= workers
-        except OSError:
+        except (OSError, ValueError):  # not listening yet, or (seen once, at start) an HTML page at /json/
             return False
 
     def _ray_cpus(self) -> float:
