@@ -207,27 +207,54 @@ class _LocalOnly(GlobalStage):
 LOCAL_ONLY = _LocalOnly("test.local_only", NoParams)
 
 
-# dedup.minhash that SIGKILLs its own process after the second round of connected components,
-# once per marker directory: the test kills the run in the middle of the components, for real.
+# Global stages that break a run once per marker directory (``marker_dir``): the first run is
+# killed or fails in the middle of the stage, the re-run finds the marker and goes on.
+import signal  # noqa: E402
+
 from arcforge.dedup.fuzzy import MinhashDedup, MinhashParams  # noqa: E402
+from arcforge.dedup.semantic import SemanticDedup, SemanticDedupParams  # noqa: E402
+
+
+class _BreaksOnce:
+    def run(self, ctx):  # noqa: ANN001, ANN201
+        self._marker = os.path.join(ctx.stage.params.marker_dir, "broken")
+        return super().run(ctx)
+
+    def first_time(self) -> bool:
+        """True once per marker directory (and leaves the marker)."""
+        if os.path.exists(self._marker):
+            return False
+        open(self._marker, "w").close()
+        return True
 
 
 class KillMinhashParams(MinhashParams):
     marker_dir: str = ""
 
 
-class KillingMinhash(MinhashDedup):
-    def run(self, ctx):  # noqa: ANN001, ANN201
-        self._marker = os.path.join(ctx.stage.params.marker_dir, "killed")
-        return super().run(ctx)
+class KillingMinhash(_BreaksOnce, MinhashDedup):
+    """SIGKILLs its own process after the second round of the connected components."""
 
     def component_round(self, stats) -> None:  # noqa: ANN001
         super().component_round(stats)
-        if stats.rounds == 2 and not os.path.exists(self._marker):
-            open(self._marker, "w").close()
-            import signal
-
+        if stats.rounds == 2 and self.first_time():
             os.kill(os.getpid(), signal.SIGKILL)
 
 
 KILLING_MINHASH = KillingMinhash("test.killing_minhash", KillMinhashParams, engine="local")
+
+
+class FailSemanticParams(SemanticDedupParams):
+    marker_dir: str = ""
+
+
+class FailingSemantic(_BreaksOnce, SemanticDedup):
+    """Fails once every partition is embedded: the re-run resumes from the kept embeddings."""
+
+    def embedded(self, n: int) -> None:
+        super().embedded(n)
+        if self.first_time():
+            raise RuntimeError("failing once after the embeddings, as a test asks")
+
+
+FAILING_SEMANTIC = FailingSemantic("test.failing_semantic", FailSemanticParams, engine="local")

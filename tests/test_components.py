@@ -130,7 +130,43 @@ def test_checkpointing_changes_nothing_but_the_files(ops, tmp_path):
     assert plain.equals(_table(want)) and spilled.equals(plain) and stats2 == stats
     rounds = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert rounds == [f"round-{k:03d}" for k in range(1, stats.rounds + 1)]
-    assert sorted(p.name for p in (tmp_path / "ckpt" / rounds[-1]).iterdir()) == [f"part-{i:05d}.parquet" for i in range(3)]
+    files = sorted(p.name for p in (tmp_path / "ckpt" / rounds[-1]).iterdir())
+    assert files == ["_done.json", *(f"part-{i:05d}.parquet" for i in range(3))]
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_resume_from_the_last_finished_round_equals_an_uninterrupted_call(ops, tmp_path, engine):
+    """A call stopped after round 2 (the driver raising in ``on_round``, as a kill would stop it
+    after that round's checkpoint), then ``resume=True`` on the same directory: the rounds go
+    on from 3, and the labels and stats are an uninterrupted call's. A round whose marker is
+    missing (killed while writing it) is done again."""
+    perm = np.random.default_rng(3).permutation(300)
+    pairs = list(zip(perm[:-1].tolist(), perm[1:].tolist()))  # one chain in random id order: many rounds
+    clean, stats = _run(ops[engine], _edges(pairs), parts=2, checkpoint=tmp_path / "clean")  # Spark needs one
+    assert stats.rounds >= 4
+
+    def stop_after_two(s):  # noqa: ANN001, ANN202
+        if s.rounds == 2:
+            raise _Stop
+
+    ckpt = tmp_path / "ckpt"
+    with pytest.raises(_Stop):
+        _run(ops[engine], _edges(pairs), parts=2, checkpoint=ckpt, on_round=stop_after_two)
+    (ckpt / "round-002" / "_done.json").unlink()  # as if killed while round 2's files were written
+    seen = []
+    resumed, stats2 = _run(ops[engine], _edges(pairs), parts=2, checkpoint=ckpt, resume=True,
+                           on_round=lambda s: seen.append(s.rounds))
+    assert seen[0] == 2 and seen[-1] == stats.rounds
+    assert resumed.equals(clean) and resumed.equals(_table(_scipy_labels(pairs))) and stats2 == stats
+    seen.clear()
+    again, stats3 = _run(ops[engine], _edges(pairs), parts=2, checkpoint=ckpt, resume=True, on_round=seen.append)
+    assert seen == [] and again.equals(clean) and stats3 == stats  # every round finished: none is run again
+    with pytest.raises(ValueError, match="resume needs a checkpoint_dir"):
+        _run(ops[engine], _edges(pairs), resume=True)
 
 
 def test_star_converges_in_one_round(ops):

@@ -236,7 +236,9 @@ def test_config_errors_name_the_key(tmp_path, planted):
 
 def test_kill_in_the_middle_of_the_components_then_resume(demo_corpus, tmp_path):
     """A chain of real text, each page a few words away from the previous one: one component
-    that takes many rounds; the stage SIGKILLs its process after round 2 on the first run."""
+    that takes many rounds; the stage SIGKILLs its process after round 2 on the first run. The
+    re-run resumes from the work the killed one finished (signatures, verified pairs, two rounds)
+    and writes what an uninterrupted run writes."""
     rng = random.Random(1)
     base = max(_real_docs(demo_corpus, 40), key=len).split()[:300]
     words, inputs = list(base), tmp_path / "in"
@@ -252,10 +254,16 @@ def test_kill_in_the_middle_of_the_components_then_resume(demo_corpus, tmp_path)
     cmd = [sys.executable, "-m", "arcforge.cli", "run", str(cfg)]
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert first.returncode == -9, first.stdout + first.stderr  # SIGKILL after the second round
-    assert (marker / "killed").exists()
+    assert (marker / "broken").exists()
     assert not (tmp_path / "killed" / "t" / "mh" / "_manifest.json").exists()
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert second.returncode == 0, second.stdout + second.stderr
+    logs = [p.read_text() for p in (tmp_path / "killed" / "t" / "_logs").glob("run-*.log")]
+    resumed = [text for text in logs if "dedup.minhash: resuming from" in text]
+    assert len(logs) == 2 and len(resumed) == 1, logs
+    # the second run read the signatures and verified pairs back and went on from round 3
+    assert "signatures of 1 of 1 partitions, pairs kept" in resumed[0], resumed[0]
+    assert "components round 3," in resumed[0] and "components round 2," not in resumed[0], resumed[0]
     Runner(load_plan(_config(tmp_path, "clean", inputs, "local"))).run()
 
     def parts(run):

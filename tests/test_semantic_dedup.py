@@ -126,11 +126,11 @@ def pages(tmp_path_factory, demo_corpus):
     return folder, path
 
 
-def _run(folder, path, name: str, params: str, engine: str = "local"):
+def _run(folder, path, name: str, params: str, engine: str = "local", uses: str = "dedup.semantic"):
     cfg = folder / f"{name}.yaml"
     cfg.write_text(f'name: {name}\nstorage: {{root: "{folder / "runs"}"}}\nstages:\n'
                    f'  - {{name: docs, uses: io.read, engine: local, input: {{files: ["{path}"]}}, params: {{partition_mb: 0.005}}}}\n'
-                   f'  - {{name: sem, uses: dedup.semantic, engine: {engine}, input: docs, params: {{device: cpu, {params}}}}}\n')
+                   f'  - {{name: sem, uses: {uses}, engine: {engine}, input: docs, params: {{device: cpu, {params}}}}}\n')
     result = Runner(load_plan(cfg)).run()[-1]
     out = folder / "runs" / name / "sem"
     kept = dataset.read_dataset(DatasetRef(str(out)))
@@ -174,6 +174,27 @@ def test_local_and_ray_write_the_same_parts(pages, ray_local):
     ray_run, _, rej = _run(folder, path, "on_ray", params, "ray")
     assert rej is not None and rej.num_rows == 2
     assert [p["sha256"] for p in ray_run["parts"]] == [p["sha256"] for p in local["parts"]]
+
+
+def test_a_failed_run_keeps_its_embeddings_and_the_rerun_resumes_from_them(pages, tmp_path, caplog):
+    """The stage fails once every partition is embedded; the re-run reads the embeddings back
+    instead of running the encoder again and writes what an uninterrupted run writes."""
+    folder, path = pages
+    marker = tmp_path / "marker"
+    marker.mkdir()
+    params = f"keep: [-length, id], eps: 0.1, marker_dir: '{marker}'"
+    with pytest.raises(Exception, match="failing once after the embeddings"):
+        _run(folder, path, "failed", params, uses="pipeline_stages:FAILING_SEMANTIC")
+    work = folder / "runs" / "failed" / "sem" / "_semantic_work"
+    kept = sorted(p.name for p in (work / "embeddings").iterdir())
+    assert len(kept) > 1 and all(n.startswith("part-") for n in kept)
+    with caplog.at_level("INFO", logger="arcforge.dedup.semantic"):
+        manifest, _, rej = _run(folder, path, "failed", params, uses="pipeline_stages:FAILING_SEMANTIC")
+    assert f"embeddings of {len(kept)} of {len(kept)} partitions" in caplog.text
+    assert not work.exists()  # removed once the stage committed
+    clean, _, clean_rej = _run(folder, path, "resume_clean", "keep: [-length, id], eps: 0.1")
+    assert [p["sha256"] for p in manifest["parts"]] == [p["sha256"] for p in clean["parts"]]
+    assert rej.equals(clean_rej)
 
 
 def test_a_missing_model_is_a_config_error_before_any_engine(tmp_path):

