@@ -95,10 +95,10 @@ class _Borrowed:
 
 
 def _run_stage(directory: Path, ops, engine: str, parts: list[list[dict]], params: BucketParams, with_tokens: bool,  # noqa: ANN001
-               pending: list[int] | None = None) -> list[dict]:
+               pending: list[int] | None = None, in_schema: pa.Schema | None = None) -> list[dict]:
     """BUCKETS.run(ctx) as the runner calls it, on input parts written as Parquet."""
     directory.mkdir(parents=True, exist_ok=True)
-    in_schema = _schema(with_tokens)
+    in_schema = in_schema or _schema(with_tokens)
     out_schema = BUCKETS.schema_for(params, in_schema)
     tasks = []
     for i, rows in enumerate(parts):
@@ -214,6 +214,56 @@ def test_resume_writes_only_pending_parts_with_the_same_cutoffs(tmp_path, ops):
     assert [r["partition"] for r in some] == [1, 2]
     assert [r["sha256"] for r in some] == [r["sha256"] for r in full[1:]]
     assert not (tmp_path / "b" / "out" / CUTOFFS_FILE).exists()  # partition 0's record holds it
+
+
+def test_group_by_gives_each_language_its_own_percentiles_on_every_engine(tmp_path, ops):
+    """English pages score high and Chinese ones low on one classifier (as an English model
+    scores them): corpus-wide percentiles put Chinese in the bottom buckets; with ``group_by:
+    language`` each language (and the rows without one) fills its own buckets, by numpy's
+    percentiles over that language's rows alone."""
+    rng = random.Random(4)
+    langs = ["en"] * 300 + ["zh"] * 200 + [None] * 60
+    docs = []
+    for i, lang in enumerate(langs):
+        base = {"en": 0.6, "zh": 0.0, None: 0.3}[lang]
+        docs.append({"id": f"d{i:04d}", "text": "page " * rng.randrange(1, 80), "source": "web", "language": lang,
+                     "quality_a": None if i % 37 == 0 else float(np.float32(base + 0.4 * rng.random())),
+                     "quality_b": round(rng.random(), 3)})
+    in_schema = pa.schema([*_schema(False), ("language", pa.string())])
+    parts = [docs[i::3] for i in range(3)]
+    flat = BucketParams(scores=["quality_a"])
+    _run_stage(tmp_path / "flat", ops, "local", parts, flat, False, in_schema=in_schema)
+    out = pa.concat_tables(pq.read_table(tmp_path / "flat" / "out" / f"part-{i:05d}.parquet") for i in range(3)).to_pylist()
+    assert max(r["bucket"] for r in out if r["language"] == "zh") < 10  # corpus-wide: Chinese in the bottom half
+
+    params = BucketParams(scores=["quality_a", "quality_b"], group_by="language")
+    shas = {}
+    for e in ENGINES:
+        records = _run_stage(tmp_path / e, ops, e, parts, params, False, in_schema=in_schema)
+        report = json.loads((tmp_path / e / "out" / CUTOFFS_FILE).read_text())
+        assert report["group_by"] == "language" and "cutoffs" not in report
+        assert [g["group"] for g in report["groups"]] == [None, "en", "zh"]
+        for g in report["groups"]:
+            assert g["cutoffs"] == numpy_cutoffs([d for d in docs if d["language"] == g["group"]], params, False), (e, g["group"])
+        zh = next(g for g in report["groups"] if g["group"] == "zh")["cutoffs"]["quality_a"]
+        assert [records[0]["stats"][f"buckets.cutoff.quality_a.zh.{k:02d}"] for k in range(1, 20)] == [round(c, 6) for c in zh]
+        assert "buckets.cutoff.quality_b.(null).01" in records[0]["stats"]
+        rows = pa.concat_tables(pq.read_table(tmp_path / e / "out" / f"part-{i:05d}.parquet") for i in range(3)).to_pylist()
+        for lang in ("en", "zh", None):
+            mine = [r for r in rows if r["language"] == lang]
+            cuts = next(g for g in report["groups"] if g["group"] == lang)["cutoffs"]["quality_a"]
+            assert all(r["bucket_quality_a"] == (0 if r["quality_a"] is None else sum(c <= r["quality_a"] for c in cuts)) for r in mine)
+            assert max(r["bucket_quality_a"] for r in mine) == 19 and min(r["bucket_quality_a"] for r in mine) == 0
+        shas[e] = [r["sha256"] for r in records]
+    assert shas["spark"] == shas["local"] == shas["ray"]
+    with pytest.raises(ValueError, match="group_by 'language' has 3 values, more than max_groups 2"):
+        _run_stage(tmp_path / "many", ops, "local", parts, BucketParams(scores=["quality_a"], group_by="language", max_groups=2),
+                   False, in_schema=in_schema)
+    with pytest.raises(ValueError, match="group_by column 'quality_b' is double, expected a string"):
+        _run_stage(tmp_path / "num", ops, "local", parts, BucketParams(scores=["quality_a"], group_by="quality_b"), False,
+                   in_schema=in_schema)
+    with pytest.raises(ValidationError, match="group_by: 'quality_a' is a score"):
+        BucketParams(scores=["quality_a"], group_by="quality_a")
 
 
 # ---------------------------------------------------------------------------- a run config

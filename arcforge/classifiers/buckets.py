@@ -31,6 +31,13 @@ Weights (``weight``) decide what "equal shares" means:
 A document of weight 0 (an empty text) counts in no percentile but still gets its
 buckets. Weights are integers, so their sums are exact on every engine.
 
+``group_by`` (a string column: ``language``, ``source``) computes the cut-offs within each of
+its values, so every language (or source) fills all the buckets by its own scores. Classifier
+scores are not comparable across languages (an English quality model scores Chinese pages low
+whatever their quality), and corpus-wide percentiles would then put a whole language in the
+bottom buckets, which the mixture drops. A null value is a group of its own. It costs one
+weighted quantile per score and group (``max_groups``, default 64, bounds it).
+
 The cut-offs are reported in the stage's manifest stats (``buckets.cutoff.<score>.<kk>``:
 the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is), with
 ``buckets.docs.<kk>`` and ``buckets.weight.<kk>`` per ensemble bucket, and exactly in
@@ -55,6 +62,8 @@ from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
 
 WEIGHT = "__weight"
+GROUP = "__group"
+NULL_GROUP = "(null)"  # how a null group value is named in the stats
 CUTOFFS_FILE = "buckets.json"
 
 
@@ -66,12 +75,16 @@ class BucketParams(StageParams):
     bucket_column: str = "bucket"  # the ensemble; tokenize.megatron_shards groups by it
     tokens_column: str = "n_tokens"  # used by weight: tokens when the input has it
     text_column: str = "text"
+    group_by: str | None = None  # a string column (language, source): percentiles within each of its values
+    max_groups: int = Field(64, ge=1)  # more values than this in group_by fails the stage
 
     @model_validator(mode="after")
     def _names(self) -> BucketParams:
         if len(set(self.scores)) != len(self.scores):
             raise ValueError(f"scores: {self.scores} names a column twice")
-        clash = set(self.scores) & {*self.output_columns(), WEIGHT}
+        if self.group_by is not None and self.group_by in {*self.scores, *self.output_columns()}:
+            raise ValueError(f"group_by: {self.group_by!r} is a score or an output column")
+        clash = set(self.scores) & {*self.output_columns(), WEIGHT, GROUP}
         if clash:
             raise ValueError(f"the output column(s) {sorted(clash)} would overwrite a score; change prefix or bucket_column")
         return self
@@ -134,16 +147,39 @@ def _read(task: PartitionTask, columns: list[str] | None = None) -> pa.Table:
 
 
 def _score_rows(task: PartitionTask, table: pa.Table, params: BucketParams, source: str, schema: pa.Schema) -> pa.Table:
-    """Pass 1 on a worker: each row's scores and weight, nothing else."""
+    """Pass 1 on a worker: each row's scores and weight (and group), nothing else."""
     cols = {s: pc.cast(table.column(s), pa.float64()) for s in params.scores}
+    if params.group_by is not None:
+        cols[GROUP] = pc.cast(table.column(params.group_by), pa.string())
     return pa.table({**cols, WEIGHT: doc_weights(table, params, source)}, schema=schema)
 
 
-def add_buckets(table: pa.Table, params: BucketParams, cutoffs: dict[str, list[float]]) -> pa.Table:
-    """Every row with its per-score buckets and the ensemble (the max over the scores)."""
+def _in_group(table: pa.Table, group: str | None) -> pa.Table:
+    col = table.column(GROUP)
+    return table.filter(pc.is_null(col) if group is None else pc.fill_null(pc.equal(col, group), False))
+
+
+def group_name(group: str | None) -> str:
+    """A group value as the stats name it."""
+    return NULL_GROUP if group is None else group
+
+
+def add_buckets(table: pa.Table, params: BucketParams, report: dict[str, Any]) -> pa.Table:
+    """Every row with its per-score buckets and the ensemble (the max over the scores): the
+    cut-offs of the row's group (``report["groups"]``) with ``group_by``, else ``report["cutoffs"]``."""
+    if params.group_by is None:
+        parts = [(np.ones(table.num_rows, dtype=bool), report["cutoffs"])]
+    else:
+        values = pc.cast(table.column(params.group_by), pa.string())
+        parts = [(pc.is_null(values) if g["group"] is None else pc.fill_null(pc.equal(values, g["group"]), False),
+                  g["cutoffs"]) for g in report["groups"]]
+        parts = [(np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool), c) for m, c in parts]
     ensemble = np.zeros(table.num_rows, dtype=np.int32)
     for s in params.scores:
-        b = assign_buckets(table.column(s), cutoffs[s])
+        b = np.zeros(table.num_rows, dtype=np.int32)  # a group no cut-offs were computed for: bucket 0
+        scores = pc.cast(table.column(s), pa.float64())
+        for mask, cutoffs in parts:
+            b[mask] = assign_buckets(scores.filter(pa.array(mask)), cutoffs[s])
         ensemble = np.maximum(ensemble, b)
         table = _put(table, params.prefix + s, b)
     return _put(table, params.bucket_column, ensemble)
@@ -155,10 +191,23 @@ def _put(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
     return table.set_column(i, name, arr) if i >= 0 else table.append_column(name, arr)
 
 
-def _cutoff_stats(stats: Stats, cutoffs: dict[str, list[float]]) -> None:
-    for s, cuts in cutoffs.items():
-        for k, c in enumerate(cuts, start=1):
-            stats.update(f"buckets.cutoff.{s}.{k:02d}", c)
+def _cutoff_stats(stats: Stats, report: dict[str, Any]) -> None:
+    groups = [(None, report["cutoffs"])] if "groups" not in report else [(g["group"], g["cutoffs"]) for g in report["groups"]]
+    grouped = "groups" in report
+    for group, cutoffs in groups:
+        for s, cuts in cutoffs.items():
+            label = f"{s}.{group_name(group)}" if grouped else s
+            for k, c in enumerate(cuts, start=1):
+                stats.update(f"buckets.cutoff.{label}.{k:02d}", c)
+
+
+def score_cutoffs(scored: Any, params: BucketParams, qs: list[float]) -> dict[str, list[float]]:
+    """Each score's weighted cut-offs over the rows of ``scored``."""
+    cutoffs = {}
+    for s in params.scores:
+        cuts = scored.quantiles(s, qs, weights=WEIGHT)
+        cutoffs[s] = [] if any(np.isnan(cuts)) else cuts  # no weighted score at all: everything in bucket 0
+    return cutoffs
 
 
 def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: str, report: dict[str, Any], first: int) -> dict[str, Any]:
@@ -169,7 +218,7 @@ def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: st
     stats = Stats()
     stats.update("docs_in", table.num_rows)
     stats.update("bytes_in", text_bytes(table))
-    out = conform(add_buckets(table, params, report["cutoffs"]), task.schema)
+    out = conform(add_buckets(table, params, report), task.schema)
     ens = out.column(params.bucket_column).to_numpy()
     weights = doc_weights(table, params, source).to_numpy()
     for k in np.unique(ens):
@@ -177,7 +226,7 @@ def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: st
         stats.update(f"buckets.weight.{k:02d}", int(weights[ens == k].sum()))
     files = []
     if task.partition == first:
-        _cutoff_stats(stats, report["cutoffs"])
+        _cutoff_stats(stats, report)
         files.append(storage.publish_json(report, task.output_uri, CUTOFFS_FILE, S3Options(**task.s3)))
     return commit_partition(task, out, None, stats, started, files=files)
 
@@ -187,7 +236,8 @@ class QualityBuckets(GlobalStage[BucketParams]):
     then every pending partition rewritten with its bucket columns (``ops.finish``)."""
 
     def required_columns(self, params: BucketParams) -> list[str]:
-        return [*params.scores, *([params.text_column] if params.weight == "chars" else [])]
+        return [*params.scores, *([params.text_column] if params.weight == "chars" else []),
+                *([params.group_by] if params.group_by is not None else [])]
 
     def schema_for(self, params: BucketParams, input_schema: pa.Schema | None) -> pa.Schema:
         rng = (0, params.n_buckets - 1)  # an exact histogram in _stats.json: one bin per bucket at 20
@@ -207,19 +257,32 @@ class QualityBuckets(GlobalStage[BucketParams]):
         source = weight_source(params, names)
         if any(c not in names for c in weight_columns(params, source)):
             raise ValueError(f"stage {ctx.stage.name}: weight {params.weight} needs a {params.tokens_column!r} or {params.text_column!r} column")
-        read = list(dict.fromkeys([*params.scores, *weight_columns(params, source)]))
-        schema = pa.schema([*(pa.field(s, pa.float64()) for s in params.scores), pa.field(WEIGHT, pa.int64())])
+        if params.group_by is not None:
+            t = out_schema.field(params.group_by).type
+            if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
+                raise ValueError(f"stage {ctx.stage.name}: group_by column {params.group_by!r} is {t}, expected a string")
+        read = list(dict.fromkeys([*params.scores, *weight_columns(params, source),
+                                   *([params.group_by] if params.group_by is not None else [])]))
+        fields = [*(pa.field(s, pa.float64()) for s in params.scores), pa.field(WEIGHT, pa.int64())]
+        schema = pa.schema(fields + ([pa.field(GROUP, pa.string())] if params.group_by is not None else []))
         qs = quantile_points(params.n_buckets)
         with ctx.engine.ops() as ops:
             scored = ops.map_tasks(ctx.tasks, _score_rows, schema, read=read, args=(params, source, schema),
                                    resources=self.resources).cache()
-            cutoffs = {}
-            for s in params.scores:
-                cuts = scored.quantiles(s, qs, weights=WEIGHT)
-                cutoffs[s] = [] if any(np.isnan(cuts)) else cuts  # no weighted score at all: everything in bucket 0
-            scored.release()
             report = {"format": "arcforge.buckets/1", "scores": params.scores, "n_buckets": params.n_buckets,
-                      "quantiles": qs, "weight": params.weight, "weight_source": source, "cutoffs": cutoffs}
+                      "quantiles": qs, "weight": params.weight, "weight_source": source}
+            if params.group_by is None:
+                report["cutoffs"] = score_cutoffs(scored, params, qs)
+            else:
+                groups = scored.aggregate([GROUP], [(WEIGHT, "count")]).collect().column(GROUP).to_pylist()
+                if len(groups) > params.max_groups:
+                    raise ValueError(f"stage {ctx.stage.name}: group_by {params.group_by!r} has {len(groups)} values, "
+                                     f"more than max_groups {params.max_groups}")
+                groups = sorted(groups, key=lambda g: (g is not None, g or ""))
+                report["group_by"] = params.group_by
+                report["groups"] = [{"group": g, "cutoffs": score_cutoffs(scored.map(_in_group, schema, args=(g,)), params, qs)}
+                                    for g in groups]
+            scored.release()
             return ops.finish(ctx.pending, _write, args=(params, source, report, ctx.tasks[0].partition),
                               on_commit=ctx.on_commit, resources=self.resources)
 
