@@ -122,6 +122,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     for line in checks.status_lines(args.run_dir) + [report_pointer(args.run_dir)]:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
+    if args.check:
+        from arcforge.tokenize.staleness import out_of_date
+
+        found = out_of_date(args.run_dir, args.blends)
+        found += [f"check {o.stage}.{o.name} failed" for o in checks.evaluate_run(args.run_dir) if o.blocking and o.passed is False]
+        if found:
+            console.print(f"status --check: {len(found)} problem{'s' if len(found) != 1 else ''}: " + "; ".join(found),
+                          markup=False, highlight=False, soft_wrap=True)
+            return 1
+        console.print("status --check: every stage and blend is current and every blocking check passed",
+                      markup=False, highlight=False)
     return 0
 
 
@@ -262,6 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--blends", metavar="DIR", action="append", default=[],
                    help="also check the *.blend.json files under DIR (repeatable); blends registered by "
                    "arcforge mix in RUN_DIR/_blends/ and those in RUN_DIR's own folders are always checked")
+    s.add_argument("--check", action="store_true",
+                   help="exit 1 when a stage is stale, incomplete or not run, a blend is stale or gone, or a "
+                   "blocking check failed (for scripts and schedulers); 0 when everything is current")
     s.set_defaults(fn=cmd_status)
     i = sub.add_parser("inspect", help="schema, row count and sample rows of a dataset or Parquet file")
     i.add_argument("path")

@@ -51,7 +51,7 @@ def _run(tmp_path, checks: str):
     return tmp_path / "runs" / "checked", cfg
 
 
-def test_each_metric_against_the_counted_stats(tmp_path):
+def test_each_metric_against_the_counted_stats(tmp_path, capsys):
     checks = """      - {metric: drop_share, max: 0.5}
       - {metric: drop_share, reason: few_words, min: 0.3, blocking: false}
       - {metric: error_share, max: 0}
@@ -69,6 +69,10 @@ def test_each_metric_against_the_counted_stats(tmp_path):
     lines = status_lines(str(run))
     assert lines[0] == "checks: 3 passed, 2 failed, 0 not evaluated"
     assert lines[1].startswith("  FAIL keep.") and "(warning only)" in "".join(lines)
+    from arcforge.cli import main
+
+    assert main(["status", str(run), "--check"]) == 1  # a failed blocking check; the warning does not count
+    assert capsys.readouterr().out.strip().splitlines()[-1] == "status --check: 1 problem: check keep.at_least_13 failed"
 
 
 def test_language_distance_reads_the_language_column(tmp_path):

@@ -134,6 +134,12 @@ def env(base, tmp_path):
     return Env(base, tmp_path)
 
 
+def check(capsys, env: Env) -> tuple[int, str]:
+    """`arcforge status --check`: its exit code and its verdict line."""
+    code = main(["status", str(env.run), "--check"])
+    return code, capsys.readouterr().out.strip().splitlines()[-1]
+
+
 def status(capsys, env: Env, *extra: str) -> dict[str, str]:
     """`arcforge status` of the run: its lineage lines by stage name or blend path."""
     assert main(["status", str(env.run), *extra]) == 0
@@ -174,6 +180,7 @@ def test_mix_records_lineage_and_the_blend_is_fresh(env, capsys):
     assert st["select"].endswith("<- books, code")
     assert st["shards"].endswith("<- select + artifact tokenizer")
     assert st[str(env.blend)].startswith(f"{env.blend}  fresh  <- shards {env.fp('shards')[:12]} + tokenizer {env.fp('tokenizer')[:12]}")
+    assert check(capsys, env) == (0, "status --check: every stage and blend is current and every blocking check passed")
 
 
 def test_upstream_change_makes_the_blend_stale_and_train_refuses_it(env, capsys):
@@ -235,6 +242,7 @@ def test_a_stage_rerun_alone_makes_what_reads_it_stale(env, capsys):
     assert "fresh  <- " in st["books"] and "fresh  <- " in st["tokenizer"]
     assert "stale upstream: shards is stale" in st[str(env.blend)]
     assert check_blend(str(env.blend)).state == "fresh"  # the blend matches the shards it names
+    assert check(capsys, env) == (1, "status --check: 2 problems: stage select is stale; stage shards is stale")
     # only select re-run: select is fresh, shards is stale because its input moved on
     (r,) = env.rerun(only="select", min_score=0.5)
     assert r.status == "ran" and env.fp("select") != old_select
@@ -247,6 +255,7 @@ def test_a_stage_rerun_alone_makes_what_reads_it_stale(env, capsys):
     st = status(capsys, env)
     assert "fresh  <- select + artifact tokenizer" in st["shards"]
     assert "STALE: stage shards of run" in st[str(env.blend)]
+    assert check(capsys, env) == (1, f"status --check: 1 problem: blend {env.blend} is stale")
 
 
 def test_a_retrained_tokenizer_makes_the_blend_stale(env, capsys):

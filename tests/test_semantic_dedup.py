@@ -1,5 +1,5 @@
 """``dedup.semantic`` (SemDeDup): the pure parts without an engine, then real Django and
-docutils pages through the stage (local, and the same parts on Ray), and a missing model
+docutils pages through the stage (local, and the same parts on Ray and Spark), and a missing model
 as a config error. The encoder loads once in this process (module-level cache) and once in
 a Ray worker."""
 
@@ -165,15 +165,17 @@ def test_stage_explores_then_removes_the_template_clones(pages):
     assert kept.num_rows + rej.num_rows == 12
 
 
-def test_local_and_ray_write_the_same_parts(pages, ray_local):
+@pytest.mark.parametrize("engine", ["ray", "spark"])
+def test_ray_and_spark_write_the_local_parts(pages, engine, request):
+    request.getfixturevalue("ray_local" if engine == "ray" else "spark")
     folder, path = pages
     params = "keep: [-length, id], eps: 0.1"  # the local run of the test above, when it ran
     local = dataset.read_manifest(DatasetRef(str(folder / "runs" / "remove" / "sem")))
     if local is None:
         local, _, _ = _run(folder, path, "remove", params)
-    ray_run, _, rej = _run(folder, path, "on_ray", params, "ray")
+    other, _, rej = _run(folder, path, f"on_{engine}", params, engine)
     assert rej is not None and rej.num_rows == 2
-    assert [p["sha256"] for p in ray_run["parts"]] == [p["sha256"] for p in local["parts"]]
+    assert [p["sha256"] for p in other["parts"]] == [p["sha256"] for p in local["parts"]]
 
 
 def test_a_failed_run_keeps_its_embeddings_and_the_rerun_resumes_from_them(pages, tmp_path, caplog):

@@ -258,6 +258,16 @@ def _files_text(sources: list[str]) -> str:
     return f"{n} input file{'s' if n != 1 else ''} ({sources[0]}{', …' if n > 1 else ''})"
 
 
+def out_of_date(run: str, extra_dirs: list[str] | None = None) -> list[str]:
+    """What ``arcforge status --check`` fails on in the lineage, one phrase each: a stage that
+    is stale, incomplete or not run; a blend of the run that is stale or gone."""
+    states, _ = check_run(run)
+    found = [f"stage {s.name} is {s.state}" for s in states if s.state not in ("fresh", "committed")]
+    blends, gone = run_blends(run, extra_dirs)
+    found += [f"blend {check.path} is stale" for check, _ in blends if check.state == "stale"]
+    return found + [f"blend {g} is gone" for g in gone]
+
+
 def status_lines(run: str, extra_dirs: list[str] | None = None) -> list[str]:
     """The lineage part of ``arcforge status``: the stage chain, then every blend of the run."""
     states, note = check_run(run)
