@@ -138,7 +138,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     log_path = log_path_for(plan)
     lock = RunLock(runner.run_ref, plan.path)
     try:
-        lock.acquire()
+        lock.acquire(wait_s=args.wait, on_wait=lambda msg: err.print(f"arcforge: {msg}", markup=False, highlight=False,
+                                                                      soft_wrap=True))
     except RunLocked as exc:
         err.print(f"arcforge: {exc}", markup=False, highlight=False, soft_wrap=True)
         return 3
@@ -183,4 +184,6 @@ def add_run_parser(sub: Any) -> None:
     r.add_argument("--force", action="store_true", help="forget the selected stages' commits and redo them")
     r.add_argument("--dry-run", action="store_true", help="validate and plan; print what would run and what is committed")
     r.add_argument("-v", "--verbose", action="store_true", help="show the engines' own log lines")
+    r.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="if another run holds the run directory, wait up to SECONDS for it (default: stop at once)")
     r.set_defaults(fn=cmd_run)

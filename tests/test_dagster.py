@@ -134,6 +134,39 @@ def test_a_non_blocking_check_warns_and_downstream_runs(tmp_path, spark, ray_loc
     assert after["rows"] == 51 - 17
 
 
+def test_a_step_waits_for_another_run_on_the_same_directory(tmp_path):
+    """The sensor asks for one run per new file, so runs on one run directory start together:
+    a step waits for the directory's lock (its log says so once) and runs when it is free;
+    past ``lock_wait_s`` it fails with the holder's pid."""
+    import os
+    import threading
+
+    from arcforge.runtime.runlock import RunLock
+    from arcforge.runtime.runner import Runner
+
+    cfg = small_config(tmp_path)
+    holder = RunLock(Runner(load_plan(cfg)).run_ref, "another run")
+    holder.acquire()
+    try:
+        impatient = arcforge_definitions(str(cfg), lock_wait_s=0)
+        inst = dg.DagsterInstance.ephemeral()
+        inst.add_dynamic_partitions("small__read__files", ["a.jsonl.gz"])
+        failed = dg.materialize(list(impatient.assets), instance=inst, selection="read", partition_key="a.jsonl.gz",
+                                resources=impatient.resources, raise_on_error=False)
+        assert not failed.success
+        [error] = [e for e in failed.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert f"another run holds this run directory (pid {os.getpid()}" in str(error.event_specific_data.error)
+        patient = arcforge_definitions(str(cfg), lock_wait_s=120)
+        threading.Timer(3.0, holder.release).start()
+        done = dg.materialize(list(patient.assets), instance=inst, selection="read", partition_key="a.jsonl.gz",
+                              resources=patient.resources)
+    finally:
+        holder.release()
+    assert done.success and _metadata(done, "read")["status"] == "partial"
+    logs = [e.message for e in inst.all_logs(done.run_id) if "waiting up to 120 s" in (e.message or "")]
+    assert len(logs) == 1 and "another run holds this run directory" in logs[0]
+
+
 def test_the_sensor_adds_a_partition_for_a_new_file(tmp_path):
     cfg = small_config(tmp_path)
     defs = arcforge_definitions(str(cfg))

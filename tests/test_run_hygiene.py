@@ -1,7 +1,7 @@
 """What a user sees when a run meets trouble: each case gives its one-line answer.
 
 Real CLI processes on real engines: an input that vanishes after planning, a
-second run into a locked directory, a stale lock, Ctrl-C in the middle of a
+second run into a locked directory (stopping, or waiting with --wait), a stale lock, Ctrl-C in the middle of a
 Spark stage, an unwritable storage root, a reader that raises, and --dry-run.
 """
 
@@ -60,6 +60,33 @@ def test_second_run_into_a_locked_directory_says_who_holds_it(tmp_path):
         assert f"pid {os.getpid()}" in lines[0] and socket.gethostname() in lines[0]
         assert not (tmp_path / "runs" / "t" / "lines").exists(), "the second run must not start any work"
     assert not (tmp_path / "runs" / "t" / LOCK_FILE).exists(), "the holder removes its lock"
+
+
+def test_a_run_with_wait_queues_behind_the_holder(tmp_path):
+    """``--wait SECONDS``: a second run waits for the live holder instead of stopping (as the
+    Dagster steps of runs started together do), and gives up with the same line after SECONDS."""
+    make_line_files(tmp_path / "in", n_files=2, n_lines=10)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(pipeline_yaml(str(tmp_path / "runs"), f"{tmp_path}/in/*.txt"))
+    lock = RunLock(Runner(load_plan(cfg)).run_ref, str(cfg))
+    lock.acquire()
+    try:
+        short = _run("run", str(cfg), "--wait", "1")
+        assert short.returncode == 3, short.stderr
+        assert "another run holds this run directory" in short.stderr and "(waited 1 s)" in short.stderr
+        waiter = subprocess.Popen([sys.executable, "-m", "arcforge.cli", "run", str(cfg), "--wait", "300"],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        first = ""
+        while "another run holds" not in first:
+            first = waiter.stderr.readline()
+            assert first, "the waiting run ended without saying that it waits"
+        assert "waiting up to 300 s" in first and f"pid {os.getpid()}" in first
+        assert not (tmp_path / "runs" / "t" / "lines").exists(), "nothing starts while it waits"
+    finally:
+        lock.release()
+    out, err = waiter.communicate(timeout=300)
+    assert waiter.returncode == 0, out + err
+    assert dataset.read_manifest(DatasetRef(str(tmp_path / "runs" / "t" / "dedup"))) is not None
 
 
 def test_stale_lock_of_a_killed_run_is_taken_over(tmp_path):

@@ -40,6 +40,7 @@ from arcforge.runtime.runner import Runner, StageResult
 from arcforge.runtime.stage import SourceStage
 
 DAILY = "0 3 * * *"
+LOCK_WAIT_S = 6 * 3600.0  # a step waits this long for another run on the same run directory, then fails
 
 
 def partitioned(rs: ResolvedStage) -> bool:
@@ -94,7 +95,8 @@ def check_results(rs: ResolvedStage, ref: DatasetRef, manifest: dict[str, Any]) 
     return out
 
 
-def _stage_asset(config: str, plan: Plan, rs: ResolvedStage, pdefs: dict[str, dg.DynamicPartitionsDefinition]) -> dg.AssetsDefinition:
+def _stage_asset(config: str, plan: Plan, rs: ResolvedStage, pdefs: dict[str, dg.DynamicPartitionsDefinition],
+                 lock_wait_s: float) -> dg.AssetsDefinition:
     deps = [*rs.cfg.input_stages(), *rs.cfg.artifacts.values()]
     specs = [dg.AssetCheckSpec(c.check_name, asset=rs.name, blocking=c.blocking, description=c.band()) for c in rs.cfg.checks]
     name = rs.name
@@ -122,7 +124,7 @@ def _stage_asset(config: str, plan: Plan, rs: ResolvedStage, pdefs: dict[str, dg
         runner = Runner(current, engines=engines.engine_set())
         runner.check_writable()
         lock = RunLock(runner.run_ref, current.path)
-        lock.acquire()
+        lock.acquire(wait_s=lock_wait_s, poll_s=5.0, on_wait=context.log.info)  # runs started together queue here
         try:
             runner.write_run_file()
             result = runner.run_stage(stage, only_files=only)
@@ -168,12 +170,14 @@ def _source_sensor(config: str, name: str, pdef: dg.DynamicPartitionsDefinition,
     return _sensor
 
 
-def arcforge_definitions(config: str, *, cron: str = DAILY) -> dg.Definitions:
-    """The code location of one run config (a config error is one line, before anything runs)."""
+def arcforge_definitions(config: str, *, cron: str = DAILY, lock_wait_s: float = LOCK_WAIT_S) -> dg.Definitions:
+    """The code location of one run config (a config error is one line, before anything runs).
+    ``lock_wait_s``: how long a step waits for the run directory's lock held by another run
+    (the sensor's runs for files that arrived together, a schedule overlapping them)."""
     plan = load_plan(config)
     pdefs = {rs.name: dg.DynamicPartitionsDefinition(name=f"{plan.config.name}__{rs.name}__files")
              for rs in plan.stages if partitioned(rs)}
-    assets = [_stage_asset(config, plan, rs, pdefs) for rs in plan.stages]
+    assets = [_stage_asset(config, plan, rs, pdefs, lock_wait_s) for rs in plan.stages]
     used = {d for rs in plan.stages for d in [*rs.cfg.input_stages(), *rs.cfg.artifacts.values()]}
     leaves = [rs.name for rs in plan.stages if rs.name not in used]
     assets.append(_report_asset(plan, leaves))

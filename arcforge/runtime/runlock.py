@@ -96,7 +96,25 @@ class RunLock:
             json.dump(self._record(), f)
         return True
 
-    def acquire(self) -> None:
+    def acquire(self, wait_s: float = 0.0, poll_s: float = 2.0, on_wait: Any = None) -> None:
+        """Take the lock, or raise ``RunLocked``. ``wait_s > 0``: while another live run holds
+        it, poll every ``poll_s`` for up to ``wait_s`` seconds (``on_wait(message)`` once, when
+        the wait starts), so runs started together (Dagster's sensor, a schedule) queue."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self._acquire_once()
+            except RunLocked as exc:
+                if time.monotonic() + poll_s > deadline:
+                    if wait_s > 0:
+                        raise RunLocked(f"{exc} (waited {wait_s:.0f} s)") from None
+                    raise
+                if on_wait is not None:
+                    on_wait(f"{exc}; waiting up to {wait_s:.0f} s")
+                    on_wait = None
+                time.sleep(poll_s)
+
+    def _acquire_once(self) -> None:
         local = isinstance(self.fs, pafs.LocalFileSystem)
         for _ in range(3):
             if local and self._create_local():
