@@ -2,11 +2,12 @@
 
     .venv/bin/python benchmarks/bench_read.py [--mb 300] [--rounds 5] [--threads 1|0] [--profile]
 
-* **Data**: real text from the demo corpus -- the docutils documentation JSONL (54 docs),
+* **Data** (``jsonl``, ``jsonl.gz``, ``parquet``): real text from the demo corpus -- the docutils documentation JSONL (54 docs),
   Botchan split into paragraphs and the Wikipedia articles of the dump sample (through
   ``text.wikipedia_dump``'s reader) -- repeated with a unique id per copy into FineWeb-style
   rows (``id, text, url, dump, date, language, language_score``) of about ``--mb`` MB, written
-  once into a temp dir as (a) one plain ``.jsonl`` file and (b) one Parquet file written by
+  once into a temp dir as (a) one plain ``.jsonl`` file, (a') the same gzipped (level 6: one
+  stream, so one Split and one core for arcforge) and (b) one Parquet file written by
   pyarrow (snappy, pyarrow's and datatrove's default; row groups of about 128 MB of
   uncompressed data, so the file has several).
 * **arcforge**: the ``io.read`` stage exactly as a task runs it: the stage's ``plan`` cuts
@@ -55,6 +56,8 @@ if __name__ == "__main__" and _threads_from_argv() > 0:
     os.environ["OMP_NUM_THREADS"] = n
 
 import gc  # noqa: E402
+import gzip  # noqa: E402
+import shutil  # noqa: E402
 import resource  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -226,6 +229,11 @@ SYSTEMS = {
         "pyarrow read_json": run_read_json,
         "pyarrow open_json (streaming)": run_open_json,
     },
+    "jsonl.gz": {  # one stream, one Split: gzip decoded by Python's zlib (every decodable byte of a cut file)
+        "arcforge io.read": run_arcforge,
+        "pyarrow read_json": run_read_json,
+        "pyarrow open_json (streaming)": run_open_json,
+    },
     "parquet": {
         "arcforge io.read": run_arcforge,
         "arcforge io.read + conform": run_arcforge_conform,
@@ -249,8 +257,12 @@ def main() -> None:
         pa.set_io_thread_count(args.threads)
     docs = corpus_docs(fetch_demo_corpus(quiet=True))
     with tempfile.TemporaryDirectory(prefix="bench_read-") as tmp:
-        files = {"jsonl": Path(tmp) / "fineweb.jsonl", "parquet": Path(tmp) / "fineweb.parquet"}
+        files = {"jsonl": Path(tmp) / "fineweb.jsonl", "jsonl.gz": Path(tmp) / "fineweb.jsonl.gz",
+                 "parquet": Path(tmp) / "fineweb.parquet"}
         data = {"jsonl": write_jsonl(docs, files["jsonl"], int(args.mb * MB))}
+        with files["jsonl"].open("rb") as src, gzip.open(files["jsonl.gz"], "wb", compresslevel=6) as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        data["jsonl.gz"] = {"bytes": files["jsonl.gz"].stat().st_size}
         data["parquet"] = write_parquet(files["jsonl"], files["parquet"])
         data["docs_per_copy"] = len(docs)
         data["splits"] = {k: len(READ.plan([str(p)], None, ReadParams())) for k, p in files.items()}

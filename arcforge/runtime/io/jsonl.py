@@ -22,6 +22,7 @@ import pyarrow.json as pajson
 
 from arcforge.runtime import storage
 from arcforge.runtime.documents import doc_id
+from arcforge.runtime.io.decompress import decompressed
 from arcforge.runtime.io.rows import Layout, assemble, assemble_all, dumps, file_row
 from arcforge.runtime.stage import Output, TaskContext
 
@@ -68,36 +69,6 @@ class LineBlocks:
 
     def partial(self) -> int:
         return sum(len(p) for p in self.pending)
-
-
-class SmallReads:
-    """A decompressing stream read in small pieces: pyarrow drops what a read had
-    decompressed when it then meets the end of a truncated file, so small reads keep
-    all but the last piece. The error comes out on the read after the data."""
-
-    PIECE = 64 << 10
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.error: OSError | None = None
-
-    def read(self, n: int) -> bytes:
-        if self.error is not None:
-            raise self.error
-        pieces, got = [], 0
-        while got < n:
-            try:
-                piece = self.stream.read(min(self.PIECE, n - got))
-            except OSError as exc:
-                if not pieces:
-                    raise
-                self.error = exc
-                break
-            if not piece:
-                break
-            pieces.append(piece)
-            got += len(piece)
-        return b"".join(pieces)
 
 
 def first_line_start(f: Any, start: int) -> int:
@@ -277,7 +248,7 @@ def read_jsonl(
     compression = spec.get("compression")
     with fs.open_input_file(path) as raw:
         if compression:
-            blocks = LineBlocks(SmallReads(pa.CompressedInputStream(raw, compression)))
+            blocks = LineBlocks(decompressed(raw, compression))
         else:
             start, end = spec.get("byte_range") or (0, None)
             pos = first_line_start(raw, start)

@@ -31,7 +31,8 @@ from arcforge.runtime import storage
 from arcforge.runtime.documents import with_columns
 from arcforge.runtime.io.formats import hf_schema, read_csv, read_hf, read_parquet, read_text_files
 from arcforge.runtime.io.inputs import Entry, detect, entries
-from arcforge.runtime.io.jsonl import SmallReads, head_table, read_jsonl
+from arcforge.runtime.io.decompress import decompressed
+from arcforge.runtime.io.jsonl import head_table, read_jsonl
 from arcforge.runtime.io.rows import (
     DOC_NAMES,
     Layout,
@@ -104,8 +105,8 @@ def _head_schema(e: Entry, s3: Any, params: ReadParams) -> pa.Schema | None:
         with fs.open_input_file(path) as f:
             return hf_schema(f)[1]
     with fs.open_input_file(path) as raw:
-        stream = pa.CompressedInputStream(raw, e.compression) if e.compression else raw
         if e.format == "csv":
+            stream = pa.CompressedInputStream(raw, e.compression) if e.compression else raw
             delimiter = params.csv_delimiter or ("\t" if ".tsv" in e.name.lower() else ",")
             schema = pacsv.open_csv(
                 stream,
@@ -114,7 +115,7 @@ def _head_schema(e: Entry, s3: Any, params: ReadParams) -> pa.Schema | None:
             ).schema
             # a cell that is not UTF-8 makes pyarrow infer binary; the reader rejects such rows
             return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_binary(f.type) else f for f in schema])
-        table = head_table(SmallReads(stream) if e.compression else stream, e.name)
+        table = head_table(decompressed(raw, e.compression) if e.compression else raw, e.name)
         if table is None:
             return None
         # JSON has no dates: keep ISO strings as written (pyarrow would parse them)
