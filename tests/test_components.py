@@ -144,9 +144,9 @@ def test_resume_from_the_last_finished_round_equals_an_uninterrupted_call(ops, t
     after that round's checkpoint), then ``resume=True`` on the same directory: the rounds go
     on from 3, and the labels and stats are an uninterrupted call's. A round whose marker is
     missing (killed while writing it) is done again."""
-    perm = np.random.default_rng(3).permutation(300)
-    pairs = list(zip(perm[:-1].tolist(), perm[1:].tolist()))  # one chain in random id order: many rounds
-    clean, stats = _run(ops[engine], _edges(pairs), parts=2, checkpoint=tmp_path / "clean")  # Spark needs one
+    perm = np.random.default_rng(3).permutation(30)
+    pairs = list(zip(perm[:-1].tolist(), perm[1:].tolist()))  # one chain in random id order: 6 rounds
+    clean, stats = _run(ops["local"], _edges(pairs), parts=2)  # labels and stats are the same on every engine
     assert stats.rounds >= 4
 
     def stop_after_two(s):  # noqa: ANN001, ANN202
