@@ -70,6 +70,35 @@ def test_parse_tokens():
             parse_tokens(bad)
 
 
+def test_per_split_files_take_held_out_shards_for_valid_and_test(shards, tmp_path):
+    """``valid:`` names a shards stage that no stage trains on: every stage's per-split.json
+    validates (and, without ``test:``, tests) on all of its shards, weighted by tokens; a
+    stage that training draws from is refused in one line."""
+    run, _, _ = shards
+    held = read_dataset(DatasetRef(str(run / "shards_packed"))).to_pylist()
+    text = mixture_yaml(run, tmp_path / "out", GOOD) + f"valid: {run / 'shards_packed'}\n"
+    plan = load_mixture(_write(tmp_path, text))
+    write_mixture(plan)
+    per_split = json.loads((tmp_path / "out" / "s1.per-split.json").read_text())
+    blend = json.loads((tmp_path / "out" / "s1.blend.json").read_text())
+    assert per_split["train"] == blend["data_path"] and per_split["test"] == per_split["valid"]
+    from megatron.core.datasets.utils import get_blend_from_list
+
+    prefixes, weights = get_blend_from_list(per_split["valid"])
+    want = {str(run / "shards_packed" / r["prefix"]): r["tokens"] for r in held if r["tokens"]}
+    assert sorted(prefixes) == sorted(want) and not set(prefixes) & set(blend["blend"][0])
+    total = sum(want.values())
+    assert weights == pytest.approx([want[p] / total for p in prefixes])
+    summary = json.loads((tmp_path / "out" / "mixture.json").read_text())["held_out"]
+    assert summary["valid"] == {"shards": [str(run / "shards_packed")], "tokens": total,
+                                "documents": sum(r["documents"] for r in held if r["tokens"])}
+    assert f"valid (per-split.json): {total:,} tokens" in (tmp_path / "out" / "mixture.md").read_text()
+    with pytest.raises(ConfigError) as err:
+        load_mixture(_write(tmp_path, mixture_yaml(run, tmp_path / "out", GOOD) + f"test: [{run / 'shards'}]\n"))
+    assert str(err.value) == (f"{tmp_path / 'mix.yaml'}: test[0]: {run / 'shards'} is a shards stage that training draws "
+                              "from; held-out shards must be another tokenize.megatron_shards stage")
+
+
 def test_budget_is_allotted_by_epochs_then_weights(shards, tmp_path):
     run, rows, tok = shards
     plan = load_mixture(_write(tmp_path, mixture_yaml(run, tmp_path / "out", GOOD)))
@@ -130,7 +159,7 @@ def test_writes_blends_tables_and_cumulative_epochs(shards, tmp_path):
     assert load_blend(str(tmp_path / "out" / "s1.blend.json")) == (blend["blend"][0], blend["blend"][1])
     assert all(Path(p + ".bin").exists() and Path(p + ".idx").exists() for p in blend["blend"][0])
     per_split = json.loads((tmp_path / "out" / "s1.per-split.json").read_text())
-    assert set(per_split) == {"train", "valid", "test"} and per_split["train"] == blend["data_path"]
+    assert per_split == {"train": blend["data_path"], "valid": blend["data_path"], "test": blend["data_path"]}  # none held out
     mid = json.loads((tmp_path / "out" / "mid.blend.json").read_text())
     assert all("/shards_packed/" in p for p in mid["blend"][0])
     # a budget left out is what the epoch targets add up to
@@ -221,6 +250,7 @@ def test_the_demo_mixture_config_gives_every_bucket_its_epochs():
 
     spec, _ = read_spec(str(REPO / "configs" / "mixture.demo.yaml"))
     assert [s.name for s in spec.stages] == ["pretrain_1_general", "pretrain_2_upsampled", "mid_packed_2k"]
+    assert spec.valid.endswith("/demo/shards_eval") and spec.test is None  # held out: no stage draws from it
     tables = {src.source: src.buckets for src in spec.stages[0].sources}
     assert set(tables) == {"web", "wikipedia", "books", "multilingual"} and all(tables.values())
     for table in tables.values():  # every bucket 0-19 exactly once (a gap or overlap is a config error)

@@ -12,8 +12,9 @@ becomes an entry, dropped ones and those without shards included). For every sta
   Megatron's ``--data-path`` takes), ``blend`` (``(prefixes, weights)`` for
   ``BlendedMegatronDatasetConfig(blend=...)``), ``train_samples``, ``split`` and the table;
 * ``<stage>.per-split.json``: ``{"train": [...], "valid": [...], "test": [...]}`` for
-  ``--per-split-data-args-path`` (valid and test repeat the training blend; point them
-  at held-out shards, or use ``data_path`` with ``--split``);
+  ``--per-split-data-args-path``: valid and test are the mixture's ``valid``/``test`` shards
+  stages (held-out text, weighted by tokens; refused if training draws from them), else
+  the training blend again (then use ``data_path`` with ``--split``);
 
 and ``mixture.json`` / ``mixture.md`` with every stage's table and the cumulative epochs
 each source gets over all stages. Blend files and ``mixture.json`` carry a ``lineage``
@@ -35,6 +36,7 @@ and reads a blend back (``write_mixture``, ``load_blend``, re-exported here).
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,6 +156,7 @@ class MixturePlan:
     stages: list[StagePlan]
     mixture: dict[str, Any] = field(default_factory=dict)  # lineage: config path, sha256, fingerprint
     datasets: dict[str, dict[str, Any]] = field(default_factory=dict)  # lineage of each shards URI
+    held_out: dict[str, dict[str, Any]] = field(default_factory=dict)  # "valid"/"test": shards, tokens, data_path
     registered: list[str] = field(default_factory=list)  # pointers left in run dirs by write_mixture
     warnings: list[str] = field(default_factory=list)
 
@@ -350,7 +353,41 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
             )
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
-    return MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
+    plan = MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
+    plan.held_out = _held_out(path, spec, stages, cache, check_files)
+    return plan
+
+
+def _held_out(path: str, spec: Any, stages: list[StagePlan], cache: dict[str, dict[GroupKey, Group]],
+              check_files: bool) -> dict[str, dict[str, Any]]:
+    """The valid and test blends: every shard of the named shards stages, weighted by its tokens.
+    A stage that training draws from is refused: held-out text must be held out."""
+    trained = {os.path.normpath(g.shards_uri) for st in stages for a in st.allocations for g in a.groups}
+    out: dict[str, dict[str, Any]] = {}
+    for split in ("valid", "test"):
+        given = getattr(spec, split)
+        if given is None:
+            continue
+        uris = [given] if isinstance(given, str) else list(given)
+        shards, tokens, documents = [], 0, 0
+        for i, uri in enumerate(uris):
+            key = split if isinstance(given, str) else f"{split}[{i}]"
+            if os.path.normpath(uri) in trained:
+                raise ConfigError(f"{path}: {key}: {uri} is a shards stage that training draws from; "
+                                  "held-out shards must be another tokenize.megatron_shards stage")
+            groups = _load_groups(path, key, uri, cache, check_files)
+            for g in sorted(groups.values(), key=lambda g: g.group):
+                for s in g.shards:
+                    if s.tokens:
+                        shards.append(s)
+                        tokens, documents = tokens + s.tokens, documents + s.documents
+        if not tokens:
+            raise ConfigError(f"{path}: {split}: {', '.join(uris)} hold no tokens")
+        data_path = [x for s in shards for x in (f"{s.tokens / tokens:.10g}", s.prefix)]  # shares, as the stages' blends
+        out[split] = {"shards": uris, "tokens": tokens, "documents": documents, "data_path": data_path}
+    if "valid" in out and "test" not in out:
+        out["test"] = out["valid"]
+    return out
 
 
 __all__ = [

@@ -63,6 +63,10 @@ def markdown(plan: MixturePlan) -> str:
     for r in plan.totals():
         by = ", ".join(f"{k} {v:.2f}" for k, v in r["by_stage"].items())
         lines.append(f"| {r['source']} | {r['bucket'] or '-'} | {r['tokens']:,} | {r['epochs']:.2f} | {by} |")
+    for split, h in plan.held_out.items():
+        lines += ["", f"{split} (per-split.json): {h['tokens']:,} tokens, {h['documents']:,} documents of {', '.join(h['shards'])}"]
+    if not plan.held_out:
+        lines += ["", "valid, test (per-split.json): the training blend of each stage (no held-out shards named)"]
     return "\n".join(lines) + "\n"
 
 
@@ -76,7 +80,8 @@ def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
         storage.write_bytes_atomic(fs, storage.join(base, name), data)
         written.append(storage.join(out, name))
 
-    summary = {"name": plan.name, "config": plan.path, "stages": [], "totals": plan.totals()}
+    summary = {"name": plan.name, "config": plan.path, "stages": [], "totals": plan.totals(),
+               "held_out": {k: {f: v[f] for f in ("shards", "tokens", "documents")} for k, v in plan.held_out.items()}}
     if plan.datasets:
         summary["lineage"] = plan.lineage()
     blends = []
@@ -85,7 +90,8 @@ def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
         summary["stages"].append(blend)
         put(f"{st.name}.blend.json", json.dumps(blend, indent=1).encode())
         blends.append((st, written[-1], blend.get("lineage")))
-        per_split = {"train": st.data_path, "valid": st.data_path, "test": st.data_path}
+        per_split = {"train": st.data_path, **{k: plan.held_out[k]["data_path"] if k in plan.held_out else st.data_path
+                                               for k in ("valid", "test")}}
         put(f"{st.name}.per-split.json", json.dumps(per_split, indent=1).encode())
     put("mixture.json", json.dumps(summary, indent=1).encode())
     put("mixture.md", markdown(plan).encode())

@@ -104,6 +104,10 @@ class MixtureSpec(_Strict):
     output: str | None = None
     max_epochs: float = Field(4.0, gt=0)
     stages: list[MixStageSpec] = Field(min_length=1)
+    # held-out shards stage(s) for every stage's per-split.json (weights: their tokens); test
+    # defaults to valid, and without either both repeat the training blend
+    valid: str | list[str] | None = None
+    test: str | list[str] | None = None
 
 
 # -- resolved plan --------------------------------------------------------------------------
