@@ -36,7 +36,6 @@ and reads a blend back (``write_mixture``, ``load_blend``, re-exported here).
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +44,7 @@ from arcforge.runtime import storage
 from arcforge.runtime.config import ConfigError
 from arcforge.runtime.dataset import DatasetRef, read_dataset, read_manifest
 from arcforge.tokenize import bucket_epochs, lineage
+from arcforge.tokenize.held_out import held_out_blends
 from arcforge.tokenize.mixture_files import fmt_tokens, load_blend, markdown, stage_blend, write_mixture
 from arcforge.tokenize.mixture_spec import parse_tokens, read_spec
 
@@ -194,7 +194,7 @@ class MixturePlan:
 GroupKey = tuple[str, str | None]  # (source, bucket)
 
 
-def _load_groups(
+def load_groups(
     path: str, key: str, uri: str, cache: dict[str, dict[GroupKey, Group]], check_files: bool,
     datasets: dict[str, dict[str, Any]] | None = None,
 ) -> dict[GroupKey, Group]:
@@ -267,7 +267,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         where = f"{key}.shards" if st.shards is not None else "shards"
         available: dict[GroupKey, Group] = {}
         for uri in uris:
-            for k, g in _load_groups(path, where, uri, cache, check_files, datasets).items():
+            for k, g in load_groups(path, where, uri, cache, check_files, datasets).items():
                 if k in available:
                     raise ConfigError(
                         f"{path}: {where}: {k[0]} appears in more than one shards dataset ({available[k].shards_uri}, {uri})"
@@ -354,40 +354,8 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
     plan = MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
-    plan.held_out = _held_out(path, spec, stages, cache, check_files)
+    plan.held_out = held_out_blends(path, spec, stages, lambda key, uri: load_groups(path, key, uri, cache, check_files))
     return plan
-
-
-def _held_out(path: str, spec: Any, stages: list[StagePlan], cache: dict[str, dict[GroupKey, Group]],
-              check_files: bool) -> dict[str, dict[str, Any]]:
-    """The valid and test blends: every shard of the named shards stages, weighted by its tokens.
-    A stage that training draws from is refused: held-out text must be held out."""
-    trained = {os.path.normpath(g.shards_uri) for st in stages for a in st.allocations for g in a.groups}
-    out: dict[str, dict[str, Any]] = {}
-    for split in ("valid", "test"):
-        given = getattr(spec, split)
-        if given is None:
-            continue
-        uris = [given] if isinstance(given, str) else list(given)
-        shards, tokens, documents = [], 0, 0
-        for i, uri in enumerate(uris):
-            key = split if isinstance(given, str) else f"{split}[{i}]"
-            if os.path.normpath(uri) in trained:
-                raise ConfigError(f"{path}: {key}: {uri} is a shards stage that training draws from; "
-                                  "held-out shards must be another tokenize.megatron_shards stage")
-            groups = _load_groups(path, key, uri, cache, check_files)
-            for g in sorted(groups.values(), key=lambda g: g.group):
-                for s in g.shards:
-                    if s.tokens:
-                        shards.append(s)
-                        tokens, documents = tokens + s.tokens, documents + s.documents
-        if not tokens:
-            raise ConfigError(f"{path}: {split}: {', '.join(uris)} hold no tokens")
-        data_path = [x for s in shards for x in (f"{s.tokens / tokens:.10g}", s.prefix)]  # shares, as the stages' blends
-        out[split] = {"shards": uris, "tokens": tokens, "documents": documents, "data_path": data_path}
-    if "valid" in out and "test" not in out:
-        out["test"] = out["valid"]
-    return out
 
 
 __all__ = [
