@@ -114,19 +114,17 @@ def cmd_status(args: argparse.Namespace) -> int:
             rows.append([st["name"], f"not committed ({n} parts done)" if n else "not run", "", "", "", ""])
     console.print(summary_table(rows, f"run {info['name']}"))
     _print_distributions(run, [st["name"] for st in info["stages"]])
-    from arcforge.tokenize.staleness import status_lines
-
-    for line in status_lines(args.run_dir, args.blends):  # input files -> stages -> blends, stale marked
-        console.print(line, markup=False, highlight=False, soft_wrap=True)
     from arcforge.report import checks
+    from arcforge.tokenize.staleness import out_of_date, read_lineage, status_lines
 
-    for line in checks.status_lines(args.run_dir) + [report_pointer(args.run_dir)]:
+    lin = read_lineage(args.run_dir, args.blends)
+    for line in status_lines(lin):  # input files -> stages -> blends, stale marked
+        console.print(line, markup=False, highlight=False, soft_wrap=True)
+    outcomes = checks.evaluate_run(args.run_dir)
+    for line in checks.status_lines(args.run_dir, outcomes) + [report_pointer(args.run_dir)]:
         console.print(line, markup=False, highlight=False, soft_wrap=True)
     if args.check:
-        from arcforge.tokenize.staleness import out_of_date
-
-        found = out_of_date(args.run_dir, args.blends)
-        found += [f"check {o.stage}.{o.name} failed" for o in checks.evaluate_run(args.run_dir) if o.blocking and o.passed is False]
+        found = out_of_date(lin) + [f"check {o.stage}.{o.name} failed" for o in outcomes if o.blocking and o.passed is False]
         if found:
             console.print(f"status --check: {len(found)} problem{'s' if len(found) != 1 else ''}: " + "; ".join(found),
                           markup=False, highlight=False, soft_wrap=True)

@@ -154,9 +154,13 @@ def _score_rows(task: PartitionTask, table: pa.Table, params: BucketParams, sour
     return pa.table({**cols, WEIGHT: doc_weights(table, params, source)}, schema=schema)
 
 
+def in_group(values: Any, group: str | None) -> Any:
+    """A boolean array: which of the string ``values`` are ``group`` (``None``: the nulls)."""
+    return pc.is_null(values) if group is None else pc.fill_null(pc.equal(values, group), False)
+
+
 def _in_group(table: pa.Table, group: str | None) -> pa.Table:
-    col = table.column(GROUP)
-    return table.filter(pc.is_null(col) if group is None else pc.fill_null(pc.equal(col, group), False))
+    return table.filter(in_group(table.column(GROUP), group))
 
 
 def group_name(group: str | None) -> str:
@@ -167,19 +171,17 @@ def group_name(group: str | None) -> str:
 def add_buckets(table: pa.Table, params: BucketParams, report: dict[str, Any]) -> pa.Table:
     """Every row with its per-score buckets and the ensemble (the max over the scores): the
     cut-offs of the row's group (``report["groups"]``) with ``group_by``, else ``report["cutoffs"]``."""
-    if params.group_by is None:
-        parts = [(np.ones(table.num_rows, dtype=bool), report["cutoffs"])]
-    else:
+    if params.group_by is not None:
         values = pc.cast(table.column(params.group_by), pa.string())
-        parts = [(pc.is_null(values) if g["group"] is None else pc.fill_null(pc.equal(values, g["group"]), False),
-                  g["cutoffs"]) for g in report["groups"]]
-        parts = [(np.asarray(m.to_numpy(zero_copy_only=False), dtype=bool), c) for m, c in parts]
+        parts = [(in_group(values, g["group"]), g["cutoffs"]) for g in report["groups"]]
     ensemble = np.zeros(table.num_rows, dtype=np.int32)
     for s in params.scores:
-        b = np.zeros(table.num_rows, dtype=np.int32)  # a group no cut-offs were computed for: bucket 0
-        scores = pc.cast(table.column(s), pa.float64())
-        for mask, cutoffs in parts:
-            b[mask] = assign_buckets(scores.filter(pa.array(mask)), cutoffs[s])
+        if params.group_by is None:
+            b = assign_buckets(table.column(s), report["cutoffs"][s])
+        else:
+            b = np.zeros(table.num_rows, dtype=np.int32)  # a group no cut-offs were computed for: bucket 0
+            for mask, cutoffs in parts:
+                b[np.asarray(mask.to_numpy(zero_copy_only=False), dtype=bool)] = assign_buckets(table.column(s).filter(mask), cutoffs[s])
         ensemble = np.maximum(ensemble, b)
         table = _put(table, params.prefix + s, b)
     return _put(table, params.bucket_column, ensemble)
@@ -192,11 +194,10 @@ def _put(table: pa.Table, name: str, values: np.ndarray) -> pa.Table:
 
 
 def _cutoff_stats(stats: Stats, report: dict[str, Any]) -> None:
-    groups = [(None, report["cutoffs"])] if "groups" not in report else [(g["group"], g["cutoffs"]) for g in report["groups"]]
     grouped = "groups" in report
-    for group, cutoffs in groups:
-        for s, cuts in cutoffs.items():
-            label = f"{s}.{group_name(group)}" if grouped else s
+    for g in report["groups"] if grouped else [{"group": None, "cutoffs": report["cutoffs"]}]:
+        for s, cuts in g["cutoffs"].items():
+            label = f"{s}.{group_name(g['group'])}" if grouped else s
             for k, c in enumerate(cuts, start=1):
                 stats.update(f"buckets.cutoff.{label}.{k:02d}", c)
 

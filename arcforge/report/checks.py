@@ -118,9 +118,10 @@ def evaluate_run(run_dir: str) -> list[CheckOutcome]:
     return out
 
 
-def status_lines(run_dir: str) -> list[str]:
-    """``arcforge status``'s view of the checks: one line each, failures first."""
-    outcomes = evaluate_run(run_dir)
+def status_lines(run_dir: str, outcomes: list[CheckOutcome] | None = None) -> list[str]:
+    """``arcforge status``'s view of the checks (``outcomes``: ``evaluate_run``'s, if already
+    computed): one line each, failures first."""
+    outcomes = evaluate_run(run_dir) if outcomes is None else outcomes
     if not outcomes:
         return []
     mark = {True: "pass", False: "FAIL", None: "wait"}

@@ -258,19 +258,34 @@ def _files_text(sources: list[str]) -> str:
     return f"{n} input file{'s' if n != 1 else ''} ({sources[0]}{', …' if n > 1 else ''})"
 
 
-def out_of_date(run: str, extra_dirs: list[str] | None = None) -> list[str]:
+@dataclass
+class RunLineage:
+    """A run's stages with their states, and its blends with their checks (``read_lineage``)."""
+
+    run: str
+    states: list[StageState]
+    note: str | None
+    blends: list[tuple[BlendCheck, dict[str, Any] | None]]
+    gone: list[str]
+
+
+def read_lineage(run: str, extra_dirs: list[str] | None = None) -> RunLineage:
+    states, note = check_run(run)
+    blends, gone = run_blends(run, extra_dirs)
+    return RunLineage(run, states, note, blends, gone)
+
+
+def out_of_date(lin: RunLineage) -> list[str]:
     """What ``arcforge status --check`` fails on in the lineage, one phrase each: a stage that
     is stale, incomplete or not run; a blend of the run that is stale or gone."""
-    states, _ = check_run(run)
-    found = [f"stage {s.name} is {s.state}" for s in states if s.state not in ("fresh", "committed")]
-    blends, gone = run_blends(run, extra_dirs)
-    found += [f"blend {check.path} is stale" for check, _ in blends if check.state == "stale"]
-    return found + [f"blend {g} is gone" for g in gone]
+    found = [f"stage {s.name} is {s.state}" for s in lin.states if s.state not in ("fresh", "committed")]
+    found += [f"blend {check.path} is stale" for check, _ in lin.blends if check.state == "stale"]
+    return found + [f"blend {g} is gone" for g in lin.gone]
 
 
-def status_lines(run: str, extra_dirs: list[str] | None = None) -> list[str]:
+def status_lines(lin: RunLineage) -> list[str]:
     """The lineage part of ``arcforge status``: the stage chain, then every blend of the run."""
-    states, note = check_run(run)
+    run, states, note, blends, gone = lin.run, lin.states, lin.note, lin.blends, lin.gone
     lines = ["lineage: input files -> stages -> blends (fingerprints: the first 12 hex digits of each _manifest.json's)"]
     width = max([len(s.name) for s in states] + [5])
     by_name = {s.name: s for s in states}
@@ -282,7 +297,6 @@ def status_lines(run: str, extra_dirs: list[str] | None = None) -> list[str]:
         lines.append(f"  {s.name:<{width}}  {short(s.fingerprint):<12}  {state}  <- {upstream}")
     if note:
         lines.append(f"  ({note})")
-    blends, gone = run_blends(run, extra_dirs)
     lines.append(f"blends of this run (registered in {storage.join(norm_uri(run), BLENDS_DIR)} by arcforge mix, "
                  "in the run's own folders, or under --blends DIR):")
     if not blends and not gone:
