@@ -309,3 +309,50 @@ def test_check_run_without_the_run_config_still_lists_the_chain(env):
     assert [s.name for s in states] == ["books", "code", "select", "tokenizer", "shards"]
     assert all(s.state == "committed" for s in states)
     assert note and "not checked" in note and str(env.cfg) in note
+
+
+HELD = "  - {{name: held, uses: tokenize.megatron_shards, input: {src}, artifacts: {{tokenizer: tokenizer}}, engine: local}}\n"
+
+
+def test_a_rerun_held_out_stage_makes_the_per_split_file_stale_not_the_training_blend(env, capsys):
+    from arcforge.model.train import load_train_config
+
+    def run_held(src: str) -> None:
+        env.cfg.write_text(run_yaml(env.root, env.inputs) + HELD.format(src=src))
+        (r,) = Runner(load_plan(env.cfg)).run(only="held")
+        assert r.status == "ran"
+
+    run_held("books")
+    env.mix.write_text(env.mix.read_text() + f"valid: {env.run / 'held'}\n")
+    assert main(["mix", str(env.mix)]) == 0
+    lin = json.loads(env.blend.read_text())["lineage"]
+    (h,) = lin["held_out"]
+    old = env.fp("held")
+    assert (h["stage"], h["run"], h["fingerprint"], h["splits"]) == ("held", str(env.run), old, ["valid", "test"])
+    assert h["artifacts"]["tokenizer"]["fingerprint"] == env.fp("tokenizer")
+    assert [d["stage"] for d in lin["shards"]] == ["shards"]  # training draws from shards alone
+    capsys.readouterr()
+    assert check(capsys, env)[0] == 0
+    assert f"| per-split valid/test <- held {old[:12]}" in status(capsys, env)[str(env.blend)]
+
+    run_held("code")  # the held-out stage re-run on other text
+    new = env.fp("held")
+    assert new != old
+    chk = check_blend(str(env.blend))
+    assert chk.state == "fresh" and not chk.problems  # the training blend still matches its shards
+    assert [(p.what, p.stage, p.recorded, p.current) for p in chk.held_out_problems] == [("held-out shards", "held", old, new)]
+    line = status(capsys, env)[str(env.blend)]
+    assert line.startswith(f"{env.blend}  fresh; per-split valid/test STALE: held-out shards stage held of run {env.run} "
+                           f"has fingerprint {new[:12]} now, the blend was mixed from {old[:12]}; re-run arcforge mix {env.mix}"), line
+    assert check(capsys, env) == (1, f"status --check: 1 problem: the per-split file of blend {env.blend} is stale (held-out shards)")
+    # train reads the training blend, unchanged: a note, not a refusal
+    load_train_config(env.train_yaml())
+    per_split = env.tmp / "blends" / "s1.per-split.json"
+    assert f"note: data.blend_file: the valid/test blends of {per_split} are stale: held-out shards stage held" in capsys.readouterr().err
+
+    assert main(["mix", str(env.mix)]) == 0  # mixed again: fresh, valid drawn from the new held-out shards
+    capsys.readouterr()
+    assert not check_blend(str(env.blend)).held_out_problems
+    assert check(capsys, env)[0] == 0
+    valid = json.loads(per_split.read_text())["valid"]
+    assert valid[1::2] and all(p.startswith(str(env.run / "held") + "/") for p in valid[1::2])

@@ -11,7 +11,11 @@
                  "fingerprint": "<its _manifest.json's fingerprint>", "committed": 1717171000.0,
                  "rows": 40, "sources": ["books", "web", "wikipedia/high"],
                  "artifacts": {"tokenizer": {"uri": "/abs/runs/demo/tokenizer", "stage": "tokenizer",
-                                             "fingerprint": "<the tokenizer's manifest fingerprint>"}}}]}
+                                             "fingerprint": "<the tokenizer's manifest fingerprint>"}}}],
+     "held_out": [{"uri": "/abs/runs/demo/shards_eval", ..., "splits": ["valid", "test"]}]}
+
+(``held_out``: the mixture's ``valid:``/``test:`` shards stages, which only the
+``<stage>.per-split.json`` beside the blend uses)
 
 and leaves a pointer ``<run>/_blends/<hash>.json`` (``{"format": "arcforge.blend-ref/1",
 "blend": URI, ...}``) in every run it drew shards from, so ``arcforge status <run>`` finds the
@@ -19,7 +23,10 @@ blends made from that run wherever ``output`` put them.
 
 Stale rules (``check_blend``): a blend is **stale** when a shards stage it names has no
 committed manifest now, or its manifest's fingerprint differs from the recorded one, or the
-recorded artifact (the tokenizer) has a different fingerprint now. A blend without
+recorded artifact (the tokenizer) has a different fingerprint now. The same change in a
+``held_out`` stage makes the per-split file's valid/test blends stale
+(``BlendCheck.held_out_problems``) but not the training blend: ``arcforge train`` notes it,
+``arcforge status`` flags it. A blend without
 ``lineage`` (written before it existed) is **unknown**, never stale. ``check_run`` adds the
 stage chain: a committed stage is stale when the fingerprint the runner would compute now
 from its *committed* params and its inputs' current manifests differs from its own (an
@@ -178,14 +185,22 @@ def mixture_identity(path: str, spec: Any) -> dict[str, Any]:
     }
 
 
-def blend_lineage(mixture: dict[str, Any], datasets: dict[str, dict[str, Any]], used: dict[str, list[str]]) -> dict[str, Any]:
-    """The ``lineage`` object of a blend that draws ``used[uri]`` (source labels) from each dataset."""
+def blend_lineage(
+    mixture: dict[str, Any], datasets: dict[str, dict[str, Any]], used: dict[str, list[str]],
+    held_out: dict[str, list[str]] | None = None,
+) -> dict[str, Any]:
+    """The ``lineage`` object of a blend that draws ``used[uri]`` (source labels) from each dataset;
+    ``held_out[uri]``: the splits (``valid``, ``test``) of the per-split file a dataset makes."""
     shards = []
     for uri in sorted(used):
         entry = dict(datasets[uri])
         entry["sources"] = sorted(set(used[uri]))
         shards.append(entry)
-    return {"format": LINEAGE_FORMAT, "created": time.time(), "mixture": dict(mixture), "shards": shards}
+    out = {"format": LINEAGE_FORMAT, "created": time.time(), "mixture": dict(mixture), "shards": shards}
+    if held_out:
+        out["held_out"] = [{**datasets[uri], "sources": [], "splits": sorted(set(held_out[uri]), reverse=True)}
+                           for uri in sorted(held_out)]
+    return out
 
 
 def blend_ref_name(blend_uri: str) -> str:
@@ -232,6 +247,7 @@ class BlendCheck:
     state: str  # "fresh", "stale", "unknown" (no lineage), "unreadable"
     lineage: dict[str, Any] | None = None
     problems: list[Problem] = field(default_factory=list)
+    held_out_problems: list[Problem] = field(default_factory=list)  # the per-split file's valid/test shards
     notes: list[str] = field(default_factory=list)
     error: str | None = None
 
@@ -250,8 +266,17 @@ class BlendCheck:
         more = f" (and {len(self.problems) - 1} more)" if len(self.problems) > 1 else ""
         return f"{self.path} is stale: {self.problems[0].text()}{more}"
 
-    def datasets(self) -> list[dict[str, Any]]:
-        return list((self.lineage or {}).get("shards") or [])
+    def datasets(self, held_out: bool = False) -> list[dict[str, Any]]:
+        """The shards datasets the blend draws from (``held_out``: its per-split file's valid/test ones)."""
+        return [d for d in (self.lineage or {}).get("held_out" if held_out else "shards") or [] if isinstance(d, dict)]
+
+    def per_split_message(self) -> str | None:
+        """One line when the per-split file's held-out blends are stale, else None."""
+        if not self.held_out_problems:
+            return None
+        per_split = self.path.removesuffix(".blend.json") + ".per-split.json"
+        more = f" (and {len(self.held_out_problems) - 1} more)" if len(self.held_out_problems) > 1 else ""
+        return f"the valid/test blends of {per_split} are stale: {self.held_out_problems[0].text()}{more}"
 
 
 def check_blend(path: str, data: dict[str, Any] | None = None) -> BlendCheck:
@@ -277,16 +302,24 @@ def check_blend(path: str, data: dict[str, Any] | None = None) -> BlendCheck:
             return False, None
         return True, (m.get("fingerprint") if m else None)
 
-    for ds in shards:
+    def moved(ds: dict[str, Any], what: str) -> list[Problem]:
+        found = []
         ok, now = current(ds["uri"])
         if ok and now != ds.get("fingerprint"):
-            check.problems.append(Problem(ds.get("stage", ds["uri"]), ds.get("run"), ds.get("fingerprint"), now, "shards"))
+            found.append(Problem(ds.get("stage", ds["uri"]), ds.get("run"), ds.get("fingerprint"), now, what))
         for name, art in sorted((ds.get("artifacts") or {}).items()):
             if not isinstance(art, dict) or not art.get("uri"):
                 continue
             ok, now = current(art["uri"])
             if ok and now != art.get("fingerprint"):
-                check.problems.append(Problem(art.get("stage", art["uri"]), ds.get("run"), art.get("fingerprint"), now, name))
+                found.append(Problem(art.get("stage", art["uri"]), ds.get("run"), art.get("fingerprint"), now, name))
+        return found
+
+    for ds in shards:
+        check.problems += moved(ds, "shards")
+    for ds in check.datasets(held_out=True):
+        if ds.get("uri"):
+            check.held_out_problems += moved(ds, "held-out shards")
     if check.problems:
         check.state = "stale"
     mix = lineage.get("mixture") or {}

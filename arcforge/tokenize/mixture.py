@@ -167,7 +167,11 @@ class MixturePlan:
             for a in s.allocations:
                 for g in a.groups:
                     used.setdefault(g.shards_uri, []).append(g.source + (f"/{g.bucket}" if g.bucket else ""))
-        return lineage.blend_lineage(self.mixture, self.datasets, used)
+        held: dict[str, list[str]] = {}  # the per-split file's valid/test shards, checked apart from training's
+        for split, h in self.held_out.items():
+            for uri in h["shards"]:
+                held.setdefault(uri, []).append(split)
+        return lineage.blend_lineage(self.mixture, self.datasets, used, held)
 
     def totals(self) -> list[dict[str, Any]]:
         """Cumulative tokens and epochs per source and bucket over all stages."""
@@ -354,7 +358,7 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
     plan = MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
-    plan.held_out = held_out_blends(path, spec, stages, lambda key, uri: load_groups(path, key, uri, cache, check_files))
+    plan.held_out = held_out_blends(path, spec, stages, lambda key, uri: load_groups(path, key, uri, cache, check_files, datasets))
     return plan
 
 

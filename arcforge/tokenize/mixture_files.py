@@ -96,7 +96,8 @@ def write_mixture(plan: MixturePlan, output: str | None = None) -> list[str]:
     put("mixture.json", json.dumps(summary, indent=1).encode())
     put("mixture.md", markdown(plan).encode())
     for st, uri, lin in blends:  # a pointer in each run the blend draws from, for `arcforge status`
-        for run in sorted({ds["run"] for ds in (lin or {}).get("shards", []) if ds.get("run")}):
+        drawn = (lin or {}).get("shards", []) + (lin or {}).get("held_out", [])
+        for run in sorted({ds["run"] for ds in drawn if ds.get("run")}):
             try:
                 plan.registered.append(lineage.register_blend(run, uri, plan.mixture, st.name))
             except OSError as exc:

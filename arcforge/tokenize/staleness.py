@@ -222,7 +222,7 @@ def find_blends(run: str, extra_dirs: list[str] | None = None) -> tuple[list[str
 def blend_uses_run(check: BlendCheck, data: dict[str, Any] | None, run: str) -> bool:
     """Whether a blend draws from the run: by its lineage, or (no lineage) by its shard prefixes."""
     if check.lineage:
-        return any(same_uri(ds.get("run"), run) for ds in check.datasets())
+        return any(same_uri(ds.get("run"), run) for ds in check.datasets() + check.datasets(held_out=True))
     prefixes = ((data or {}).get("blend") or [[]])[0]
     root = norm_uri(run)
     if not storage.is_s3(root):
@@ -280,6 +280,8 @@ def out_of_date(lin: RunLineage) -> list[str]:
     is stale, incomplete or not run; a blend of the run that is stale or gone."""
     found = [f"stage {s.name} is {s.state}" for s in lin.states if s.state not in ("fresh", "committed")]
     found += [f"blend {check.path} is stale" for check, _ in lin.blends if check.state == "stale"]
+    found += [f"the per-split file of blend {check.path} is stale (held-out shards)"
+              for check, _ in lin.blends if check.held_out_problems]
     return found + [f"blend {g} is gone" for g in lin.gone]
 
 
@@ -317,6 +319,9 @@ def blend_status(check: BlendCheck, stages: dict[str, StageState], run: str) -> 
         arts = "".join(f" + {a.get('stage')} {short(a.get('fingerprint'))}" for a in (ds.get("artifacts") or {}).values())
         parts.append(f"{ds.get('stage')} {short(ds.get('fingerprint'))}{arts}")
     made = " <- " + ", ".join(parts)
+    held = [f"{ds.get('stage')} {short(ds.get('fingerprint'))}" for ds in check.datasets(held_out=True)]
+    if held:
+        made += " | per-split valid/test <- " + ", ".join(held)
     if check.state == "stale":
         state = "STALE: " + "; ".join(p.text(full=False) for p in check.problems)
         if check.mixture_config:
@@ -325,5 +330,9 @@ def blend_status(check: BlendCheck, stages: dict[str, StageState], run: str) -> 
         upstream = [ds.get("stage") for ds in check.datasets() if same_uri(ds.get("run"), run)
                     and stages.get(ds.get("stage")) is not None and stages[ds.get("stage")].state == "stale"]
         state = f"stale upstream: {', '.join(upstream)} is stale (see above)" if upstream else "fresh"
+    if check.held_out_problems:
+        state += "; per-split valid/test STALE: " + "; ".join(p.text(full=False) for p in check.held_out_problems)
+        if check.state != "stale" and check.mixture_config:
+            state += f"; re-run arcforge mix {check.mixture_config}"
     notes = "".join(f"; note: {n}" for n in check.notes)
     return f"{check.path}  {state}{notes} {made}"
