@@ -318,3 +318,42 @@ def test_a_run_reads_scores_and_writes_buckets(tmp_path, spark, ray_local, capsy
     bad = write_config(tmp_path / "bad.yaml", RUN.format(root=tmp_path / "bad", inputs=inputs, engine="local", scores="quality_c"))
     with pytest.raises(ConfigError, match=r"stages\[buckets\]: quality.buckets reads column\(s\) \['quality_c'\]"):
         load_plan(bad)
+
+
+def test_grouped_cutoffs_reach_status_and_the_report(tmp_path, capsys):
+    """A run with ``group_by``: the report's score card draws the largest group's cut-offs and
+    tabulates every group's, from the manifest stats alone; ``arcforge status`` lists them."""
+    from arcforge.cli import main
+    from arcforge.report.collect import collect
+    from arcforge.report.html import render
+
+    rng = random.Random(5)
+    docs = [d for d in (_doc(i, rng, False) for i in range(300)) if d["text"]]
+    for i, d in enumerate(docs):
+        d["quality_a"] = None if d["quality_a"] is None or math.isnan(d["quality_a"]) else d["quality_a"]
+        d["lang"] = "en" if i % 3 else "zh.hans"  # a dot in a group name, parsed by the score name
+    inputs = tmp_path / "in.jsonl"
+    inputs.write_text("".join(json.dumps(d) + "\n" for d in docs))
+    text = RUN.format(root=tmp_path, inputs=inputs, engine="local", scores="quality_a, quality_b")
+    text = text.replace("keep: [quality_a, quality_b]", "keep: [quality_a, quality_b, lang]").replace("n_buckets: 10", "n_buckets: 10, group_by: lang")
+    assert [r.status for r in Runner(load_plan(write_config(tmp_path / "g.yaml", text))).run()] == ["ran", "ran"]
+    report = json.loads((tmp_path / "q" / "buckets" / CUTOFFS_FILE).read_text())
+    en = next(g for g in report["groups"] if g["group"] == "en")
+    assert en["docs"] == sum(d["lang"] == "en" for d in docs)
+
+    r = collect(str(tmp_path / "q"))
+    cut = next(s for s in r["scores"] if s["name"] == "quality_b")["cutoffs"]
+    assert cut["stage"] == "buckets" and cut["group_by"] == "lang" and cut["values"] == []
+    assert [(g["group"], g["docs"]) for g in cut["groups"]] == [("en", en["docs"]), ("zh.hans", len(docs) - en["docs"])]
+    assert cut["groups"][0]["values"] == [[k, round(c, 6)] for k, c in enumerate(en["cutoffs"]["quality_b"], start=1)]
+    html = render(r)
+    card = html[html.index('data-score="quality_b"'):]
+    card = card[:card.index('<div class="card score"') if '<div class="card score"' in card else len(card)]
+    assert card.count('class="cutoff"') == 9 and "lang en: bucket 9 starts at" in card
+    assert f"per lang (2 groups); dashed: en, the largest ({en['docs']} docs)" in card
+    table = card[card.index('class="cutoffs-by-group"'):]
+    assert "<th>lang</th>" in table and '<th class="n">bucket 1 from</th>' in table and '<th class="n">bucket 9 from</th>' in table
+    assert table.index("<td>en</td>") < table.index("<td>zh.hans</td>")
+
+    assert main(["status", str(tmp_path / "q")]) == 0
+    assert "cut-offs quality_b.zh.hans: " in capsys.readouterr().out

@@ -39,7 +39,8 @@ bottom buckets, which the mixture drops. A null value is a group of its own. It 
 weighted quantile per score and group (``max_groups``, default 64, bounds it).
 
 The cut-offs are reported in the stage's manifest stats (``buckets.cutoff.<score>.<kk>``:
-the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is), with
+the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is; with
+``group_by``, ``buckets.cutoff.<score>.<group>.<kk>`` and ``buckets.group_docs.<group>``), with
 ``buckets.docs.<kk>`` and ``buckets.weight.<kk>`` per ensemble bucket, and exactly in
 ``buckets.json``, a file of the first partition's commit record.
 """
@@ -200,6 +201,8 @@ def _cutoff_stats(stats: Stats, report: dict[str, Any]) -> None:
             label = f"{s}.{group_name(g['group'])}" if grouped else s
             for k, c in enumerate(cuts, start=1):
                 stats.update(f"buckets.cutoff.{label}.{k:02d}", c)
+        if grouped:
+            stats.update(f"buckets.group_docs.{group_name(g['group'])}", g["docs"])
 
 
 def score_cutoffs(scored: Any, params: BucketParams, qs: list[float]) -> dict[str, list[float]]:
@@ -275,13 +278,16 @@ class QualityBuckets(GlobalStage[BucketParams]):
             if params.group_by is None:
                 report["cutoffs"] = score_cutoffs(scored, params, qs)
             else:
-                groups = scored.aggregate([GROUP], [(WEIGHT, "count")]).collect().column(GROUP).to_pylist()
+                counted = scored.aggregate([GROUP], [(WEIGHT, "count")]).collect()
+                docs = dict(zip(counted.column(GROUP).to_pylist(), counted.column(f"{WEIGHT}_count").to_pylist()))
+                groups = list(docs)
                 if len(groups) > params.max_groups:
                     raise ValueError(f"stage {ctx.stage.name}: group_by {params.group_by!r} has {len(groups)} values, "
                                      f"more than max_groups {params.max_groups}")
                 groups = sorted(groups, key=lambda g: (g is not None, g or ""))
                 report["group_by"] = params.group_by
-                report["groups"] = [{"group": g, "cutoffs": score_cutoffs(scored.map(_in_group, schema, args=(g,)), params, qs)}
+                report["groups"] = [{"group": g, "docs": docs[g],
+                                     "cutoffs": score_cutoffs(scored.map(_in_group, schema, args=(g,)), params, qs)}
                                     for g in groups]
             scored.release()
             return ops.finish(ctx.pending, _write, args=(params, source, report, ctx.tasks[0].partition),

@@ -104,6 +104,34 @@ def _rules(params: dict[str, Any]) -> list[dict[str, Any]]:
     return [r for r in rules if isinstance(r, dict)]
 
 
+def _cutoffs(stats: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """A buckets stage's cut-offs per score from its stats: ``values`` ``[[bucket, lowest score]]``,
+    or, with ``group_by``, ``groups`` (each ``group``, ``docs``, ``values``; most documents first)."""
+    group_by = params.get("group_by")
+    out: dict[str, dict[str, Any]] = {}
+    for k, v in sorted(stats.items()):
+        if not (mm := re.fullmatch(r"buckets\.cutoff\.(.+)\.(\d+)", k)):
+            continue
+        score, group = mm.group(1), None
+        if group_by:  # <score>.<group>: the score is one the stage names (a group may hold dots)
+            score = max((s for s in params.get("scores") or [] if mm.group(1).startswith(f"{s}.")), key=len, default=None)
+            if score is None:
+                continue
+            group = mm.group(1)[len(score) + 1:]
+        cut = out.setdefault(score, {"values": [], "group_by": group_by, "groups": []})
+        if group is None:
+            cut["values"].append([int(mm.group(2)), v])
+            continue
+        g = next((g for g in cut["groups"] if g["group"] == group), None)
+        if g is None:
+            g = {"group": group, "docs": stats.get(f"buckets.group_docs.{group}"), "values": []}
+            cut["groups"].append(g)
+        g["values"].append([int(mm.group(2)), v])
+    for cut in out.values():
+        cut["groups"].sort(key=lambda g: (-(g["docs"] or 0), g["group"]))
+    return out
+
+
 def _funnel_tokens(run_dir: str, warnings: list[str]) -> tuple[dict[str, Any], str | None, str | None]:
     """Tokens per stage and per drop reason from ``tokenize.funnel`` (it needs a committed
     tokenizer stage): (rows by stage, tokenizer stage, why tokens are missing)."""
@@ -238,10 +266,10 @@ def collect(run_dir: str) -> dict[str, Any]:
             if isinstance(r.get("value"), (int, float)) and not isinstance(r.get("value"), bool):
                 thresholds.setdefault(r["column"], []).append(
                     {"stage": name, "op": r.get("op"), "value": r["value"], "reason": r.get("reason")})
+        for score, cut in _cutoffs(stats, m.get("params") or {}).items():
+            cutoffs.setdefault(score, {"stage": name, **cut})
         for k, v in sorted(stats.items()):
-            if mm := re.fullmatch(r"buckets\.cutoff\.(.+)\.(\d+)", k):
-                cutoffs.setdefault(mm.group(1), {"stage": name, "values": []})["values"].append([int(mm.group(2)), v])
-            elif mm := re.fullmatch(r"buckets\.docs\.(\d+)", k):
+            if mm := re.fullmatch(r"buckets\.docs\.(\d+)", k):
                 buckets_docs.setdefault("stage", name)
                 buckets_docs.setdefault("docs", {})[str(int(mm.group(1)))] = int(v)
         if kind == "artifact" or "text" not in _schema_names(m):

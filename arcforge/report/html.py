@@ -141,7 +141,10 @@ def scores_html(r: dict[str, Any]) -> str:
         markers = [{"x": t["value"], "kind": "threshold", "label": f'{t["stage"]}: {t["op"]} {fmt(t["value"])}'}
                    for t in s["thresholds"]]
         cut = s.get("cutoffs") or {}
-        markers += [{"x": v, "kind": "cutoff", "label": f"bucket {i} starts at {fmt(v)}"} for i, v in cut.get("values", [])]
+        groups = cut.get("groups") or []
+        drawn = groups[0]["values"] if groups else cut.get("values", [])  # grouped: the largest group's
+        who = f'{cut.get("group_by")} {groups[0]["group"]}: ' if groups else ""
+        markers += [{"x": v, "kind": "cutoff", "label": f"{who}bucket {i} starts at {fmt(v)}"} for i, v in drawn]
         chart = svg.histogram(h.get("edges") or [], h.get("counts") or [], markers=markers, below=h.get("below") or 0,
                               above=h.get("above") or 0, xlabel=s["name"], approximate=not s.get("histogram_exact", True),
                               label=f"histogram of {s['name']}")
@@ -151,12 +154,34 @@ def scores_html(r: dict[str, Any]) -> str:
         for t in s["thresholds"]:
             lines.append(f'<span class="warn">filter {esc(t["stage"])}: keep {esc(s["name"])} {esc(t["op"])} '
                          f'{esc(fmt(t["value"]))}</span>' + (f' (else {esc(t["reason"])})' if t.get("reason") else ""))
-        if cut:
+        if groups:
+            g0 = groups[0]
+            lines.append(f'bucket cut-offs from {esc(cut["stage"])} per {esc(cut["group_by"])} ({len(groups)} groups); '
+                         f'dashed: {esc(g0["group"])}, the largest' + (f' ({fmt(g0["docs"])} docs)' if g0.get("docs") else ""))
+        elif cut:
             lines.append(f'{len(cut["values"])} bucket cut-offs from {esc(cut["stage"])} (dashed)')
         cards.append(f'<div class="card score" data-score="{esc(s["name"])}"><h3>{esc(s["name"])} '
                      f'<span class="muted">added by {esc(s["stage"])}</span></h3>{chart}'
-                     f'<p class="note">{"<br>".join(lines)}</p></div>')
+                     f'<p class="note">{"<br>".join(lines)}</p>{group_cutoffs_table(cut)}</div>')
     return '<div class="grid">' + "".join(cards) + "</div>"
+
+
+def group_cutoffs_table(cut: dict[str, Any], columns: int = 5) -> str:
+    """Grouped cut-offs as a table: a row per group (most documents first), the lowest score of
+    a few buckets spread over the range (all of them when there are ``columns`` or fewer)."""
+    groups = cut.get("groups") or []
+    if not groups:
+        return ""
+    ks = sorted({k for g in groups for k, _ in g["values"]})
+    if len(ks) > columns:
+        ks = sorted({ks[round(i * (len(ks) - 1) / (columns - 1))] for i in range(columns)})
+    rows = []
+    for g in groups:
+        at = dict((k, v) for k, v in g["values"])
+        rows.append([esc(g["group"]), fmt(g["docs"]) if g.get("docs") is not None else "-",
+                     *(fmt(at[k]) if k in at else "-" for k in ks)])
+    head = [esc(cut["group_by"]), "docs", *(f"bucket {k} from" for k in ks)]
+    return f'<div class="cutoffs-by-group">{table(head, rows, set(range(1, len(head))))}</div>'
 
 
 def _bint(b: str) -> int:
