@@ -2,12 +2,13 @@
 
     .venv/bin/python benchmarks/bench_read.py [--mb 300] [--rounds 5] [--threads 1|0] [--profile]
 
-* **Data** (``jsonl``, ``jsonl.gz``, ``parquet``): real text from the demo corpus -- the docutils documentation JSONL (54 docs),
+* **Data** (``jsonl``, ``jsonl.gz``, ``jsonl.zst``, ``parquet``): real text from the demo corpus -- the docutils documentation JSONL (54 docs),
   Botchan split into paragraphs and the Wikipedia articles of the dump sample (through
   ``text.wikipedia_dump``'s reader) -- repeated with a unique id per copy into FineWeb-style
   rows (``id, text, url, dump, date, language, language_score``) of about ``--mb`` MB, written
   once into a temp dir as (a) one plain ``.jsonl`` file, (a') the same gzipped (level 6: one
-  stream, so one Split and one core for arcforge) and (b) one Parquet file written by
+  stream, so one Split and one core for arcforge), (a'') the same as zstd (level 3, the zstd
+  tool's default; one stream too) and (b) one Parquet file written by
   pyarrow (snappy, pyarrow's and datatrove's default; row groups of about 128 MB of
   uncompressed data, so the file has several).
 * **arcforge**: the ``io.read`` stage exactly as a task runs it: the stage's ``plan`` cuts
@@ -70,6 +71,7 @@ import pyarrow.dataset as pads  # noqa: E402
 import pyarrow.fs as pafs  # noqa: E402
 import pyarrow.json as pajson  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
+import zstandard  # noqa: E402
 
 from arcforge.runtime import storage  # noqa: E402
 from arcforge.pipelines.demo.corpus import fetch_demo_corpus  # noqa: E402
@@ -234,6 +236,11 @@ SYSTEMS = {
         "pyarrow read_json": run_read_json,
         "pyarrow open_json (streaming)": run_open_json,
     },
+    "jsonl.zst": {  # one stream, one Split: zstd decoded by the zstandard package (every decodable block)
+        "arcforge io.read": run_arcforge,
+        "pyarrow read_json": run_read_json,
+        "pyarrow open_json (streaming)": run_open_json,
+    },
     "parquet": {
         "arcforge io.read": run_arcforge,
         "arcforge io.read + conform": run_arcforge_conform,
@@ -258,11 +265,15 @@ def main() -> None:
     docs = corpus_docs(fetch_demo_corpus(quiet=True))
     with tempfile.TemporaryDirectory(prefix="bench_read-") as tmp:
         files = {"jsonl": Path(tmp) / "fineweb.jsonl", "jsonl.gz": Path(tmp) / "fineweb.jsonl.gz",
+                 "jsonl.zst": Path(tmp) / "fineweb.jsonl.zst",
                  "parquet": Path(tmp) / "fineweb.parquet"}
         data = {"jsonl": write_jsonl(docs, files["jsonl"], int(args.mb * MB))}
         with files["jsonl"].open("rb") as src, gzip.open(files["jsonl.gz"], "wb", compresslevel=6) as dst:
             shutil.copyfileobj(src, dst, 1 << 20)
         data["jsonl.gz"] = {"bytes": files["jsonl.gz"].stat().st_size}
+        with files["jsonl"].open("rb") as src, files["jsonl.zst"].open("wb") as dst:
+            zstandard.ZstdCompressor(level=3).copy_stream(src, dst)  # level 3: the zstd tool's default
+        data["jsonl.zst"] = {"bytes": files["jsonl.zst"].stat().st_size}
         data["parquet"] = write_parquet(files["jsonl"], files["parquet"])
         data["docs_per_copy"] = len(docs)
         data["splits"] = {k: len(READ.plan([str(p)], None, ReadParams())) for k, p in files.items()}

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
+import zstandard
 
 from arcforge.runtime.documents import DOC_SCHEMA, conform, doc_id, rejected_schema
 from arcforge.runtime.io import jsonl as jsonl_mod
@@ -236,21 +237,61 @@ def test_bad_jsonl_lines_are_quarantined_with_their_offset(tmp_path: Path) -> No
     assert r.stat("read.blank_lines") == 1
 
 
-@pytest.mark.parametrize("cut", [0.5, 0.9, 0.999])
-def test_truncated_gzip_keeps_every_complete_line(tmp_path: Path, cut: float) -> None:
-    """A cut .jsonl.gz keeps every line that ends before the cut: as many as the lines Python's
-    zlib (the oracle) decodes in full from the same bytes, whatever the read sizes."""
+def _compress(codec: str, data: bytes) -> bytes:
+    if codec == "gz":
+        return gzip.compress(data)
+    half = len(data) // 2  # two frames, as `cat a.zst b.zst` makes
+    return b"".join(zstandard.ZstdCompressor(level=3).compress(x) for x in (data[:half], data[half:]))
+
+
+def _decodable(codec: str, part: bytes) -> bytes:
+    """What the codec's own library decodes from a cut file (the oracle): every frame in turn."""
+    if codec == "gz":
+        return zlib.decompressobj(31).decompress(part)
+    out = []
+    while part:
+        d = zstandard.ZstdDecompressor().decompressobj()
+        out.append(d.decompress(part))
+        part = d.unused_data if d.eof else b""
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("codec", ["gz", "zst"])
+@pytest.mark.parametrize("cut", [0.3, 0.5, 0.9, 0.999])
+def test_truncated_gzip_and_zstd_keep_every_complete_line(tmp_path: Path, cut: float, codec: str) -> None:
+    """A cut .jsonl.gz or .jsonl.zst keeps every line that ends before the cut: as many as the
+    lines the codec's library (the oracle) decodes in full from the same bytes, whatever the
+    read sizes (for zstd, all but the block of up to 128 KiB that the cut falls in)."""
     rows = [{"text": f"row {i} " + os.urandom(40).hex()} for i in range(20000)]
-    gz = gzip.compress(b"".join(json.dumps(x).encode() + b"\n" for x in rows))
-    part = gz[: int(len(gz) * cut)]
-    (tmp_path / "cut.jsonl.gz").write_bytes(part)
-    decodable = zlib.decompressobj(31).decompress(part).count(b"\n")
-    r = read_all([tmp_path / "cut.jsonl.gz"])
+    packed = _compress(codec, b"".join(json.dumps(x).encode() + b"\n" for x in rows))
+    part = packed[: int(len(packed) * cut)]
+    name = f"cut.jsonl.{codec}"
+    (tmp_path / name).write_bytes(part)
+    decodable = _decodable(codec, part).count(b"\n")
+    r = read_all([tmp_path / name])
     assert 0 < decodable < len(rows) and r.kept.num_rows == decodable
     assert r.texts == [x["text"] for x in rows[:decodable]]
     [(reason, detail)] = r.reasons()
-    assert reason == "truncated_file" and "cut.jsonl.gz" in detail and "byte offset" in detail
+    assert reason == "truncated_file" and name in detail and "byte offset" in detail
     assert any("truncated_file" in e for c in r.ctxs for e in c.errors)
+
+
+@pytest.mark.parametrize("codec", ["gz", "zst"])
+def test_a_cut_compressed_csv_keeps_every_complete_row(tmp_path: Path, codec: str) -> None:
+    """The CSV reader reads compressed files through the same streams: a cut .csv.gz/.csv.zst
+    keeps every row the oracle decodes in full, and the cut row is quarantined."""
+    rows = [f"row {i} " + os.urandom(40).hex() for i in range(20000)]
+    packed = _compress(codec, ("text,n\n" + "".join(f"{t},{i}\n" for i, t in enumerate(rows))).encode())
+    part = packed[: int(len(packed) * 0.6)]
+    name = f"cut.csv.{codec}"
+    (tmp_path / name).write_bytes(part)
+    complete = _decodable(codec, part).count(b"\n") - 1  # the header line
+    r = read_all([tmp_path / name])
+    assert 1000 < complete < len(rows)
+    assert r.texts == rows[:complete]
+    (cut_row, cut_file) = r.reasons()  # the row the cut falls in has one column of two
+    assert cut_row[0] == "bad_row" and "expected 2 columns, got 1" in cut_row[1]
+    assert cut_file[0] == "truncated_file" and f"(after data row {complete})" in cut_file[1]
 
 
 def test_gzip_members_padding_and_damage(tmp_path: Path) -> None:

@@ -1,33 +1,51 @@
 """Decompressing streams that give up every byte that can be decoded before a cut or damage.
 
 pyarrow's ``CompressedInputStream`` drops what a read had decompressed when that read then
-meets the end of a truncated file, so a reader of a cut ``.jsonl.gz`` lost up to the last
-read's worth of rows. Python's ``zlib`` decompressor hands out everything it has decoded, so
-gzip goes through it (``GzipStream``): a truncated file loses only its unfinished last line.
-zstd stays with pyarrow (no zstd module is installed), read in small pieces
-(``SmallReads``) so that at most the last piece is lost.
+meets the end of a truncated file, so a reader of a cut ``.jsonl.gz`` or ``.csv.zst`` lost up
+to the last read's worth of rows. Python's ``zlib`` and the ``zstandard`` package hand out
+everything they have decoded, so both codecs go through them (``PartialStream``): a cut gzip
+file loses only its unfinished last line, a cut zstd file only the block the cut falls in
+(zstd decodes whole blocks of up to 128 KiB; no reader can do better).
 """
 
 from __future__ import annotations
 
 import zlib
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-import pyarrow as pa
+import zstandard
 
 
-class GzipStream:
-    """``read(n)`` of a gzip file's content: every member in turn (``cat a.gz b.gz``), trailing
-    zero padding ignored as ``gzip -d`` does. A cut or damage raises ``OSError`` (saying
-    "truncated" or "corrupt") on the first read after the last decodable byte. Deflate has no
-    checksum before a member's end, so bytes decoded shortly before zlib notices damage may
-    already be garbled (the line reader then rejects what does not parse)."""
+@dataclass(frozen=True)
+class Codec:
+    name: str
+    new: Callable[[], Any]  # a decompressor of one member/frame: decompress(), eof, unused_data
+    errors: tuple[type[Exception], ...]
+    feed: int  # compressed bytes per step
+    replay: bool  # the decompressor can be copied: on damage, the step is replayed a kilobyte at a time
 
-    FEED = 256 << 10  # compressed bytes per step
 
-    def __init__(self, raw: Any) -> None:
+GZIP = Codec("gzip", lambda: zlib.decompressobj(31), (zlib.error,), 256 << 10, True)
+# zstandard's decompressor cannot be copied: small steps bound what damage takes with it
+ZSTD = Codec("zstd", lambda: zstandard.ZstdDecompressor().decompressobj(), (zstandard.ZstdError,), 16 << 10, False)
+CODECS = {c.name: c for c in (GZIP, ZSTD)}
+
+
+class PartialStream:
+    """``read(n)`` of a compressed file's content: every member or frame in turn (``cat a.gz
+    b.gz``), trailing zero padding ignored as ``gzip -d`` does. A cut or damage raises
+    ``OSError`` (saying "truncated" or "corrupt") on the first read after the last decodable
+    byte. Deflate has no checksum before a member's end (zstd's is optional), so bytes decoded
+    shortly before the damage is noticed may already be garbled (the line readers then reject
+    what does not parse)."""
+
+    def __init__(self, raw: Any, codec: Codec, defer: bool = False) -> None:
         self.raw = raw
-        self.d = zlib.decompressobj(31)
+        self.codec = codec
+        self.defer = defer  # the cut or damage reads as the end; ``error`` says it afterwards
+        self.d = codec.new()
         self.pieces: list[bytes] = []  # decoded, not yet read
         self.have = 0
         self.compressed = 0  # compressed bytes read
@@ -48,20 +66,27 @@ class GzipStream:
             if data and not data.strip(b"\0"):
                 return  # padding after the last member
             if data:
-                self.d = zlib.decompressobj(31)
+                self.d = self.codec.new()
+
+    def _corrupt(self, at: int, exc: Exception) -> None:
+        self.done = True
+        self.error = OSError(f"corrupt {self.codec.name} data near compressed byte {at}: {exc}")
 
     def _fill(self, n: int) -> None:
         while self.have < n and not self.done:
-            data = self.raw.read(self.FEED)
+            data = self.raw.read(self.codec.feed)
             if not data:
                 self.done = True
                 if self.started:
-                    self.error = OSError(f"gzip stream truncated after {self.compressed} compressed bytes")
+                    self.error = OSError(f"{self.codec.name} stream truncated after {self.compressed} compressed bytes")
                 return
-            state = (self.d.copy(), self.started, len(self.pieces), self.have)
+            state = (self.d.copy() if self.codec.replay else None, self.started, len(self.pieces), self.have)
             try:
                 self._feed(data)
-            except zlib.error:
+            except self.codec.errors as exc:
+                if not self.codec.replay:
+                    self._corrupt(self.compressed, exc)
+                    return
                 # again from the state before this feed, a kilobyte at a time: what precedes
                 # the damage comes out, to within a kilobyte of compressed data
                 self.d, self.started, n_pieces, self.have = state
@@ -69,18 +94,31 @@ class GzipStream:
                 for i in range(0, len(data), 1024):
                     try:
                         self._feed(data[i : i + 1024])
-                    except zlib.error as exc:
-                        at = self.compressed + i
-                        self.done = True
-                        self.error = OSError(f"corrupt gzip data near compressed byte {at}: {exc}")
+                    except self.codec.errors as exc:
+                        self._corrupt(self.compressed + i, exc)
                         return
             self.compressed += len(data)
+
+    # what pyarrow's PythonFile asks of a file (the CSV reader reads through one)
+    closed = False
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        self.closed = True
+        self.raw.close()
 
     def read(self, n: int = -1) -> bytes:
         if n is None or n < 0:
             n = 1 << 62
         self._fill(n)
         if not self.have and self.error is not None:
+            if self.defer:
+                return b""
             raise self.error
         data = self.pieces[0] if len(self.pieces) == 1 else b"".join(self.pieces)
         out, rest = (data, b"") if len(data) <= n else (data[:n], data[n:])
@@ -88,41 +126,23 @@ class GzipStream:
         return out
 
 
-class SmallReads:
-    """A decompressing stream read in small pieces: pyarrow drops what a read had
-    decompressed when it then meets the end of a truncated file, so small reads keep
-    all but the last piece. The error comes out on the read after the data."""
-
-    PIECE = 64 << 10
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-        self.error: OSError | None = None
-
-    def read(self, n: int) -> bytes:
-        if self.error is not None:
-            raise self.error
-        pieces, got = [], 0
-        while got < n:
-            try:
-                piece = self.stream.read(min(self.PIECE, n - got))
-            except OSError as exc:
-                if not pieces:
-                    raise
-                self.error = exc
-                break
-            if not piece:
-                break
-            pieces.append(piece)
-            got += len(piece)
-        return b"".join(pieces)
-
-
-def decompressed(raw: Any, compression: str) -> Any:
+def decompressed(raw: Any, compression: str) -> PartialStream:
     """The content of ``raw`` (a file opened without decompression) for the line readers."""
-    if compression == "gzip":
-        return GzipStream(raw)
-    return SmallReads(pa.CompressedInputStream(raw, compression))
+    return PartialStream(raw, CODECS[compression])
 
 
-__all__ = ["GzipStream", "SmallReads", "decompressed"]
+def open_content(fs: Any, path: str, compression: str | None) -> tuple[Any, PartialStream | None]:
+    """A pyarrow file of a file's content for pyarrow's readers (the CSV one), and, for a
+    compressed file, its ``PartialStream``. pyarrow's CSV reader drops a whole block when a
+    read fails, so the stream reads a cut or damage as the end (``defer``): the reader parses
+    every row before it, and the caller reports ``stream.error`` after the last batch."""
+    import pyarrow as pa
+
+    raw = fs.open_input_file(path)
+    if not compression:
+        return raw, None
+    stream = PartialStream(raw, CODECS[compression], defer=True)
+    return pa.PythonFile(stream, mode="r"), stream
+
+
+__all__ = ["CODECS", "Codec", "PartialStream", "decompressed", "open_content"]

@@ -18,6 +18,7 @@ import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
 from arcforge.runtime import storage
+from arcforge.runtime.io.decompress import open_content
 from arcforge.runtime.documents import doc_id, docs_table
 from arcforge.runtime.io.rows import (
     MAX_ROWS,
@@ -110,11 +111,6 @@ def read_parquet(path: str, fs: Any, name: str, lay: Layout, spec: dict[str, Any
 # ---------------------------------------------------------------------------- CSV / TSV
 
 
-def _csv_stream(fs: Any, path: str, compression: str | None) -> Any:
-    raw = fs.open_input_file(path)
-    return pa.CompressedInputStream(raw, compression) if compression else raw
-
-
 def read_csv(
     path: str, fs: Any, name: str, lay: Layout, spec: dict[str, Any], params: Any, ctx: TaskContext
 ) -> Iterator[Output]:
@@ -128,11 +124,12 @@ def read_csv(
         return "skip"
 
     parse_opts = pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=on_bad_row)
-    with _csv_stream(fs, path, compression) as head:
+    content, partial = open_content(fs, path, compression)
+    with content as head:
         try:
             names = pacsv.open_csv(head, read_options=read_opts, parse_options=parse_opts).schema.names
         except _READ_ERRORS as exc:
-            yield _damaged(exc, name, "header", lay, ctx)
+            yield _damaged(partial.error if partial is not None and partial.error else exc, name, "header", lay, ctx)
             return
     problem = None if lay.text in names else f"no column {lay.text!r} (columns: {', '.join(names)})"
     if problem:
@@ -143,7 +140,8 @@ def read_csv(
         column_types={n: pa.binary() for n in names}, strings_can_be_null=False, quoted_strings_can_be_null=False
     )
     row = 0
-    with _csv_stream(fs, path, compression) as stream:
+    content, partial = open_content(fs, path, compression)
+    with content as stream:
         reader = pacsv.open_csv(stream, read_options=read_opts, parse_options=parse_opts, convert_options=convert)
         while True:
             try:
@@ -156,6 +154,8 @@ def read_csv(
                 return
             yield from _bad_rows(bad, row, name, lay)
             if batch is None:
+                if partial is not None and partial.error is not None:  # cut or damaged: every row before it is out
+                    yield _damaged(partial.error, name, f"after data row {row}", lay, ctx)
                 return
             table, problems = _decode(pa.Table.from_batches([batch]), params.encoding)
             yield from assemble_all(table, np.arange(row, row + table.num_rows), "row", name, lay, problems=problems)

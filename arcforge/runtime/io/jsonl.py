@@ -272,8 +272,9 @@ def read_jsonl(
             yield file_row(name, reason, detail, lay)
 
 
-def head_table(stream: BinaryIO, name: str) -> pa.Table | None:
-    """Rows of the first MB of a JSON Lines stream, to infer its columns; None when it has none."""
+def head_bytes(stream: BinaryIO) -> bytes:
+    """The complete lines of a stream's first MB (more when its first line is longer), to infer
+    its columns; of a damaged or cut compressed file, the lines before the damage."""
     data, eof = b"", False
     while True:
         try:
@@ -288,7 +289,12 @@ def head_table(stream: BinaryIO, name: str) -> pa.Table | None:
         data += more
         if b"\n" in more or len(data) >= MAX_HEAD_BYTES:
             break
-    complete = data if eof else data[: data.rfind(b"\n") + 1]
+    return data if eof else data[: data.rfind(b"\n") + 1]
+
+
+def head_table(stream: BinaryIO, name: str) -> pa.Table | None:
+    """Rows of the first MB of a JSON Lines stream, to infer its columns; None when it has none."""
+    complete = head_bytes(stream)
     stripped = complete.lstrip()
     if stripped.startswith(b"["):
         raise ValueError(f"{name} is a JSON array, not JSON Lines (one object per line); convert it first")

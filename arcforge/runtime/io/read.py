@@ -31,8 +31,8 @@ from arcforge.runtime import storage
 from arcforge.runtime.documents import with_columns
 from arcforge.runtime.io.formats import hf_schema, read_csv, read_hf, read_parquet, read_text_files
 from arcforge.runtime.io.inputs import Entry, detect, entries
-from arcforge.runtime.io.decompress import decompressed
-from arcforge.runtime.io.jsonl import head_table, read_jsonl
+from arcforge.runtime.io.decompress import open_content
+from arcforge.runtime.io.jsonl import head_bytes, head_table, read_jsonl
 from arcforge.runtime.io.rows import (
     DOC_NAMES,
     Layout,
@@ -104,18 +104,18 @@ def _head_schema(e: Entry, s3: Any, params: ReadParams) -> pa.Schema | None:
     if e.format == "hf":
         with fs.open_input_file(path) as f:
             return hf_schema(f)[1]
-    with fs.open_input_file(path) as raw:
-        if e.format == "csv":
-            stream = pa.CompressedInputStream(raw, e.compression) if e.compression else raw
+    if e.format == "csv":
+        with open_content(fs, path, e.compression)[0] as stream:
             delimiter = params.csv_delimiter or ("\t" if ".tsv" in e.name.lower() else ",")
             schema = pacsv.open_csv(
-                stream,
+                pa.BufferReader(head_bytes(stream)),
                 read_options=pacsv.ReadOptions(encoding=params.encoding, block_size=1 << 20, use_threads=False),
                 parse_options=pacsv.ParseOptions(delimiter=delimiter, newlines_in_values=True, invalid_row_handler=lambda r: "skip"),
             ).schema
             # a cell that is not UTF-8 makes pyarrow infer binary; the reader rejects such rows
             return pa.schema([pa.field(f.name, pa.string()) if pa.types.is_binary(f.type) else f for f in schema])
-        table = head_table(decompressed(raw, e.compression) if e.compression else raw, e.name)
+    with open_content(fs, path, e.compression)[0] as stream:
+        table = head_table(stream, e.name)
         if table is None:
             return None
         # JSON has no dates: keep ISO strings as written (pyarrow would parse them)
