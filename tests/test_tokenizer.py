@@ -73,6 +73,7 @@ SHARED_STAGES = """
   - {name: shards_packed, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: local, params: {pack_seq_length: 2048}}
   - {name: shards_ray, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: ray, params: {pack_seq_length: 2048}}
   - {name: shards_spark, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: spark}
+  - {name: shards_fim, uses: tokenize.megatron_shards, input: docs, artifacts: {tokenizer: tokenizer}, engine: local, params: {fim: {sources: [code, docs], seed: 3}}}
 """
 _SHARED: dict = {}
 

@@ -13,7 +13,9 @@ document is one Megatron document (a document over ``max_doc_tokens`` is cut int
 pieces, each its own Megatron document, and only the last piece carries the
 end-of-document token). With ``pack_seq_length``, documents are best-fit packed
 (:mod:`arcforge.tokenize.packing`) and each packed sequence is one Megatron document
-of exactly that length. Token ids are uint16 when the vocabulary fits, else int32.
+of exactly that length. Token ids are uint16 when the vocabulary fits, else int32. With
+``fim``, documents of the named sources are fill-in-the-middle transformed first
+(:mod:`arcforge.tokenize.fim`).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from pydantic import Field, model_validator
 
 from arcforge.runtime import storage
 from arcforge.runtime.stage import Output, PartitionStage, Resources, StageParams, TaskContext
+from arcforge.tokenize.fim import FimParams, encode_with_fim
 from arcforge.tokenize.packing import pack_documents, split_document
 
 SHARD_DIR = "shards"
@@ -62,6 +65,8 @@ class ShardParams(StageParams):
     default_source: str = "unknown"  # for rows whose source is null
     max_doc_tokens: int | None = Field(None, ge=16, description="longer documents are cut into pieces")
     pack_seq_length: int | None = Field(None, ge=16, description="best-fit pack into sequences of this length")
+    id_column: str = "id"  # the key of FIM's draw (the row number within the part when absent)
+    fim: FimParams | None = Field(None, description="fill-in-the-middle for code sources (arcforge.tokenize.fim)")
     batch_docs: int = Field(256, ge=1, description="documents per encode call")
     num_threads: int = Field(1, ge=1, description="sentencepiece threads per task")
 
@@ -115,20 +120,30 @@ def megatron_builder() -> Any:
 
 
 def write_group(
-    texts: list[str], tokenizer: Any, params: ShardParams, bin_path: str, idx_path: str, stats: Any
+    texts: list[str], tokenizer: Any, params: ShardParams, bin_path: str, idx_path: str, stats: Any,
+    keys: list[str] | None = None,
 ) -> dict[str, int]:
-    """Encode one group's documents and write them with megatron-core's builder."""
+    """Encode one group's documents and write them with megatron-core's builder; with
+    ``keys`` (the documents' ids), FIM-transform them by ``params.fim``."""
     IndexedDatasetBuilder = megatron_builder()
 
     dtype = tokenizer.dtype
     eod = tokenizer.eod_id
     builder = IndexedDatasetBuilder(bin_path, dtype=dtype)
-    counts = {"documents": 0, "sequences": 0, "tokens": 0, "pad_tokens": 0, "split_docs": 0, "empty_docs": 0}
+    counts = {"documents": 0, "sequences": 0, "tokens": 0, "pad_tokens": 0, "split_docs": 0, "empty_docs": 0,
+              "fim_psm": 0, "fim_spm": 0}
     packed: list[np.ndarray] = []
     t0 = time.process_time()
     for start in range(0, len(texts), params.batch_docs):
         batch = texts[start : start + params.batch_docs]
-        for ids in tokenizer.encode_batch(batch, num_threads=params.num_threads):
+        if params.fim is not None and keys is not None:
+            encoded, fim = encode_with_fim(batch, keys[start : start + params.batch_docs], [True] * len(batch), tokenizer,
+                                           params.fim, params.num_threads)
+            counts["fim_psm"] += fim["psm"]
+            counts["fim_spm"] += fim["spm"]
+        else:
+            encoded = tokenizer.encode_batch(batch, num_threads=params.num_threads)
+        for ids in encoded:
             if not ids:
                 counts["empty_docs"] += 1
                 continue
@@ -166,15 +181,18 @@ def write_shards(path: str, fs: Any, params: ShardParams, ctx: TaskContext) -> I
         names = pq.read_schema(f).names
     if params.text_column not in names:
         raise ValueError(f"{path}: no column {params.text_column!r}")
-    cols = [c for c in (params.text_column, params.source_column, params.bucket_column) if c in names]
+    cols = [c for c in (params.text_column, params.source_column, params.bucket_column, params.id_column) if c in names]
     table = storage.read_parquet(fs, path, cols)
     texts = table.column(params.text_column).to_pylist()
     sources = _column(table, params.source_column) or [None] * len(texts)
     buckets = _column(table, params.bucket_column) or [None] * len(texts)
+    ids = _column(table, params.id_column) or [f"{ctx.partition}:{i}" for i in range(len(texts))]
     groups: dict[tuple[str, str | None], list[str]] = {}
-    for text, src, bucket in zip(texts, sources, buckets):
+    keys: dict[tuple[str, str | None], list[str]] = {}
+    for text, src, bucket, doc in zip(texts, sources, buckets, ids):
         key = (str(src) if src is not None else params.default_source, str(bucket) if bucket is not None else None)
         groups.setdefault(key, []).append(text or "")
+        keys.setdefault(key, []).append(str(doc))
     rows = []
     dtype_name = np.dtype(tokenizer.dtype).name
     tmp = tempfile.mkdtemp(prefix="arcforge-shards-")
@@ -183,11 +201,16 @@ def write_shards(path: str, fs: Any, params: ShardParams, ctx: TaskContext) -> I
             group = group_name(source, bucket)
             prefix = shard_prefix(group, ctx.partition)
             local = os.path.join(tmp, group)
-            counts = write_group(group_texts, tokenizer, params, local + ".bin", local + ".idx", ctx.stats)
+            fim = params.fim is not None and (params.fim.sources is None or source in params.fim.sources)
+            counts = write_group(group_texts, tokenizer, params, local + ".bin", local + ".idx", ctx.stats,
+                                 keys[(source, bucket)] if fim else None)
             ctx.publish_file(local + ".bin", prefix + ".bin")
             ctx.publish_file(local + ".idx", prefix + ".idx")
             for k in ("documents", "sequences", "tokens", "pad_tokens", "split_docs", "empty_docs"):
                 ctx.stats.update(f"shard.{k}", counts[k])
+            for k in ("fim_psm", "fim_spm"):
+                if counts[k]:
+                    ctx.stats.update(f"shard.{k}", counts[k])
             rows.append(
                 {
                     "group": group,
