@@ -205,6 +205,27 @@ def test_epoch_cap_and_budget_errors_are_one_line(shards, tmp_path):
     assert tok["web"] > 0
 
 
+def test_max_total_epochs_caps_a_source_over_all_stages(shards, tmp_path):
+    """Each stage keeps web within its own cap (3 epochs each); summed over both stages it is
+    6 epochs, over a mixture-wide cap of 5, and the error names both stages' shares."""
+    run, _, _ = shards
+    out = tmp_path / "out"
+    second = """  - name: s2
+    seq_length: 1024
+    sources:
+      - {source: web, epochs: 3}
+      - {source: books, epochs: 1}"""
+    text = mixture_yaml(run, out, "      - {source: web, epochs: 3}\n      - {source: books, epochs: 1}", tokens="null", extra=second)
+    plan = load_mixture(_write(tmp_path, text))  # no mixture-wide cap: fine
+    assert next(r for r in plan.totals() if r["source"] == "web")["epochs"] == 6
+    capped = text.replace("max_epochs: 4\n", "max_epochs: 4\nmax_total_epochs: 5\n")
+    assert _error(tmp_path, capped) == ("max_total_epochs: web would be repeated 6.00 epochs over all stages "
+                                        "(s1 3.00, s2 3.00), over the cap max_total_epochs=5")
+    load_mixture(_write(tmp_path, text.replace("max_epochs: 4\n", "max_epochs: 4\nmax_total_epochs: 6\n")))
+    assert _error(tmp_path, text.replace("max_epochs: 4\n", "max_epochs: 4\nmax_total_epochs: 0\n")).startswith(
+        "max_total_epochs: Input should be greater than 0")
+
+
 def test_missing_sources_and_shards_are_one_line_errors(shards, tmp_path):
     run, rows, _ = shards
     out = tmp_path / "out"

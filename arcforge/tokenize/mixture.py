@@ -358,6 +358,13 @@ def load_mixture(path: str | Path, *, check_files: bool = True) -> MixturePlan:
         stages.append(StagePlan(st.name, budget, st.seq_length, st.split, cap, allocations))
     output = spec.output or str(Path(path).with_suffix("")) + "-blends"
     plan = MixturePlan(path, spec.name, output, stages, lineage.mixture_identity(path, spec), datasets)
+    if spec.max_total_epochs is not None:
+        for r in plan.totals():
+            if r["epochs"] > spec.max_total_epochs * (1 + 1e-9):
+                label = r["source"] + (f"/{r['bucket']}" if r["bucket"] else "")
+                by = ", ".join(f"{k} {v:.2f}" for k, v in r["by_stage"].items() if v)
+                raise ConfigError(f"{path}: max_total_epochs: {label} would be repeated {r['epochs']:.2f} epochs over "
+                                  f"all stages ({by}), over the cap max_total_epochs={spec.max_total_epochs:g}")
     plan.held_out = held_out_blends(path, spec, stages, lambda key, uri: load_groups(path, key, uri, cache, check_files, datasets))
     return plan
 

@@ -103,6 +103,8 @@ class MixtureSpec(_Strict):
     shards: str | list[str] | None = None
     output: str | None = None
     max_epochs: float = Field(4.0, gt=0)
+    # a cap on a source's (or bucket's) epochs summed over every stage; None: no such cap
+    max_total_epochs: float | None = Field(None, gt=0)
     stages: list[MixStageSpec] = Field(min_length=1)
     # held-out shards stage(s) for every stage's per-split.json (weights: their tokens); test
     # defaults to valid, and without either both repeat the training blend
