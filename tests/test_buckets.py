@@ -266,6 +266,39 @@ def test_group_by_gives_each_language_its_own_percentiles_on_every_engine(tmp_pa
         BucketParams(scores=["quality_a"], group_by="quality_a")
 
 
+def test_group_by_several_columns_gives_a_group_per_combination(tmp_path, ops):
+    """``group_by: [language, source]``: one group per combination of values (a null value
+    spelled ``(null)``), each bucketed by numpy's percentiles over its rows alone."""
+    rng = random.Random(6)
+    docs = []
+    for i in range(480):
+        lang, src = ["en", "zh", None][i % 3], ["web", "books"][(i // 3) % 2]
+        docs.append({"id": f"d{i:04d}", "text": "page " * rng.randrange(1, 60), "source": src, "language": lang,
+                     "quality_a": float(np.float32({"en": 0.6, "zh": 0.0, None: 0.3}[lang] + 0.4 * rng.random())),
+                     "quality_b": round(rng.random(), 3)})
+    in_schema = pa.schema([*_schema(False), ("language", pa.string())])
+    params = BucketParams(scores=["quality_a"], group_by=["language", "source"])
+    parts = [docs[i::2] for i in range(2)]
+    records = _run_stage(tmp_path / "g", ops, "local", parts, params, False, in_schema=in_schema)
+    report = json.loads((tmp_path / "g" / "out" / CUTOFFS_FILE).read_text())
+    assert report["group_by"] == ["language", "source"]
+    names = ["(null)|books", "(null)|web", "en|books", "en|web", "zh|books", "zh|web"]
+    assert [g["group"] for g in report["groups"]] == names and all(g["docs"] == 80 for g in report["groups"])
+    rows = pa.concat_tables(pq.read_table(tmp_path / "g" / "out" / f"part-{i:05d}.parquet") for i in range(2)).to_pylist()
+    for g in report["groups"]:
+        lang, src = (None if x == "(null)" else x for x in g["group"].split("|"))
+        mine = [d for d in docs if d["language"] == lang and d["source"] == src]
+        assert g["cutoffs"] == numpy_cutoffs(mine, params, False)
+        got = [r for r in rows if r["language"] == lang and r["source"] == src]
+        assert max(r["bucket"] for r in got) == 19 and min(r["bucket"] for r in got) == 0
+    assert records[0]["stats"]["buckets.group_docs.zh|web"] == 80
+    assert "buckets.cutoff.quality_a.(null)|books.01" in records[0]["stats"]
+    with pytest.raises(ValidationError, match="must name one or more distinct columns"):
+        BucketParams(scores=["quality_a"], group_by=["language", "language"])
+    with pytest.raises(ValidationError, match="group_by: 'quality_a' is a score"):
+        BucketParams(scores=["quality_a"], group_by=["language", "quality_a"])
+
+
 # ---------------------------------------------------------------------------- a run config
 
 

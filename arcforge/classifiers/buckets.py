@@ -35,8 +35,10 @@ buckets. Weights are integers, so their sums are exact on every engine.
 its values, so every language (or source) fills all the buckets by its own scores. Classifier
 scores are not comparable across languages (an English quality model scores Chinese pages low
 whatever their quality), and corpus-wide percentiles would then put a whole language in the
-bottom buckets, which the mixture drops. A null value is a group of its own. It costs one
-weighted quantile per score and group (``max_groups``, default 64, bounds it).
+bottom buckets, which the mixture drops. A null value is a group of its own. Several columns
+(``[language, source]``) give a group per combination, named by the values joined with ``|``
+(``en|web``, ``(null)|books``). It costs one weighted quantile per score and group
+(``max_groups``, default 64, bounds it).
 
 The cut-offs are reported in the stage's manifest stats (``buckets.cutoff.<score>.<kk>``:
 the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is; with
@@ -76,19 +78,29 @@ class BucketParams(StageParams):
     bucket_column: str = "bucket"  # the ensemble; tokenize.megatron_shards groups by it
     tokens_column: str = "n_tokens"  # used by weight: tokens when the input has it
     text_column: str = "text"
-    group_by: str | None = None  # a string column (language, source): percentiles within each of its values
+    # a string column (language, source), or several (a group per combination of values):
+    # percentiles within each group
+    group_by: str | list[str] | None = None
     max_groups: int = Field(64, ge=1)  # more values than this in group_by fails the stage
 
     @model_validator(mode="after")
     def _names(self) -> BucketParams:
         if len(set(self.scores)) != len(self.scores):
             raise ValueError(f"scores: {self.scores} names a column twice")
-        if self.group_by is not None and self.group_by in {*self.scores, *self.output_columns()}:
-            raise ValueError(f"group_by: {self.group_by!r} is a score or an output column")
+        for g in self.group_columns:
+            if g in {*self.scores, *self.output_columns()}:
+                raise ValueError(f"group_by: {g!r} is a score or an output column")
+        if isinstance(self.group_by, list) and (not self.group_by or len(set(self.group_by)) != len(self.group_by)):
+            raise ValueError(f"group_by: {self.group_by} must name one or more distinct columns")
         clash = set(self.scores) & {*self.output_columns(), WEIGHT, GROUP}
         if clash:
             raise ValueError(f"the output column(s) {sorted(clash)} would overwrite a score; change prefix or bucket_column")
         return self
+
+    @property
+    def group_columns(self) -> list[str]:
+        """The columns ``group_by`` names (none, one or several)."""
+        return [] if self.group_by is None else [self.group_by] if isinstance(self.group_by, str) else list(self.group_by)
 
     def output_columns(self) -> list[str]:
         return [self.prefix + s for s in self.scores] + [self.bucket_column]
@@ -147,11 +159,23 @@ def _read(task: PartitionTask, columns: list[str] | None = None) -> pa.Table:
     return storage.read_parquet(fs, path, columns)
 
 
+GROUP_SEP = "|"  # between the values of a row's group_by columns
+
+
+def group_values(table: pa.Table, params: BucketParams) -> pa.Array:
+    """Each row's group: the value of the one ``group_by`` column (null stays null), or the
+    values of several joined by ``|`` (a null one spelled ``(null)``: ``en|(null)``)."""
+    cols = [pc.cast(table.column(c), pa.string()) for c in params.group_columns]
+    if len(cols) == 1:
+        return cols[0]
+    return pc.binary_join_element_wise(*cols, GROUP_SEP, null_handling="replace", null_replacement=NULL_GROUP)
+
+
 def _score_rows(task: PartitionTask, table: pa.Table, params: BucketParams, source: str, schema: pa.Schema) -> pa.Table:
     """Pass 1 on a worker: each row's scores and weight (and group), nothing else."""
     cols = {s: pc.cast(table.column(s), pa.float64()) for s in params.scores}
     if params.group_by is not None:
-        cols[GROUP] = pc.cast(table.column(params.group_by), pa.string())
+        cols[GROUP] = group_values(table, params)
     return pa.table({**cols, WEIGHT: doc_weights(table, params, source)}, schema=schema)
 
 
@@ -173,7 +197,7 @@ def add_buckets(table: pa.Table, params: BucketParams, report: dict[str, Any]) -
     """Every row with its per-score buckets and the ensemble (the max over the scores): the
     cut-offs of the row's group (``report["groups"]``) with ``group_by``, else ``report["cutoffs"]``."""
     if params.group_by is not None:
-        values = pc.cast(table.column(params.group_by), pa.string())
+        values = group_values(table, params)
         parts = [(in_group(values, g["group"]), g["cutoffs"]) for g in report["groups"]]
     ensemble = np.zeros(table.num_rows, dtype=np.int32)
     for s in params.scores:
@@ -240,8 +264,7 @@ class QualityBuckets(GlobalStage[BucketParams]):
     then every pending partition rewritten with its bucket columns (``ops.finish``)."""
 
     def required_columns(self, params: BucketParams) -> list[str]:
-        return [*params.scores, *([params.text_column] if params.weight == "chars" else []),
-                *([params.group_by] if params.group_by is not None else [])]
+        return [*params.scores, *([params.text_column] if params.weight == "chars" else []), *params.group_columns]
 
     def schema_for(self, params: BucketParams, input_schema: pa.Schema | None) -> pa.Schema:
         rng = (0, params.n_buckets - 1)  # an exact histogram in _stats.json: one bin per bucket at 20
@@ -261,12 +284,11 @@ class QualityBuckets(GlobalStage[BucketParams]):
         source = weight_source(params, names)
         if any(c not in names for c in weight_columns(params, source)):
             raise ValueError(f"stage {ctx.stage.name}: weight {params.weight} needs a {params.tokens_column!r} or {params.text_column!r} column")
-        if params.group_by is not None:
-            t = out_schema.field(params.group_by).type
+        for g in params.group_columns:
+            t = out_schema.field(g).type
             if not (pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_dictionary(t)):
-                raise ValueError(f"stage {ctx.stage.name}: group_by column {params.group_by!r} is {t}, expected a string")
-        read = list(dict.fromkeys([*params.scores, *weight_columns(params, source),
-                                   *([params.group_by] if params.group_by is not None else [])]))
+                raise ValueError(f"stage {ctx.stage.name}: group_by column {g!r} is {t}, expected a string")
+        read = list(dict.fromkeys([*params.scores, *weight_columns(params, source), *params.group_columns]))
         fields = [*(pa.field(s, pa.float64()) for s in params.scores), pa.field(WEIGHT, pa.int64())]
         schema = pa.schema(fields + ([pa.field(GROUP, pa.string())] if params.group_by is not None else []))
         qs = quantile_points(params.n_buckets)

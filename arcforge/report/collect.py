@@ -108,6 +108,8 @@ def _cutoffs(stats: dict[str, Any], params: dict[str, Any]) -> dict[str, dict[st
     """A buckets stage's cut-offs per score from its stats: ``values`` ``[[bucket, lowest score]]``,
     or, with ``group_by``, ``groups`` (each ``group``, ``docs``, ``values``; most documents first)."""
     group_by = params.get("group_by")
+    if isinstance(group_by, list):  # several columns: a group is their values joined by "|"
+        group_by = "|".join(group_by)
     out: dict[str, dict[str, Any]] = {}
     for k, v in sorted(stats.items()):
         if not (mm := re.fullmatch(r"buckets\.cutoff\.(.+)\.(\d+)", k)):
