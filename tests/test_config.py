@@ -59,6 +59,9 @@ def test_good_config_resolves(tmp_path, env):
         (lambda t: t.replace('root: "', 'root: "${ARCFORGE_UNSET_VAR_FOR_TEST}'), "environment variable ${ARCFORGE_UNSET_VAR_FOR_TEST} is not set"),
         (lambda t: t.replace("stages:", "stages: ["), "not valid YAML at line"),
         (lambda t: t.replace("name: t\n", ""), "name: required key is missing"),
+        # Ray Client cannot run Ray Data (checked by hand on a ray start --head: the first dataset fails)
+        (lambda t: t.replace("name: t\n", 'name: t\nengines: {ray: {address: "ray://head:10001"}}\n'),
+         "engines.ray.address: Value error, a Ray Client address (ray://) cannot run Ray Data, which the Ray engine uses"),
     ],
 )
 def test_config_errors_are_one_clear_line(tmp_path, env, edit, expected):

@@ -32,7 +32,7 @@ class SparkResource(dg.ConfigurableResource):
 
 
 class RayResource(dg.ConfigurableResource):
-    """``engines.ray``: no address starts a local Ray inside the run; ``ray://host:10001`` joins one."""
+    """``engines.ray``: no address starts a local Ray inside the run; ``host:6379`` or ``auto`` joins a cluster."""
 
     address: str | None = None
     num_cpus: int | None = None

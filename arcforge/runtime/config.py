@@ -35,6 +35,19 @@ class RayConfig(_Strict):
     num_cpus: int | None = None
     object_store_memory_mb: int = 512
 
+    @field_validator("address")
+    @classmethod
+    def _not_ray_client(cls, v: str | None) -> str | None:
+        # Ray Client cannot run Ray Data (ray 2.60: AttributeError 'Worker' object has no
+        # attribute 'core_worker' at the first dataset), which the Ray engine runs tasks on
+        if v is not None and v.strip().lower().startswith("ray://"):
+            raise ValueError(
+                "a Ray Client address (ray://) cannot run Ray Data, which the Ray engine uses; give the "
+                "cluster's GCS address HOST:6379 from a machine in the cluster's network, or submit the run "
+                "to the cluster (ray job submit -- arcforge run CONFIG) with address: auto"
+            )
+        return v
+
 
 class EnginesConfig(_Strict):
     spark: SparkConfig = Field(default_factory=SparkConfig)
