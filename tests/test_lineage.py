@@ -356,3 +356,29 @@ def test_a_rerun_held_out_stage_makes_the_per_split_file_stale_not_the_training_
     assert check(capsys, env)[0] == 0
     valid = json.loads(per_split.read_text())["valid"]
     assert valid[1::2] and all(p.startswith(str(env.run / "held") + "/") for p in valid[1::2])
+
+
+def test_status_says_which_input_files_moved_or_changed_and_which_code_version(env, capsys, monkeypatch):
+    from arcforge.runtime.stage import resolve_stage
+
+    assert json.loads((env.run / "books" / "_manifest.json").read_text())["version"] == "1"
+    # the same files under another directory (a corpus cache moved): every source stage says where
+    moved = env.tmp / "moved-inputs"
+    shutil.copytree(env.inputs, moved)
+    env.cfg.write_text(run_yaml(env.root, moved))
+    st = status(capsys, env)
+    assert (f"stale: its input files moved: {env.inputs / 'books.jsonl'} is now {moved / 'books.jsonl'} (it would be "
+            in st["books"]), st["books"]
+    assert "stale: it reads books, which is stale" in st["select"]
+    # one file grown: that file is named
+    with (moved / "code.jsonl").open("a") as f:
+        f.write(json.dumps({"id": "extra", "text": "x = 1", "score": 0.5}) + "\n")
+    env.cfg.write_text(run_yaml(env.root, env.inputs))
+    shutil.copy(moved / "code.jsonl", env.inputs / "code.jsonl")
+    st = status(capsys, env)
+    assert f"stale: input file changed size since it was committed: {env.inputs / 'code.jsonl'} (it would be " in st["code"]
+    assert "fresh  <- " in st["books"]
+    # a new code version of io.read
+    monkeypatch.setattr(resolve_stage("io.read"), "version", "2")
+    st = status(capsys, env)
+    assert "stale: its stage's code version changed (1 -> 2) (it would be " in st["books"], st["books"]

@@ -227,8 +227,10 @@ def write_manifests(
     schema: pa.Schema,
     params: dict[str, Any],
     inputs: list[str],
+    version: str | None = None,
 ) -> dict[str, Any]:
-    """Write the rejected manifest, then the stage manifest last: that write is the stage's commit."""
+    """Write the rejected manifest, then the stage manifest last: that write is the stage's commit.
+    ``version``: the stage's code version (``arcforge status`` names it when it moves on)."""
     records = sorted(records, key=lambda r: r["partition"])
     fs, base = ref.fs()
     rejected_parts = [dict(r["rejected"], partition=r["partition"]) for r in records if r.get("rejected")]
@@ -254,6 +256,7 @@ def write_manifests(
         "fingerprint": stage_fingerprint,
         "params": params,
         "inputs": inputs,
+        **({"version": version} if version is not None else {}),
         "schema": schema.to_string(show_field_metadata=False, show_schema_metadata=False),
         "schema_ipc": schema_to_b64(schema),
         "rows": sum(p["rows"] for p in parts),
@@ -277,6 +280,7 @@ def write_artifact_manifest(
     files: list[dict[str, Any]],
     meta: dict[str, Any],
     stats: dict[str, Any],
+    version: str | None = None,
 ) -> dict[str, Any]:
     """The commit of an artifact stage: its files (name, bytes, sha256) and metadata."""
     fs, base = ref.fs()
@@ -287,6 +291,7 @@ def write_artifact_manifest(
         "fingerprint": stage_fingerprint,
         "params": params,
         "inputs": inputs,
+        **({"version": version} if version is not None else {}),
         "files": files,
         "meta": meta,
         "rows": 0,

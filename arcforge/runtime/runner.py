@@ -298,7 +298,7 @@ class Runner:
         ctx.stats.update("seconds", time.time() - started)
         manifest = dataset.write_artifact_manifest(
             out, stage=rs.name, stage_fingerprint=stage_fp, params=params, inputs=[r.uri for r in refs],
-            files=built.get("files", []), meta=built.get("meta", {}), stats=ctx.stats.as_dict(),
+            files=built.get("files", []), meta=built.get("meta", {}), stats=ctx.stats.as_dict(), version=rs.stage.version,
         )
         self.progress.advance({})
         result = StageResult(rs.name, rs.engine, "ran", 1, 1, time.time() - started, manifest)
@@ -357,6 +357,7 @@ class Runner:
             schema=schema,
             params=rs.params.model_dump(mode="json"),
             inputs=[r.uri for r in refs] or rs.datasets or rs.files,
+            version=rs.stage.version,
         )
         status = "resumed" if done and pending else "ran"
         result = StageResult(rs.name, rs.engine, status, len(tasks), len(pending), time.time() - started, manifest)

@@ -58,6 +58,38 @@ def _params_diff(committed: Any, now: Any, key: str = "") -> list[str]:
     return [f"{key} {a} -> {b}"]
 
 
+def _first(items: list[str]) -> str:
+    return items[0] + (f" and {len(items) - 1} more" if len(items) > 1 else "")
+
+
+def what_moved(manifest: dict[str, Any], rs: Any, tasks: list[Any]) -> str:
+    """Why a stage's fingerprint moved when no input stage was re-committed after it: its code
+    version (recorded in manifests since they carry ``version``), or, for a stage that reads
+    files, which files moved, came, went or changed size (a file's path and size are in its
+    partitions' fingerprints)."""
+    then, now = manifest.get("version"), rs.stage.version
+    if then is not None and then != now:
+        return f"its stage's code version changed ({then} -> {now})"
+    if rs.files:
+        before, after = set(manifest.get("inputs") or []), set(rs.files)
+        gone, new = sorted(before - after), sorted(after - before)
+        if gone and [os.path.basename(x) for x in gone] == [os.path.basename(x) for x in new]:
+            more = f" (and {len(gone) - 1} more)" if len(gone) > 1 else ""
+            return f"its input files moved: {gone[0]} is now {new[0]}{more}"
+        if gone or new:
+            said = ([f"{len(new)} new ({_first(new)})"] if new else []) + ([f"{len(gone)} gone ({_first(gone)})"] if gone else [])
+            return "its input files differ from the committed ones: " + "; ".join(said)
+        fps: dict[str, set[str]] = {}
+        for p in manifest.get("parts") or []:
+            fps.setdefault(p.get("input"), set()).add(p.get("fingerprint"))
+        changed = sorted({t.input_uri for t in tasks if t.fingerprint not in fps.get(t.input_uri, set())})
+        if changed and then is not None:
+            return f"input file{'s' if len(changed) > 1 else ''} changed size since it was committed: {_first(changed)}"
+    if then is not None:  # same version, same files: the stages it reads changed without a newer commit
+        return "its inputs changed since it was committed"
+    return "its input files or its stage's code version changed since it was committed"
+
+
 def check_run(run: str) -> tuple[list[StageState], str | None]:
     """Every stage of a run with its state, and a note when the fingerprint check could not run.
 
@@ -139,19 +171,19 @@ def _fingerprint_check(run: str, info: dict[str, Any], states: dict[str, StageSt
             s.state, s.reason = "stale", f"its committed params no longer fit {rs.cfg.uses}'s params"
             continue
         then = ResolvedStage(rs.cfg, rs.stage, params, rs.engine, rs.files, rs.schema, rs.datasets)
+        tasks: list[Any] = []
         try:
             if isinstance(rs.stage, ArtifactStage):
                 fp = runner._artifact_plan(then)[2]
             else:
-                fp = runner.build_tasks(then)[1]
+                tasks, fp = runner.build_tasks(then)[:2]
         except (RuntimeError, OSError, ValueError) as exc:
             s.state, s.reason = "stale", " ".join(str(exc).split())[:200]
             continue
         if fp != s.fingerprint:
             later = [d for d in [*s.inputs, *s.artifacts.values()]
                      if (states.get(d) and states[d].committed and s.committed and states[d].committed > s.committed)]
-            why = (f"{', '.join(later)} re-committed after it" if later
-                   else "its input files or its stage's code version changed since it was committed")
+            why = f"{', '.join(later)} re-committed after it" if later else what_moved(manifest, rs, tasks)
             s.state, s.reason = "stale", f"{why} (it would be {short(fp)} now)"
             continue
         if now != committed:
