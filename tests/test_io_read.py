@@ -6,8 +6,10 @@ filesystem and a TaskContext per Split: no engine is started.
 
 from __future__ import annotations
 
+import bz2
 import gzip
 import json
+import lzma
 import os
 import random
 import shutil
@@ -124,6 +126,7 @@ def test_format_from_extension() -> None:
     assert detect("a.jsonl") == ("jsonl", None)
     assert detect("a.json.gz") == ("jsonl", "gzip")
     assert detect("a.ndjson.zst") == ("jsonl", "zstd")
+    assert detect("a.jsonl.bz2") == ("jsonl", "bz2") and detect("t.csv.xz") == ("csv", "xz")
     assert detect("x/y.parquet") == ("parquet", None)
     assert detect("t.TSV.gz") == ("csv", "gzip")
     assert detect("r.md") == ("text", None)
@@ -193,7 +196,9 @@ def test_gzip_and_zstd_jsonl(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) ->
     (tmp_path / "a.jsonl.gz").write_bytes(gzip.compress(data))
     with pa.CompressedOutputStream(str(tmp_path / "b.jsonl.zst"), "zstd") as out:
         out.write(data)
-    for name in ("a.jsonl.gz", "b.jsonl.zst"):
+    (tmp_path / "c.jsonl.bz2").write_bytes(bz2.compress(data))
+    (tmp_path / "d.ndjson.xz").write_bytes(lzma.compress(data))
+    for name in ("a.jsonl.gz", "b.jsonl.zst", "c.jsonl.bz2", "d.ndjson.xz"):
         r = read_all([tmp_path / name], partition_mb=0.01)
         assert len(r.splits) == 1  # compressed files are not split
         assert r.texts == [x["text"] for x in rows] and r.rejected is None
@@ -240,28 +245,31 @@ def test_bad_jsonl_lines_are_quarantined_with_their_offset(tmp_path: Path) -> No
 def _compress(codec: str, data: bytes) -> bytes:
     if codec == "gz":
         return gzip.compress(data)
-    half = len(data) // 2  # two frames, as `cat a.zst b.zst` makes
-    return b"".join(zstandard.ZstdCompressor(level=3).compress(x) for x in (data[:half], data[half:]))
+    half = len(data) // 2  # two frames or streams, as `cat a.zst b.zst` makes
+    one = {"zst": zstandard.ZstdCompressor(level=3).compress, "bz2": lambda x: bz2.compress(x, 1), "xz": lzma.compress}[codec]  # bz2 -1: 100 KB blocks
+    return one(data[:half]) + one(data[half:])
 
 
 def _decodable(codec: str, part: bytes) -> bytes:
     """What the codec's own library decodes from a cut file (the oracle): every frame in turn."""
     if codec == "gz":
         return zlib.decompressobj(31).decompress(part)
+    new = {"zst": lambda: zstandard.ZstdDecompressor().decompressobj(), "bz2": bz2.BZ2Decompressor,
+           "xz": lzma.LZMADecompressor}[codec]
     out = []
     while part:
-        d = zstandard.ZstdDecompressor().decompressobj()
+        d = new()
         out.append(d.decompress(part))
         part = d.unused_data if d.eof else b""
     return b"".join(out)
 
 
-@pytest.mark.parametrize("codec", ["gz", "zst"])
+@pytest.mark.parametrize("codec", ["gz", "zst", "bz2", "xz"])
 @pytest.mark.parametrize("cut", [0.3, 0.5, 0.9, 0.999])
-def test_truncated_gzip_and_zstd_keep_every_complete_line(tmp_path: Path, cut: float, codec: str) -> None:
-    """A cut .jsonl.gz or .jsonl.zst keeps every line that ends before the cut: as many as the
-    lines the codec's library (the oracle) decodes in full from the same bytes, whatever the
-    read sizes (for zstd, all but the block of up to 128 KiB that the cut falls in)."""
+def test_truncated_compressed_jsonl_keeps_every_complete_line(tmp_path: Path, cut: float, codec: str) -> None:
+    """A cut .jsonl.gz, .zst, .bz2 or .xz keeps every line that ends before the cut: as many as
+    the lines the codec's library (the oracle) decodes in full from the same bytes, whatever
+    the read sizes (for zstd, bz2 and xz, all but the block the cut falls in)."""
     rows = [{"text": f"row {i} " + os.urandom(40).hex()} for i in range(20000)]
     packed = _compress(codec, b"".join(json.dumps(x).encode() + b"\n" for x in rows))
     part = packed[: int(len(packed) * cut)]

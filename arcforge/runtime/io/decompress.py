@@ -3,13 +3,16 @@
 pyarrow's ``CompressedInputStream`` drops what a read had decompressed when that read then
 meets the end of a truncated file, so a reader of a cut ``.jsonl.gz`` or ``.csv.zst`` lost up
 to the last read's worth of rows. Python's ``zlib`` and the ``zstandard`` package hand out
-everything they have decoded, so both codecs go through them (``PartialStream``): a cut gzip
-file loses only its unfinished last line, a cut zstd file only the block the cut falls in
-(zstd decodes whole blocks of up to 128 KiB; no reader can do better).
+everything they have decoded, so both codecs go through them (``PartialStream``), as do
+bz2 and xz through Python's ``bz2`` and ``lzma``: a cut gzip file loses only its unfinished
+last line, a cut zstd, bz2 or xz file only the block the cut falls in (zstd decodes whole
+blocks of up to 128 KiB, bz2 of up to 900 KB; no reader can do better).
 """
 
 from __future__ import annotations
 
+import bz2
+import lzma
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,9 +31,11 @@ class Codec:
 
 
 GZIP = Codec("gzip", lambda: zlib.decompressobj(31), (zlib.error,), 256 << 10, True)
-# zstandard's decompressor cannot be copied: small steps bound what damage takes with it
+# these decompressors cannot be copied: small steps bound what damage takes with it
 ZSTD = Codec("zstd", lambda: zstandard.ZstdDecompressor().decompressobj(), (zstandard.ZstdError,), 16 << 10, False)
-CODECS = {c.name: c for c in (GZIP, ZSTD)}
+BZ2 = Codec("bz2", bz2.BZ2Decompressor, (OSError, ValueError), 16 << 10, False)  # blocks of up to 900 KB
+XZ = Codec("xz", lzma.LZMADecompressor, (lzma.LZMAError,), 16 << 10, False)
+CODECS = {c.name: c for c in (GZIP, ZSTD, BZ2, XZ)}
 
 
 class PartialStream:

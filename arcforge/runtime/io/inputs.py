@@ -18,7 +18,7 @@ from arcforge.runtime import storage
 log = logging.getLogger("arcforge.io")
 
 FORMATS = ("jsonl", "parquet", "csv", "text", "hf")
-_COMPRESSIONS = ((".gz", "gzip"), (".zst", "zstd"), (".zstd", "zstd"))
+_COMPRESSIONS = ((".gz", "gzip"), (".zst", "zstd"), (".zstd", "zstd"), (".bz2", "bz2"), (".xz", "xz"))
 _EXTENSIONS = (
     (".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "jsonl"), (".parquet", "parquet"),
     (".csv", "csv"), (".tsv", "csv"), (".txt", "text"), (".md", "text"), (".arrow", "hf"),
