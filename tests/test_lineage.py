@@ -370,6 +370,11 @@ def test_status_says_which_input_files_moved_or_changed_and_which_code_version(e
     assert (f"stale: its input files moved: {env.inputs / 'books.jsonl'} is now {moved / 'books.jsonl'} (it would be "
             in st["books"]), st["books"]
     assert "stale: it reads books, which is stale" in st["select"]
+    # another file listed as well: the new one is named
+    env.cfg.write_text(run_yaml(env.root, env.inputs).replace(
+        f'files: ["{env.inputs}/books.jsonl"]', f'files: ["{env.inputs}/books.jsonl", "{env.inputs}/code.jsonl"]'))
+    st = status(capsys, env)
+    assert f"stale: its input files differ from the committed ones: 1 new ({env.inputs / 'code.jsonl'}) (it would be " in st["books"]
     # one file grown: that file is named
     with (moved / "code.jsonl").open("a") as f:
         f.write(json.dumps({"id": "extra", "text": "x = 1", "score": 0.5}) + "\n")
