@@ -67,7 +67,7 @@ def test_encode_with_fim_reassembles_real_code(fim_run):
 
     text = inspect.getsource(json)
     keys = [f"k{i}" for i in range(40)]
-    encoded, counts = encode_with_fim([text] * 40, keys, [True] * 40, tok, FimParams(rate=0.8))
+    encoded, counts = encode_with_fim([text] * 40, keys, tok, FimParams(rate=0.8))
     assert counts["psm"] > 0 and counts["spm"] > 0 and counts["psm"] + counts["spm"] < 40
     plain = tok.encode(text)
     for ids in encoded:

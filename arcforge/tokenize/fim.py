@@ -1,6 +1,6 @@
 """Fill-in-the-middle for code documents, applied where documents become tokens.
 
-GLM-4.5 applies FIM to all source code (``../shared/reference/glm45.md``); the rate and order
+GLM-4.5 applies FIM to all source code (its report's pre-training data section); the rate and order
 follow StarCoder and the FIM paper (Bavarian et al. 2022): half of the documents are
 transformed, half of those in SPM order. The transform is bigcode-Megatron's ``permute``:
 two cut points drawn uniformly over the document's characters split it into prefix, middle
@@ -67,11 +67,11 @@ def arrange(cut: FimCut, prefix: list[int], middle: list[int], suffix: list[int]
 
 
 def encode_with_fim(
-    texts: list[str], keys: list[str], fim: list[bool], tokenizer: object, params: FimParams, num_threads: int = 1,
+    texts: list[str], keys: list[str], tokenizer: object, params: FimParams, num_threads: int = 1,
 ) -> tuple[list[list[int]], dict[str, int]]:
-    """Every document's ids: as they are, or transformed where ``fim[i]`` and the draw say so.
-    One ``encode_batch`` call for all the pieces. Counts ``psm`` and ``spm`` documents."""
-    cuts = [fim_cut(k, t, params) if f else None for t, k, f in zip(texts, keys, fim)]
+    """Every document's ids: as they are, or transformed where its draw says so. One
+    ``encode_batch`` call for all the pieces. Counts ``psm`` and ``spm`` documents."""
+    cuts = [fim_cut(k, t, params) for t, k in zip(texts, keys)]
     flat: list[str] = []
     for t, c in zip(texts, cuts):
         flat += [t] if c is None else list(c.pieces(t))

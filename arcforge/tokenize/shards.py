@@ -137,8 +137,8 @@ def write_group(
     for start in range(0, len(texts), params.batch_docs):
         batch = texts[start : start + params.batch_docs]
         if params.fim is not None and keys is not None:
-            encoded, fim = encode_with_fim(batch, keys[start : start + params.batch_docs], [True] * len(batch), tokenizer,
-                                           params.fim, params.num_threads)
+            encoded, fim = encode_with_fim(batch, keys[start : start + params.batch_docs], tokenizer, params.fim,
+                                           params.num_threads)
             counts["fim_psm"] += fim["psm"]
             counts["fim_spm"] += fim["spm"]
         else:
