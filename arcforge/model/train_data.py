@@ -51,8 +51,9 @@ def _check_lineage(blend_file: str | None, cfg: TrainConfig, path: str, key: str
             print(f"warning: {line}; training on it anyway (--force / data.allow_stale)", file=sys.stderr)
     elif check.state == "unknown" and not quiet:
         print(f"note: {key}.blend_file: {check.message()}", file=sys.stderr)
-    if check.per_split_message() and not quiet:  # training's own blend is unchanged: say it, go on
-        print(f"note: {key}.blend_file: {check.per_split_message()}", file=sys.stderr)
+    per_split = check.per_split_message()
+    if per_split and not quiet:  # training's own blend is unchanged: say it, go on
+        print(f"note: {key}.blend_file: {per_split}", file=sys.stderr)
     for note in check.notes if not quiet else ():  # e.g. the mixture file was edited since
         print(f"note: {key}.blend_file: {note}", file=sys.stderr)
 

@@ -136,7 +136,7 @@ def write_group(
     t0 = time.process_time()
     for start in range(0, len(texts), params.batch_docs):
         batch = texts[start : start + params.batch_docs]
-        if params.fim is not None and keys is not None:
+        if keys is not None and params.fim is not None:  # keys come only for the sources fim names
             encoded, fim = encode_with_fim(batch, keys[start : start + params.batch_docs], tokenizer, params.fim,
                                            params.num_threads)
             counts["fim_psm"] += fim["psm"]
