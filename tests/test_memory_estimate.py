@@ -163,6 +163,18 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=300)
 
 
+def test_dry_run_imports_neither_torch_nor_megatron():
+    """A dry run validates the config (kernel and compile choices included) and estimates
+    memory without the 3 s import of torch and megatron-core that training needs: the
+    GPU config, which sets ``model.compile: layers``, is checked in a fresh interpreter."""
+    code = ("import sys; from arcforge.cli import main; "
+            "rc = main(['train', 'configs/train.proxy-1b.gpu.yaml', '--dry-run']); "
+            "print(rc, sorted(m for m in ('torch', 'megatron') if m in sys.modules))")
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == "0 []", p.stdout
+
+
 def test_dry_run_of_the_tiny_config():
     # train.tiny.yaml names the demo's shards; --dry-run reads none of them, so it runs without `make demo`
     p = _cli("configs/train.tiny.yaml", "--dry-run")

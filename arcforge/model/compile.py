@@ -54,7 +54,8 @@ from typing import Any
 
 import torch
 
-COMPILE = ("none", "layers")
+from arcforge.model.kernel_choices import COMPILE, check_compile, check_compile_options
+
 # dynamo's name for the MoE router's layer number, seen from ``TransformerLayer.forward``
 ROUTER_LAYER_NUMBER = "L['self']._modules['mlp']._modules['router'].layer_number"
 
@@ -124,51 +125,11 @@ def apply_compile_shims() -> None:
     _SHIMMED = True
 
 
-# inductor options a compiled layer may not take: CUDA graphs need the optimizer and megatron's
-# gradient buffers made capture-safe (the module docstring)
-REFUSED_OPTIONS = ("triton.cudagraphs",)
-
-
-def check_compile_options(mode: str, options: dict) -> None:
-    """``ValueError`` (one line) for ``model.compile_options`` that torch.compile would not take
-    here: options without compiled layers, a name inductor does not know, or CUDA graphs."""
-    if not options:
-        return
-    if mode == "none":
-        raise ValueError("model.compile_options needs model.compile: layers")
-    from torch._inductor import config as inductor_config
-
-    known = inductor_config.get_config_copy()
-    for key in options:
-        if key in REFUSED_OPTIONS:
-            raise ValueError(f"model.compile_options.{key}: not supported (CUDA graphs would capture megatron's "
-                             "gradient buffers)")
-        if key not in known:
-            raise ValueError(f"model.compile_options.{key}: not an inductor option (torch._inductor.config)")
-
-
 def transformer_layers(model) -> list:
     """The ``TransformerLayer`` modules of a built model (decoder, then MTP), in order."""
     from megatron.core.transformer.transformer_layer import TransformerLayer
 
     return [m for m in model.modules() if isinstance(m, TransformerLayer)]
-
-
-def check_compile(mode: str, *, dispatcher: str, experts: str, attention: str, recompute: str = "none") -> None:
-    """``ValueError`` (one line) for a ``model.compile`` choice the layers cannot serve:
-    kernels with host syncs or without a traceable module, or megatron's activation recompute
-    (its checkpoint functions save RNG states and free outputs by hand: not traceable; the
-    compiler makes its own recompute choices)."""
-    if mode not in COMPILE:
-        raise ValueError(f"model.compile must be one of {COMPILE}; got {mode!r}")
-    if mode == "none":
-        return
-    wrong = [f"{k}: {v} (needs {need})" for k, v, need in
-             (("kernels.dispatcher", dispatcher, "device"), ("kernels.experts", experts, "grouped"),
-              ("kernels.attention", attention, "sdpa"), ("model.recompute", recompute, "none"))
-             if v != need]
-    if wrong:
-        raise ValueError(f"model.compile: {mode} needs layers that trace into one graph each; " + "; ".join(wrong))
 
 
 def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
@@ -201,5 +162,5 @@ def compile_layers(model, *, backend: str = "inductor", **options: Any) -> int:
     return len(layers)
 
 
-__all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "compile_layers",
-           "transformer_layers"]
+__all__ = ["COMPILE", "ROUTER_LAYER_NUMBER", "apply_compile_shims", "check_compile", "check_compile_options",
+           "compile_layers", "transformer_layers"]

@@ -41,10 +41,7 @@ from megatron.core.transformer.moe.experts import GroupedMLP, SequentialMLP
 
 from arcforge.model.grouped_gemm import gmm, grouped_mm_usable, install_torch_grouped_gemm
 
-ATTENTION = ("sdpa", "local")
-EXPERTS = ("grouped", "sequential")
-CROSS_ENTROPY = ("plain", "fused")
-FP32_MATMUL = ("ieee", "tf32")
+from arcforge.model.kernel_choices import ATTENTION, CROSS_ENTROPY, EXPERTS, FP32_MATMUL, resolve_kernels
 
 # ---- grouped experts -------------------------------------------------------------------------
 
@@ -133,23 +130,6 @@ class SDPAttention(DotProductAttention):
 
 
 # ---- choosing and installing them ------------------------------------------------------------
-
-
-def resolve_kernels(attention: str, experts: str, *, device: str, te: bool) -> tuple[str, str]:
-    """The train config's ``kernels`` choice made concrete. ``auto`` means: on CUDA with
-    Transformer Engine and both ``auto``, TE's own layer specs (``("te", "te")``); on CUDA
-    otherwise ``sdpa`` + ``grouped`` (megatron's local specs with these modules); on CPU
-    ``local`` + ``sequential`` (the tested path, unchanged unless set)."""
-    if device == "cuda" and te and attention == experts == "auto":
-        return "te", "te"
-    if attention == "auto":
-        attention = "sdpa" if device == "cuda" else "local"
-    if experts == "auto":
-        experts = "grouped" if device == "cuda" else "sequential"
-    if attention not in ATTENTION or experts not in EXPERTS:
-        raise ValueError(f"kernels: attention must be one of {ATTENTION}, experts one of {EXPERTS}; "
-                         f"got {attention!r}, {experts!r}")
-    return attention, experts
 
 
 def cross_entropy_settings(choice: str) -> dict[str, Any]:

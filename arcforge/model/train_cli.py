@@ -17,7 +17,7 @@ def dry_run(args: argparse.Namespace) -> int:
     where = args.config or f"--preset {args.preset}"
     warmup = None
     if args.config:
-        from arcforge.model.train import load_train_config
+        from arcforge.model.train_config import load_train_config  # not .train: no torch for a dry run
 
         try:  # schema and model checks; the data is not read (it may live on the cluster)
             cfg = load_train_config(args.config, check_data=False, allow_stale=args.force)

@@ -318,8 +318,7 @@ def check_config(cfg: TrainConfig, path: str) -> None:
     if cfg.kernels.fp32_matmul == "tf32" and cfg.device != "cuda":
         raise ConfigError(f"{path}: kernels.fp32_matmul: tf32 needs device: cuda (a tensor-core format); got {cfg.device}")
     if cfg.model.compile != "none" or cfg.model.compile_options:
-        from arcforge.model.compile import check_compile, check_compile_options
-        from arcforge.model.kernels import resolve_kernels
+        from arcforge.model.kernel_choices import check_compile, check_compile_options, resolve_kernels
 
         try:
             attention, experts = resolve_kernels(cfg.kernels.attention, cfg.kernels.experts, device=cfg.device, te=False)
