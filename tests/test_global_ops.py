@@ -289,6 +289,43 @@ def test_weighted_quantiles_equal_numpy_inverted_cdf(ops, data):
         [3.0, 1.0, 2.0, 2.0, 5.0], qs, method="inverted_cdf").tolist()
 
 
+def test_quantiles_by_column_and_group_equal_numpy_per_series(ops, data):
+    """Two columns within the groups of a string column (a null group, a group left out, a
+    group with no rows), weighted and not, in one selection: each series gives numpy's floats
+    over its own rows, on every engine and partitioning, and what ``quantiles`` gives alone."""
+    rows = data["rows"]
+    groups = ["alpha", None, "delta", "zeta"]  # gamma and beta count nowhere; zeta has no rows
+
+    def numpy_cuts(group, column, weighted):
+        sel = [r for r in rows if r["word"] == group and r[column] is not None]
+        if not sel:
+            return None
+        v = np.array([r[column] for r in sel], dtype=np.float64)
+        if not weighted:
+            return np.quantile(v, QS).tolist()
+        w = np.array([LUT.get(r["word"], 0) + 10 for r in sel])
+        return np.quantile(v, QS, weights=w, method="inverted_cdf").tolist()
+
+    for weights, engines in (("weight", ENGINES), (None, ("local",))):  # Spark's jobs cost ~1 s each: once
+        got = {e: _frames(ops[e], data["A"]).quantiles_by(["value", "grp"], QS, by="word", groups=groups, weights=weights)
+               for e in engines}
+        assert all(got[e] == got["local"] for e in engines)
+        assert _frames(ops["ray"], data["B"]).quantiles_by(["value", "grp"], QS, by="word", groups=groups,
+                                                           weights=weights) == got["local"]
+        assert sorted(got["local"], key=str) == sorted(((g, c) for g in groups for c in ("value", "grp")), key=str)
+        for (group, column), cuts in got["local"].items():
+            want = numpy_cuts(group, column, weights is not None)
+            if want is None:
+                assert all(np.isnan(cuts)), (group, column)
+            else:
+                assert cuts == want, (group, column, weights)
+    both = _frames(ops["ray"], data["A"]).quantiles_by(["value", "grp"], QS, weights="weight")
+    for column in ("value", "grp"):
+        assert both[column] == _frames(ops["local"], data["B"]).quantiles(column, QS, weights="weight")
+    with pytest.raises(TypeError, match="string column"):
+        _frames(ops["local"], data["A"]).quantiles_by(["value"], QS, by="grp", groups=["1"])
+
+
 def test_weighted_quantiles_edge_cases(ops):
     zero = pa.table({"v": pa.array([1.0, 2.0]), "w": pa.array([0, None], pa.int64())})
     assert all(np.isnan(ops["spark"].from_arrow(zero).quantiles("v", [0.0, 1.0], weights="w")))

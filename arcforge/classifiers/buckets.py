@@ -9,8 +9,8 @@ dropping documents at a hard threshold. This stage writes those buckets; it drop
 For every score column it finds the ``n_buckets - 1`` inner cut-offs: the weighted
 percentiles at ``q = k / n_buckets`` (numpy's ``inverted_cdf``: ``cut[k]`` is the smallest
 score with at least ``k / n_buckets`` of the weight at or below it), computed exactly and
-distributed by the runtime (``Frame.quantiles(..., weights=...)``), so every engine finds
-the same floats. Then each document gets
+distributed by the runtime (``Frame.quantiles_by(..., weights=...)``: every score, and every
+group, in one selection), so every engine finds the same floats. Then each document gets
 
 * ``<prefix><score>`` (int32): the number of cut-offs ``<=`` its score, 0..n_buckets-1;
   a null or NaN score is bucket 0;
@@ -37,8 +37,8 @@ scores are not comparable across languages (an English quality model scores Chin
 whatever their quality), and corpus-wide percentiles would then put a whole language in the
 bottom buckets, which the mixture drops. A null value is a group of its own. Several columns
 (``[language, source]``) give a group per combination, named by the values joined with ``|``
-(``en|web``, ``(null)|books``). It costs one weighted quantile per score and group
-(``max_groups``, default 64, bounds it).
+(``en|web``, ``(null)|books``). Every score and group is one series of the same selection,
+so groups add work per pass but no passes (``max_groups``, default 64, bounds them).
 
 The cut-offs are reported in the stage's manifest stats (``buckets.cutoff.<score>.<kk>``:
 the lowest score of bucket ``kk``, rounded to 6 decimals as every float stat is; with
@@ -60,6 +60,7 @@ from pydantic import Field, model_validator
 from arcforge.runtime import storage
 from arcforge.runtime.distribution import with_range
 from arcforge.runtime.documents import DOC_SCHEMA, conform, text_bytes, with_columns
+from arcforge.runtime.globalops.quantiles import in_group
 from arcforge.runtime.stage import GlobalStage, Resources, StageParams, Stats
 from arcforge.runtime.storage import S3Options
 from arcforge.runtime.tasks import PartitionTask, commit_partition
@@ -179,15 +180,6 @@ def _score_rows(task: PartitionTask, table: pa.Table, params: BucketParams, sour
     return pa.table({**cols, WEIGHT: doc_weights(table, params, source)}, schema=schema)
 
 
-def in_group(values: Any, group: str | None) -> Any:
-    """A boolean array: which of the string ``values`` are ``group`` (``None``: the nulls)."""
-    return pc.is_null(values) if group is None else pc.fill_null(pc.equal(values, group), False)
-
-
-def _in_group(table: pa.Table, group: str | None) -> pa.Table:
-    return table.filter(in_group(table.column(GROUP), group))
-
-
 def group_name(group: str | None) -> str:
     """A group value as the stats name it."""
     return NULL_GROUP if group is None else group
@@ -229,13 +221,8 @@ def _cutoff_stats(stats: Stats, report: dict[str, Any]) -> None:
             stats.update(f"buckets.group_docs.{group_name(g['group'])}", g["docs"])
 
 
-def score_cutoffs(scored: Any, params: BucketParams, qs: list[float]) -> dict[str, list[float]]:
-    """Each score's weighted cut-offs over the rows of ``scored``."""
-    cutoffs = {}
-    for s in params.scores:
-        cuts = scored.quantiles(s, qs, weights=WEIGHT)
-        cutoffs[s] = [] if any(np.isnan(cuts)) else cuts  # no weighted score at all: everything in bucket 0
-    return cutoffs
+def _cutoffs(cuts: list[float]) -> list[float]:
+    return [] if any(np.isnan(cuts)) else cuts  # no weighted score at all: everything in bucket 0
 
 
 def _write(task: PartitionTask, rows: pa.Table, params: BucketParams, source: str, report: dict[str, Any], first: int) -> dict[str, Any]:
@@ -298,7 +285,8 @@ class QualityBuckets(GlobalStage[BucketParams]):
             report = {"format": "arcforge.buckets/1", "scores": params.scores, "n_buckets": params.n_buckets,
                       "quantiles": qs, "weight": params.weight, "weight_source": source}
             if params.group_by is None:
-                report["cutoffs"] = score_cutoffs(scored, params, qs)
+                cuts = scored.quantiles_by(params.scores, qs, weights=WEIGHT)
+                report["cutoffs"] = {s: _cutoffs(cuts[s]) for s in params.scores}
             else:
                 counted = scored.aggregate([GROUP], [(WEIGHT, "count")]).collect()
                 docs = dict(zip(counted.column(GROUP).to_pylist(), counted.column(f"{WEIGHT}_count").to_pylist()))
@@ -307,9 +295,9 @@ class QualityBuckets(GlobalStage[BucketParams]):
                     raise ValueError(f"stage {ctx.stage.name}: group_by {params.group_by!r} has {len(groups)} values, "
                                      f"more than max_groups {params.max_groups}")
                 groups = sorted(groups, key=lambda g: (g is not None, g or ""))
+                cuts = scored.quantiles_by(params.scores, qs, by=GROUP, groups=groups, weights=WEIGHT)
                 report["group_by"] = params.group_by
-                report["groups"] = [{"group": g, "docs": docs[g],
-                                     "cutoffs": score_cutoffs(scored.map(_in_group, schema, args=(g,)), params, qs)}
+                report["groups"] = [{"group": g, "docs": docs[g], "cutoffs": {s: _cutoffs(cuts[(g, s)]) for s in params.scores}}
                                     for g in groups]
             scored.release()
             return ops.finish(ctx.pending, _write, args=(params, source, report, ctx.tasks[0].partition),

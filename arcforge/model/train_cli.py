@@ -74,9 +74,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
         print("arcforge train: a CONFIG is required (without one only --dry-run --preset ... works)", file=sys.stderr)
         return 2
-    from arcforge.model.train import load_train_config, train
+    from arcforge.model.train_config import load_train_config
 
-    cfg = load_train_config(args.config, allow_stale=args.force)  # one-line ConfigError before megatron starts
+    cfg = load_train_config(args.config, allow_stale=args.force)  # one-line ConfigError before torch is imported
+    from arcforge.model.train import train
+
     r = train(cfg, resume=args.resume, max_steps=args.steps, verbose=not args.quiet)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: rank 0 reports
         return 0

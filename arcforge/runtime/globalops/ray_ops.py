@@ -292,6 +292,11 @@ class RayFrame(Frame):
     def cache(self) -> RayFrame:
         return self._frame(self.ds.materialize(), self.schema)
 
+    def compact(self) -> RayFrame:
+        import ray
+
+        return self._frame(self.ds.repartition(max(1, int(ray.cluster_resources().get("CPU", 1)))), self.schema)
+
 
 class RayOps(GlobalOps):
     engine = "ray"

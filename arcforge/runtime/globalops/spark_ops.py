@@ -205,6 +205,9 @@ class SparkFrame(Frame):
     def release(self) -> None:
         self.df.unpersist()
 
+    def compact(self) -> SparkFrame:
+        return self._frame(self.df.coalesce(max(1, self.ops.session.sparkContext.defaultParallelism)), self.schema)
+
 
 class SparkOps(GlobalOps):
     engine = "spark"
