@@ -105,28 +105,41 @@ def _values(table: pa.Table, series: list[tuple[str, str | None]], by: str | Non
 
 def _histogram(table: pa.Table, intervals: list[tuple[int, int, int, int, int]]) -> pa.Table:
     """Per interval (id, series, lo key, hi key, width): count (sum of weights, weighted), min
-    and max value per bucket, over the rows of that series."""
+    and max value per bucket, over the rows of that series. The intervals of one series are
+    disjoint (each pass cuts every open range to the same depth), so each row is found in its
+    series' intervals with one ``searchsorted``: a Python step per series, not per interval
+    (64 groups of 3 scores have up to 64 x 3 x 19 open ranges at once)."""
     g = table.column("__g").to_numpy()
     order = np.argsort(g, kind="stable")  # each series one contiguous slice
     g, v = g[order], table.column("v").to_numpy()[order]
     w = table.column("w").to_numpy()[order] if "w" in table.column_names else None
     keys = float_keys(v)
-    out = []
+    per_series: dict[int, list[tuple[int, int, int, int]]] = {}
     for iv, series, lo, hi, width in intervals:
+        per_series.setdefault(series, []).append((lo, hi, width, iv))
+    out = []
+    for series, spans in per_series.items():
         a, b_ = np.searchsorted(g, series, "left"), np.searchsorted(g, series, "right")
-        k_s, v_s = keys[a:b_], v[a:b_]
-        inside = (k_s >= np.uint64(lo)) & (k_s <= np.uint64(hi))
+        if a == b_:
+            continue
+        spans.sort()
+        los, his, widths = (np.array([s[i] for s in spans], dtype=np.uint64) for i in range(3))
+        ids = np.array([s[3] for s in spans], dtype=np.int64)
+        k = keys[a:b_]
+        j = np.searchsorted(los, k, "right") - 1
+        jj = np.maximum(j, 0)
+        inside = (j >= 0) & (k <= his[jj])
         if not inside.any():
             continue
-        kv, vv = k_s[inside], v_s[inside]
-        b = ((kv - np.uint64(lo)) // np.uint64(width)).astype(np.int64)
-        order = np.argsort(b, kind="stable")
-        b, vv = b[order], vv[order]
-        uniq, first, counts = np.unique(b, return_index=True, return_counts=True)
+        jj, k, vv = jj[inside], k[inside], v[a:b_][inside]
+        cell = jj.astype(np.int64) * BUCKETS + ((k - los[jj]) // widths[jj]).astype(np.int64)  # bucket < BUCKETS
+        order = np.argsort(cell, kind="stable")
+        cell, vv = cell[order], vv[order]
+        uniq, first, counts = np.unique(cell, return_index=True, return_counts=True)
         if w is not None:
             counts = np.add.reduceat(w[a:b_][inside][order], first)
         out.append(pa.table({
-            "iv": pa.array(np.full(len(uniq), iv, dtype=np.int32)), "b": pa.array(uniq.astype(np.int32)),
+            "iv": pa.array(ids[uniq // BUCKETS].astype(np.int32)), "b": pa.array((uniq % BUCKETS).astype(np.int32)),
             "n": pa.array(counts.astype(np.int64)), "vmin": pa.array(np.minimum.reduceat(vv, first)),
             "vmax": pa.array(np.maximum.reduceat(vv, first)),
         }, schema=HIST))
