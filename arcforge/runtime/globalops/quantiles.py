@@ -233,7 +233,7 @@ def quantiles_by(
             raise TypeError(f"quantiles: by must name a string column; {by!r} is {btype}")
         keys = [(g, c) for g in dict.fromkeys(groups) for c in columns]
         series = [(c, g) for g, c in keys]
-    # narrow rows (20 bytes), read by every pass: few partitions, so a pass costs few tasks
+    # narrow rows (12 bytes, 20 weighted), read by every pass: few partitions, so a pass costs few tasks
     values = frame.map(_values, WEIGHTED if weights is not None else VALUES, args=(series, by, weights)).compact().cache()
     try:
         ns, found = _select(values, len(series), qs, exact, rank_error, weights is not None)
