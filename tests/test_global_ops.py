@@ -267,6 +267,8 @@ def test_weighted_quantiles_equal_numpy_inverted_cdf(ops, data):
     got = _per_engine(lambda e: ops[e].from_arrow(t, 3).quantiles("v", WQS, weights="w"))
     for e in ENGINES:
         assert got[e] == want, e
+    for e in ("local", "ray"):  # every rank found by counting, none by the fetch
+        assert ops[e].from_arrow(t, 3).quantiles_by(["v"], WQS, weights="w", fetch_rows=0) == {"v": want}, e
     # without the heavy row: every cut point inside the ties, on both partitionings
     light = t.filter(pc.less(t.column("v"), 1e8))
     lv, lw = v[v < 1e8], w[v < 1e8]
@@ -319,6 +321,9 @@ def test_quantiles_by_column_and_group_equal_numpy_per_series(ops, data):
                 assert all(np.isnan(cuts)), (group, column)
             else:
                 assert cuts == want, (group, column, weights)
+    # counted to the end, without the last pass that fetches the rows of the open ranges
+    assert _frames(ops["spark"], data["B"]).quantiles_by(["value", "grp"], QS, by="word", groups=groups,
+                                                         fetch_rows=0) == got["local"]
     both = _frames(ops["ray"], data["A"]).quantiles_by(["value", "grp"], QS, weights="weight")
     for column in ("value", "grp"):
         assert both[column] == _frames(ops["local"], data["B"]).quantiles(column, QS, weights="weight")

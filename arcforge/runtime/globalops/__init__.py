@@ -108,15 +108,17 @@ class Frame(ABC):
 
     def quantiles_by(
         self, columns: Sequence[str], qs: Sequence[float], *, by: str | None = None, groups: Sequence[str | None] = (),
-        exact: bool = True, rank_error: float = 0.001, weights: str | None = None,
+        exact: bool = True, rank_error: float = 0.001, weights: str | None = None, fetch_rows: int | None = None,
     ) -> dict[Any, list[float]]:
         """``quantiles`` of several columns at once (keyed by column), or of each column within
         each of ``groups`` of the string column ``by`` (``None``: its nulls; keyed
         ``(group, column)``): one selection for all of them, so the passes over the rows are
-        those of the hardest one rather than one selection per column and group."""
-        from arcforge.runtime.globalops.quantiles import quantiles_by
+        those of the hardest one rather than one selection per column and group. ``fetch_rows``:
+        the most rows its last pass brings to the driver (default ``quantiles.FETCH_ROWS``)."""
+        from arcforge.runtime.globalops.quantiles import FETCH_ROWS, quantiles_by
 
-        return quantiles_by(self, columns, qs, by=by, groups=groups, exact=exact, rank_error=rank_error, weights=weights)
+        return quantiles_by(self, columns, qs, by=by, groups=groups, exact=exact, rank_error=rank_error, weights=weights,
+                            fetch_rows=FETCH_ROWS if fetch_rows is None else fetch_rows)
 
     @abstractmethod
     def count(self) -> int: ...

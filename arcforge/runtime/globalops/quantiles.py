@@ -11,10 +11,14 @@ float64 value (the IEEE bits with the sign folded, so key order is value order):
    in it), the engine sums the counts by range, and the driver keeps the range that
    holds rank ``k``.
 
-The driver only ever receives these per-range counts (at most ``BUCKETS`` rows per open
-range), never a row. A range is cut 4096-fold per pass, so the 64-bit key space is down
-to one key after at most 6 passes, usually 2 or 3: a range whose values are all equal is
-final.
+3. once the ranges still open hold at most ``FETCH_ROWS`` rows in all, the last pass
+   brings those rows to the driver instead of counting them again, and the driver reads the
+   wanted ranks off them, sorted.
+
+The driver receives per-range counts (at most ``BUCKETS`` rows per open range), and rows
+only in that last pass, at most ``FETCH_ROWS`` of them (2 MB). A range is cut 4096-fold per
+pass, so the 64-bit key space is down to one key after at most 6 passes, usually 2 or 3
+(a range whose values are all equal is final), and the last of those is the fetch.
 
 * **exact**: order statistics ``floor(q*(n-1))`` and the next one, combined by numpy's
   own ``linear`` formula, so the result is the float ``numpy.nanquantile`` gives.
@@ -58,7 +62,10 @@ BUCKETS = 4096
 _SIGN = np.uint64(1 << 63)
 VALUES = pa.schema([("__g", pa.int32()), ("v", pa.float64())])
 WEIGHTED = pa.schema([("__g", pa.int32()), ("v", pa.float64()), ("w", pa.int64())])
-HIST = pa.schema([("iv", pa.int32()), ("b", pa.int32()), ("n", pa.int64()), ("vmin", pa.float64()), ("vmax", pa.float64())])
+HIST = pa.schema([("iv", pa.int32()), ("b", pa.int32()), ("n", pa.int64()), ("c", pa.int64()), ("vmin", pa.float64()),
+                  ("vmax", pa.float64())])  # n: rows or, weighted, their weight; c: rows
+LOCATED = pa.schema([("iv", pa.int32()), ("v", pa.float64()), ("w", pa.int64())])
+FETCH_ROWS = 100_000  # open ranges holding at most this many rows in all are fetched, not cut again
 
 
 def float_keys(v: np.ndarray) -> np.ndarray:
@@ -103,47 +110,63 @@ def _values(table: pa.Table, series: list[tuple[str, str | None]], by: str | Non
     return pa.concat_tables(parts)
 
 
-def _histogram(table: pa.Table, intervals: list[tuple[int, int, int, int, int]]) -> pa.Table:
-    """Per interval (id, series, lo key, hi key, width): count (sum of weights, weighted), min
-    and max value per bucket, over the rows of that series. The intervals of one series are
-    disjoint (each pass cuts every open range to the same depth), so each row is found in its
-    series' intervals with one ``searchsorted``: a Python step per series, not per interval
-    (64 groups of 3 scores have up to 64 x 3 x 19 open ranges at once)."""
+Interval = tuple[int, int, int, int, int]  # id (its index), series, lo key, hi key, width
+
+
+def _locate(table: pa.Table, intervals: list[Interval]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The rows inside one of the intervals: (interval id, key, value, weight) of each (weight
+    1 unweighted). The intervals of one series are disjoint (each pass cuts every open range
+    to the same depth), so a row is found among its series' intervals with one
+    ``searchsorted``: a Python step per series, not per interval (64 groups of 3 scores have
+    up to 64 x 3 x 19 ranges open at once)."""
     g = table.column("__g").to_numpy()
     order = np.argsort(g, kind="stable")  # each series one contiguous slice
     g, v = g[order], table.column("v").to_numpy()[order]
-    w = table.column("w").to_numpy()[order] if "w" in table.column_names else None
+    w = table.column("w").to_numpy()[order] if "w" in table.column_names else np.ones(len(v), dtype=np.int64)
     keys = float_keys(v)
-    per_series: dict[int, list[tuple[int, int, int, int]]] = {}
-    for iv, series, lo, hi, width in intervals:
-        per_series.setdefault(series, []).append((lo, hi, width, iv))
-    out = []
+    per_series: dict[int, list[tuple[int, int, int]]] = {}
+    for iv, series, lo, hi, _ in intervals:
+        per_series.setdefault(series, []).append((lo, hi, iv))
+    found = []
     for series, spans in per_series.items():
-        a, b_ = np.searchsorted(g, series, "left"), np.searchsorted(g, series, "right")
-        if a == b_:
+        a, b = np.searchsorted(g, series, "left"), np.searchsorted(g, series, "right")
+        if a == b:
             continue
         spans.sort()
-        los, his, widths = (np.array([s[i] for s in spans], dtype=np.uint64) for i in range(3))
-        ids = np.array([s[3] for s in spans], dtype=np.int64)
-        k = keys[a:b_]
+        los, his = (np.array([s[i] for s in spans], dtype=np.uint64) for i in (0, 1))
+        ids = np.array([s[2] for s in spans], dtype=np.int64)
+        k = keys[a:b]
         j = np.searchsorted(los, k, "right") - 1
         jj = np.maximum(j, 0)
         inside = (j >= 0) & (k <= his[jj])
-        if not inside.any():
-            continue
-        jj, k, vv = jj[inside], k[inside], v[a:b_][inside]
-        cell = jj.astype(np.int64) * BUCKETS + ((k - los[jj]) // widths[jj]).astype(np.int64)  # bucket < BUCKETS
-        order = np.argsort(cell, kind="stable")
-        cell, vv = cell[order], vv[order]
-        uniq, first, counts = np.unique(cell, return_index=True, return_counts=True)
-        if w is not None:
-            counts = np.add.reduceat(w[a:b_][inside][order], first)
-        out.append(pa.table({
-            "iv": pa.array(ids[uniq // BUCKETS].astype(np.int32)), "b": pa.array((uniq % BUCKETS).astype(np.int32)),
-            "n": pa.array(counts.astype(np.int64)), "vmin": pa.array(np.minimum.reduceat(vv, first)),
-            "vmax": pa.array(np.maximum.reduceat(vv, first)),
-        }, schema=HIST))
-    return pa.concat_tables(out) if out else HIST.empty_table()
+        found.append((ids[jj[inside]], k[inside], v[a:b][inside], w[a:b][inside]))
+    if not found:
+        return np.zeros(0, np.int64), np.zeros(0, np.uint64), np.zeros(0, np.float64), np.zeros(0, np.int64)
+    return tuple(np.concatenate(x) for x in zip(*found))  # type: ignore[return-value]
+
+
+def _histogram(table: pa.Table, intervals: list[Interval]) -> pa.Table:
+    """Per interval: rows, their count (sum of weights, weighted), min and max value per bucket."""
+    ids, k, v, w = _locate(table, intervals)
+    if not len(ids):
+        return HIST.empty_table()
+    lo = np.array([x[2] for x in intervals], dtype=np.uint64)
+    width = np.array([x[4] for x in intervals], dtype=np.uint64)
+    cell = ids * BUCKETS + ((k - lo[ids]) // width[ids]).astype(np.int64)  # a bucket is < BUCKETS
+    order = np.argsort(cell, kind="stable")
+    cell, v, w = cell[order], v[order], w[order]
+    uniq, first, rows = np.unique(cell, return_index=True, return_counts=True)
+    return pa.table({
+        "iv": pa.array((uniq // BUCKETS).astype(np.int32)), "b": pa.array((uniq % BUCKETS).astype(np.int32)),
+        "n": pa.array(np.add.reduceat(w, first).astype(np.int64)), "c": pa.array(rows.astype(np.int64)),
+        "vmin": pa.array(np.minimum.reduceat(v, first)), "vmax": pa.array(np.maximum.reduceat(v, first)),
+    }, schema=HIST)
+
+
+def _located(table: pa.Table, intervals: list[Interval]) -> pa.Table:
+    """The fetch: every row inside the intervals, with its interval id."""
+    ids, _, v, w = _locate(table, intervals)
+    return pa.table({"iv": pa.array(ids.astype(np.int32)), "v": pa.array(v), "w": pa.array(w)}, schema=LOCATED)
 
 
 def numpy_linear(n: int, q: float, order_stat: dict[int, float]) -> float:
@@ -205,10 +228,12 @@ def quantiles(
 def quantiles_by(
     frame: Frame, columns: Sequence[str], qs: Sequence[float], *, by: str | None = None,
     groups: Sequence[str | None] = (), exact: bool = True, rank_error: float = 0.001, weights: str | None = None,
+    fetch_rows: int = FETCH_ROWS,
 ) -> dict[Any, list[float]]:
     """Each column's quantiles, keyed by column; with ``by``, within each of ``groups`` (values
     of that string column, ``None`` for its nulls), keyed ``(group, column)``. Rows of a group
-    not listed count nowhere. One selection for all of them (the module docstring)."""
+    not listed count nowhere. One selection for all of them (the module docstring); ``fetch_rows``
+    bounds the rows of its last pass (0: count until every rank is found)."""
     qs = [float(q) for q in qs]
     if any(not 0.0 <= q <= 1.0 for q in qs):
         raise ValueError(f"quantiles must lie in [0, 1], got {qs}")
@@ -236,7 +261,7 @@ def quantiles_by(
     # narrow rows (12 bytes, 20 weighted), read by every pass: few partitions, so a pass costs few tasks
     values = frame.map(_values, WEIGHTED if weights is not None else VALUES, args=(series, by, weights)).compact().cache()
     try:
-        ns, found = _select(values, len(series), qs, exact, rank_error, weights is not None)
+        ns, found = _select(values, len(series), qs, exact, rank_error, weights is not None, fetch_rows)
     finally:
         values.release()
     return {key: _result(n, f, qs, exact, weights is not None) for key, n, f in zip(keys, ns, found)}
@@ -253,57 +278,84 @@ def _result(n: int, found: dict[int, float], qs: list[float], exact: bool, weigh
 
 
 Span = tuple[int, int, int]  # series, lo key, hi key
+Open = dict[tuple[int, int], tuple[int, int, int]]  # (series, rank): lo, hi, weight below lo
 
 
-def _histograms(values: Any, spans: list[Span]) -> tuple[list[tuple[int, int, int, int, int]], dict[int, list[tuple[int, int, float, float]]]]:
-    """One pass: per (series, key span), (bucket, count, min value, max value) of its non-empty buckets."""
-    intervals = [(i, g, lo, hi, -(-(hi - lo + 1) // BUCKETS)) for i, (g, lo, hi) in enumerate(spans)]
+def _intervals(spans: list[Span]) -> list[Interval]:
+    return [(i, g, lo, hi, -(-(hi - lo + 1) // BUCKETS)) for i, (g, lo, hi) in enumerate(spans)]
+
+
+def _histograms(values: Any, spans: list[Span]) -> tuple[list[Interval], dict[int, list[tuple[int, int, int, float, float]]]]:
+    """One pass: per (series, key span), (bucket, count, rows, min value, max value) of its non-empty buckets."""
+    intervals = _intervals(spans)
     hist = (
         values.map(_histogram, HIST, args=(intervals,))
-        .aggregate(["iv", "b"], [("n", "sum"), ("vmin", "min"), ("vmax", "max")], num_partitions=1)
+        .aggregate(["iv", "b"], [("n", "sum"), ("c", "sum"), ("vmin", "min"), ("vmax", "max")], num_partitions=1)
         .collect()
     )
-    by_iv: dict[int, list[tuple[int, int, float, float]]] = {}
-    for row in zip(*(hist.column(c).to_pylist() for c in ("iv", "b", "n_sum", "vmin_min", "vmax_max"))):
+    by_iv: dict[int, list[tuple[int, int, int, float, float]]] = {}
+    for row in zip(*(hist.column(c).to_pylist() for c in ("iv", "b", "n_sum", "c_sum", "vmin_min", "vmax_max"))):
         by_iv.setdefault(row[0], []).append(row[1:])
     return intervals, {i: sorted(rows) for i, rows in by_iv.items()}
 
 
+def _fetch(values: Any, spans: list[Span], open_: Open, found: list[dict[int, float]]) -> None:
+    """The last pass: the rows of the open spans on the driver, each wanted rank read off its
+    span's rows sorted by value (their cumulative weight, counted from the weight below)."""
+    rows = values.map(_located, LOCATED, args=(_intervals(spans),)).collect()
+    iv, v, w = (rows.column(c).to_numpy() for c in ("iv", "v", "w"))
+    order = np.lexsort((v, iv))
+    iv, v, w = iv[order], v[order], w[order]
+    index = {span: i for i, span in enumerate(spans)}
+    for (g, r), (lo, hi, below) in open_.items():
+        i = index[(g, lo, hi)]
+        a, b = np.searchsorted(iv, i, "left"), np.searchsorted(iv, i, "right")
+        at = int(np.searchsorted(np.cumsum(w[a:b]), r - below, "right"))
+        if at >= b - a:  # cannot happen: the span holds rank r
+            raise AssertionError(f"series {g}: rank {r} not among the fetched rows of its key interval")
+        found[g][r] = float(v[a + at])
+
+
 def _select(values: Any, n_series: int, qs: list[float], exact: bool, rank_error: float,
-            weighted: bool = False) -> tuple[list[int], list[dict[int, float]]]:
+            weighted: bool = False, fetch_rows: int = FETCH_ROWS) -> tuple[list[int], list[dict[int, float]]]:
     """Per series, the number of values (weighted: their total weight) and the value at each
     wanted rank (exact), or a value within ``rank_error*n`` ranks of it. The first pass spans
     every key of every series (one bucket per sign and exponent) and also counts the values;
-    each later pass cuts the open span of every (series, rank) still open."""
+    each later pass cuts the open span of every (series, rank) still open, or, when they hold
+    few rows, fetches them."""
     full = (0, (1 << 64) - 1)
     spans: list[Span] = [(g, *full) for g in range(n_series)]
     intervals, by_iv = _histograms(values, spans)
-    ns = [sum(cnt for _, cnt, _, _ in by_iv.get(g, [])) for g in range(n_series)]  # interval g is series g's
+    ns = [sum(cnt for _, cnt, _, _, _ in by_iv.get(g, [])) for g in range(n_series)]  # interval g is series g's
     limits = [max(1, math.floor(rank_error * n)) for n in ns]
-    # (series, rank): lo, hi, weight below lo
-    open_: dict[tuple[int, int], tuple[int, int, int]] = {
-        (g, r): (*full, 0) for g, n in enumerate(ns) if n for r in _ranks(n, qs, exact, weighted)}
+    open_: Open = {(g, r): (*full, 0) for g, n in enumerate(ns) if n for r in _ranks(n, qs, exact, weighted)}
     found: list[dict[int, float]] = [{} for _ in range(n_series)]
     while open_:
         index = {span: i for i, span in enumerate(spans)}
-        nxt: dict[tuple[int, int], tuple[int, int, int]] = {}
+        nxt: Open = {}
+        held: dict[Span, int] = {}  # rows of each next span
         for (g, r), (lo, hi, below) in open_.items():
             i = index[(g, lo, hi)]
             width = intervals[i][4]
             seen = below
-            for b, cnt, vmin, vmax in by_iv.get(i, []):
+            for b, cnt, rows, vmin, vmax in by_iv.get(i, []):
                 if seen + cnt > r:
                     if vmin == vmax or (not exact and cnt <= limits[g]):
                         found[g][r] = vmin
                     else:
                         nlo = lo + b * width
-                        nxt[(g, r)] = (nlo, min(hi, nlo + width - 1), seen)
+                        nxt[(g, r)] = span = (nlo, min(hi, nlo + width - 1), seen)
+                        held[(g, *span[:2])] = rows
                     break
                 seen += cnt
             else:  # cannot happen: the interval holds rank r
                 raise AssertionError(f"series {g}: rank {r} not found in its key interval")
-        if nxt:
-            spans = sorted({(g, lo, hi) for (g, _), (lo, hi, _) in nxt.items()})
-            intervals, by_iv = _histograms(values, spans)
+        if not nxt:
+            break
+        spans = sorted(held)
+        if sum(held.values()) <= fetch_rows:
+            _fetch(values, spans, nxt, found)
+            break
+        intervals, by_iv = _histograms(values, spans)
         open_ = nxt
     return ns, found
