@@ -24,7 +24,8 @@ pass, so the 64-bit key space is down to one key after at most 6 passes, usually
   own ``linear`` formula, so the result is the float ``numpy.nanquantile`` gives.
 * **approximate** (``rank_error=e``): stops as soon as the range holding rank ``k`` has at
   most ``e*n`` values and returns the smallest value in it: a value of the column whose
-  rank is within ``e*n`` of ``q*(n-1)``. Usually one or two passes.
+  rank is within ``e*n`` of ``q*(n-1)`` (the exact one when the fetch comes first). Usually one
+  or two passes.
 * **weighted** (``weights="w"``, a non-negative integer column): every count above becomes
   a sum of weights, so a value of weight ``w`` stands for ``w`` copies of it, and the
   answer is numpy's ``method="inverted_cdf"`` with those weights (the only weighted method
