@@ -180,6 +180,13 @@ def _reduce_join(left: pa.Table, right: pa.Table, on: list[str], how: str, schem
 # ---------------------------------------------------------------------------- frames
 
 
+def _cluster_cpus() -> int:
+    """The CPUs of the Ray cluster: how many partitions a shuffle or ``compact`` aims for."""
+    import ray
+
+    return int(ray.cluster_resources().get("CPU", 1))
+
+
 class RayFrame(Frame):
     def __init__(self, ops: RayOps, ds: Any, schema: pa.Schema):
         self.ops, self.ds, self.schema = ops, ds, schema
@@ -218,10 +225,7 @@ class RayFrame(Frame):
         blocks), more when a partition would exceed ``PARTITION_BYTES``."""
         if num_partitions:
             return num_partitions
-        import ray
-
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        return max(1, min(cpus, nblocks), math.ceil(nbytes / PARTITION_BYTES))
+        return max(1, min(_cluster_cpus(), nblocks), math.ceil(nbytes / PARTITION_BYTES))
 
     def _reduced(self, refs: list[Any], schema: pa.Schema) -> RayFrame:
         import ray
@@ -293,9 +297,7 @@ class RayFrame(Frame):
         return self._frame(self.ds.materialize(), self.schema)
 
     def compact(self) -> RayFrame:
-        import ray
-
-        return self._frame(self.ds.repartition(max(1, int(ray.cluster_resources().get("CPU", 1)))), self.schema)
+        return self._frame(self.ds.repartition(max(1, _cluster_cpus())), self.schema)
 
 
 class RayOps(GlobalOps):
