@@ -36,6 +36,7 @@ demo: setup
 	$(BIN)/arcforge corpus
 	for c in $(CLASSIFIERS); do $(BIN)/arcforge classifiers train configs/classifiers/$$c.yaml || exit 1; done
 	$(BIN)/arcforge run configs/demo.yaml
+	$(BIN)/arcforge run configs/code.demo.yaml
 	$(BIN)/arcforge status runs/demo
 	$(BIN)/arcforge funnel runs/demo
 	$(BIN)/arcforge inspect runs/demo/buckets -n 2

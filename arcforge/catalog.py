@@ -24,6 +24,8 @@ STAGES: dict[str, str] = {
     "web.langid": "arcforge.pipelines.web.langid:LANGID",
     "text.wikipedia_dump": "arcforge.pipelines.web.sources:WIKIPEDIA_DUMP",
     "text.plain_files": "arcforge.pipelines.web.sources:PLAIN_FILES",
+    # source code
+    "code.repo_pack": "arcforge.pipelines.code.repo_pack:REPO_PACK",
     # quality classifiers
     "quality.buckets": "arcforge.classifiers.buckets:BUCKETS",
     "quality.fasttext": "arcforge.classifiers.stages:FASTTEXT_QUALITY",

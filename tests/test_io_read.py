@@ -485,6 +485,17 @@ def test_text_folder(tmp_path: Path) -> None:
     assert set(reasons) == {"empty_text", "bad_utf8"} and "sub/latin1.txt" in reasons["bad_utf8"]
     r = read_all([root], glob="sub/*", encoding="latin-1")
     assert sorted(r.texts) == ["# Second\n\nbook", "café"]
+    r = read_all([root], glob="sub/*", keep_empty=True)  # source code: an empty __init__.py is a document
+    assert dict(zip(r.kept["url"].to_pylist(), r.texts))["sub/empty.txt"] == "  \n"
+    assert set(dict(r.reasons())) == {"bad_utf8"}
+
+
+def test_keep_empty_keeps_empty_rows(tmp_path: Path) -> None:
+    write_jsonl(tmp_path / "a.jsonl", [{"id": "x", "text": ""}, {"id": "y", "text": "print(1)\n"}, {"id": "z"}])
+    assert dict(read_all([tmp_path / "a.jsonl"]).reasons()).keys() == {"empty_text", "missing_text"}
+    r = read_all([tmp_path / "a.jsonl"], keep_empty=True)
+    assert r.kept["id"].to_pylist() == ["x", "y"] and r.texts == ["", "print(1)\n"]
+    assert dict(r.reasons()).keys() == {"missing_text"}  # no text at all is still an error
 
 
 def test_ids_are_stable_across_folders(tmp_path: Path) -> None:

@@ -249,6 +249,16 @@ BUNDLES: tuple[Bundle, ...] = (
         "jsonl/docutils-docs.jsonl.gz", "docutils", "docs/", ".txt", "public-domain",
         "922d9edf76d110f45fdf425347d364954f02d571e87a570fa173b7cf3364f6ae", 395855, member="docs/**/*.txt",
     ),
+    # --- source code of two Python projects, one JSON line per file (`url` = <project>-<version>/<path>),
+    # for the code demo (configs/code.demo.yaml: code.repo_pack) ---
+    JsonlBundle(
+        "code/docutils.jsonl.gz", "docutils", "docutils/", ".py", "public-domain; some files BSD-2-Clause",
+        "82935509767afba2ca8080d04a6dabe8aaf77a54d8e132a0d94db6102f2f83ef", 384712, member="docutils/**/*.py",
+    ),
+    JsonlBundle(
+        "code/pywb.jsonl.gz", "pywb", "pywb/", ".py", "GPL-3.0",
+        "dc00eb5c73d684149bfffd48f92d533dcda9194ed2664e3278c34533740d5dbc", 180987, member="pywb/**/*.py",
+    ),
     # --- sources of the quality labels (the labels package); not read by the demo pipeline ---
     JsonlBundle(
         "sources/django-docs.jsonl.gz", "django", "docs/", ".txt", "BSD-3-Clause",

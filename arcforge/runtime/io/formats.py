@@ -235,7 +235,7 @@ def read_text_files(spec: dict[str, Any], params: Any, lay: Layout, ctx: TaskCon
             text = data.decode(params.encoding, "replace")
             reason, detail = "bad_utf8", f"{name}: not {params.encoding} at byte {exc.start}: {exc.reason}"
         text = text.removeprefix("\ufeff")
-        if reason is None and not text.strip():
+        if reason is None and not text.strip() and not params.keep_empty:
             reason, detail = "empty_text", f"{name}: {len(data)} bytes, no text"
         rows.append({**row, "text": text})
         reasons.append(reason)

@@ -61,6 +61,7 @@ class ReadParams(StageParams):
     csv_delimiter: str | None = None  # None: "," (tab for .tsv)
     encoding: str = "utf-8"  # of text files and CSV
     glob: str | None = None  # files of an input folder to read (matched against their path inside it)
+    keep_empty: bool = False  # keep documents whose text is empty (source code: an empty __init__.py marks a package)
 
     @field_validator("csv_delimiter")
     @classmethod
@@ -148,7 +149,7 @@ def layout(params: ReadParams, schema: pa.Schema | None, first: str, *, check: b
     if schema is None:  # plain-text files: no columns
         if check and (params.keep or mdkeys != "rest"):
             raise ValueError("keep and metadata_keys do not apply to text files (one document per file)")
-        return Layout("text", None, None, None, (), "rest", params.source)
+        return Layout("text", None, None, None, (), "rest", params.source, params.keep_empty)
     names = schema.names
     if check:
         cols = f"its columns are: {', '.join(names)}"[:400]
@@ -172,7 +173,8 @@ def layout(params: ReadParams, schema: pa.Schema | None, first: str, *, check: b
     keep = tuple(
         pa.field(k, normalize_type(schema.field(k).type)) if k in names else pa.field(k, pa.string()) for k in params.keep
     )
-    return Layout(params.text_key, params.id_key, params.url_key, params.language_key, keep, mdkeys, params.source)
+    return Layout(params.text_key, params.id_key, params.url_key, params.language_key, keep, mdkeys, params.source,
+                  params.keep_empty)
 
 
 def _typed(fmt: str, schema: pa.Schema | None, lay: Layout) -> pa.Schema:

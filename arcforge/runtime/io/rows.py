@@ -46,6 +46,7 @@ class Layout:
     keep: tuple[pa.Field, ...]
     metadata: str | tuple[str, ...]  # "rest" or the input columns packed into metadata
     source: str
+    keep_empty: bool = False  # documents with an empty text are kept (ReadParams.keep_empty)
 
     @property
     def schema(self) -> pa.Schema:
@@ -315,7 +316,7 @@ def assemble(
         for i in np.flatnonzero(text.is_null().to_numpy(zero_copy_only=False)):
             reject(int(i), "missing_text", f"no {lay.text!r} value")
         text = text.fill_null("")
-    empty = np.flatnonzero(pc.binary_length(text).to_numpy(zero_copy_only=False) == 0)
+    empty = np.flatnonzero(pc.binary_length(text).to_numpy(zero_copy_only=False) == 0) if not lay.keep_empty else ()
     for i in empty:
         reject(int(i), "empty_text", "the text is empty")
 

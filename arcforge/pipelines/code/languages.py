@@ -1,0 +1,64 @@
+"""Programming languages by file extension, their line comments, and their tree-sitter parsers.
+
+The grammars are the per-language wheels (``tree-sitter-python``, ``-javascript``, ``-c``,
+``-cpp``, ``-java``, ``-go``), pinned in ``requirements.lock``: each ships its compiled grammar,
+so nothing is downloaded at run time (``tree-sitter-language-pack`` 1.x would fetch grammars
+on first use). A language without a grammar here is still packed, with no import edges.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from functools import lru_cache
+from typing import Any
+
+# extension -> language; the names are GitHub Linguist's, lower-cased
+EXTENSIONS: dict[str, str] = {
+    ".py": "python", ".pyi": "python",
+    ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
+    ".ts": "typescript", ".tsx": "typescript",
+    ".c": "c", ".h": "c",
+    ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".hpp": "c++", ".hh": "c++", ".hxx": "c++",
+    ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "c#",
+    ".kt": "kotlin", ".scala": "scala", ".swift": "swift", ".lua": "lua", ".sh": "shell",
+    ".r": "r", ".pl": "perl", ".sql": "sql", ".hs": "haskell",
+}
+_HASH = {"python", "ruby", "shell", "r", "perl"}
+_DASH = {"sql", "lua", "haskell"}
+# the grammar wheel of each language whose imports are read (modules imported lazily)
+GRAMMARS: dict[str, str] = {
+    "python": "tree_sitter_python", "javascript": "tree_sitter_javascript", "c": "tree_sitter_c",
+    "c++": "tree_sitter_cpp", "java": "tree_sitter_java", "go": "tree_sitter_go",
+}
+
+
+def language_of(path: str) -> str | None:
+    """The language of a file by its extension (case-insensitive), or None."""
+    return EXTENSIONS.get(posixpath.splitext(path)[1].lower())
+
+
+def path_comment(path: str, language: str | None) -> str:
+    """The line that names a file where it starts inside a packed repository, in the
+    language's own line-comment syntax, so the packed text is still valid code in most
+    languages (``#`` for languages without a known syntax: plain text and markup)."""
+    if language in _DASH:
+        return f"-- {path}"
+    if language in _HASH or language is None:
+        return f"# {path}"
+    return f"// {path}"
+
+
+@lru_cache(maxsize=None)
+def parser(language: str) -> Any:
+    """A tree-sitter parser for ``language`` (one per process), or None without a grammar."""
+    import importlib
+
+    import tree_sitter
+
+    module = GRAMMARS.get(language)
+    if module is None:
+        return None
+    return tree_sitter.Parser(tree_sitter.Language(importlib.import_module(module).language()))
+
+
+__all__ = ["EXTENSIONS", "GRAMMARS", "language_of", "parser", "path_comment"]
