@@ -157,7 +157,7 @@ def _print_distributions(run: Any, stages: list[str]) -> None:
             continue
         for line in render_status(stats):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-        for line in bucket_lines(manifest.get("stats", {})):
+        for line in bucket_lines(manifest.get("stats", {})) + repo_pack_lines(manifest.get("stats", {})):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -172,6 +172,16 @@ def bucket_lines(stats: dict[str, Any]) -> list[str]:
     if docs:
         lines.append("  docs per bucket: " + ", ".join(f"{int(b)}: {n:,}" for b, n in sorted(docs.items()) if n))
     return lines
+
+
+def repo_pack_lines(stats: dict[str, Any]) -> list[str]:
+    """A ``code.repo_pack`` stage's repositories, files and imports (docs/code.md)."""
+    if "code.repos" not in stats:
+        return []
+    g = lambda k: int(stats.get(f"code.{k}", 0))  # noqa: E731
+    return [f"  repositories: {g('repos'):,} ({g('files_packed'):,} files in {g('packed_docs'):,} documents); imports: "
+            f"{g('import_edges'):,} between files of a repository, {g('imports_external'):,} external; "
+            f"{g('cycles_broken'):,} files placed in an import cycle before a file they import"]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:

@@ -314,7 +314,7 @@ def test_a_missing_repo_column_is_a_config_error(tmp_path):
         load_plan(cfg)
 
 
-def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, monkeypatch):
+def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, monkeypatch, capsys):
     """configs/code.demo.yaml on the demo corpus: two real projects' sources (pinned sdists)."""
     import gzip
 
@@ -345,3 +345,10 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, mon
     first = {d["repo"]: json.loads(d["metadata"])["paths"][0] for d in docs if json.loads(d["metadata"])["part"] == 0}
     # docutils/__init__.py imports nothing of docutils: it opens the project
     assert first["docutils-0.21.2"] == "docutils/__init__.py"
+    from arcforge.cli import main
+
+    assert main(["status", str(tmp_path / "code-demo")]) == 0
+    out = capsys.readouterr().out
+    assert (f"repositories: 2 ({len(files)} files in {len(docs)} documents); imports: {stats['code.import_edges']:,} "
+            f"between files of a repository, {stats['code.imports_external']:,} external; "
+            f"{stats['code.cycles_broken']} files placed in an import cycle before a file they import") in out
