@@ -32,6 +32,9 @@ def test_imports_are_read_as_written_in_each_language():
     assert imports(py, "python") == ["os", "a.b", ".x|y", ".x|z", "..p.q|r", ".|m", "k", "g"]
     js = 'import a from "./a";\nconst d = require("./d");\nimport("./e");\nfoo("./no");\nexport * from "./c";\nimport "x";\n'
     assert imports(js, "javascript") == ["./a", "./d", "./e", "./c", "x"]
+    ts = 'import {a} from "./a";\nimport type {B} from "../b";\nconst x: number = require("./d");\nlet y = <T,>(z: T) => z;\n'
+    assert imports(ts, "typescript") == ["./a", "../b", "./d"]
+    assert imports('import A from "./A";\nconst e = <div>{import("./lazy")}</div>;\n', "tsx") == ["./A", "./lazy"]
     assert imports('#include "a.h"\n#include <numpy/x.h>\nint main(void) { return 0; }\n', "c") == ["a.h", "<numpy/x.h>"]
     assert imports('#include "v.hpp"\ntemplate <class T> struct S {};\n', "c++") == ["v.hpp"]
     assert imports("package a.b;\nimport a.c.D;\nimport a.e.*;\nimport static a.f.G.h;\nclass X {}\n", "java") == \
@@ -43,8 +46,8 @@ def test_imports_are_read_as_written_in_each_language():
 
 
 def test_languages_and_path_comments():
-    assert [language_of(p) for p in ("a/B.PY", "x.hpp", "m.mjs", "README.md", "Makefile")] == \
-        ["python", "c++", "javascript", None, None]
+    assert [language_of(p) for p in ("a/B.PY", "x.hpp", "m.mjs", "v.tsx", "README.md", "Makefile")] == \
+        ["python", "c++", "javascript", "tsx", None, None]
     assert path_comment("a/b.py", "python") == "# a/b.py"
     assert path_comment("a/b.go", "go") == "// a/b.go"
     assert path_comment("q.sql", "sql") == "-- q.sql"
@@ -58,7 +61,7 @@ def test_resolution_in_each_language():
     idx = RepoIndex([
         "src/pkg/__init__.py", "src/pkg/core.py", "src/pkg/sub/__init__.py", "src/pkg/sub/leaf.py", "scripts/run.py",
         "scripts/helper.py", "tests/test_core.py",
-        "web/app.js", "web/lib/util.ts", "web/lib/index.js", "web/view.jsx",
+        "web/app.js", "web/lib/util.ts", "web/lib/index.js", "web/view.jsx", "web/lib/types.d.ts",
         "c/main.c", "c/inc/lib.h", "include/proj/api.h", "c/stdio.h",
         "java/src/com/acme/Foo.java", "java/src/com/acme/util/Bar.java", "java/src/com/acme/util/Baz.java",
         "go/internal/store/store.go", "go/internal/store/cache.go", "go/cmd/main.go", "go/go.mod", "tools/lint/lint.go",
@@ -73,7 +76,8 @@ def test_resolution_in_each_language():
     assert idx.resolve("tests/test_core.py", "python", "pkg|core") == ["src/pkg/core.py"]
     assert idx.resolve("web/app.js", "javascript", "./lib/util") == ["web/lib/util.ts"]
     assert idx.resolve("web/app.js", "javascript", "./lib") == ["web/lib/index.js"]
-    assert idx.resolve("web/lib/util.ts", "javascript", "../view") == ["web/view.jsx"]
+    assert idx.resolve("web/lib/util.ts", "typescript", "../view") == ["web/view.jsx"]
+    assert idx.resolve("web/view.jsx", "javascript", "./lib/types") == ["web/lib/types.d.ts"]
     assert idx.resolve("web/app.js", "javascript", "react") == []
     assert idx.resolve("c/main.c", "c", "inc/lib.h") == ["c/inc/lib.h"]  # beside the file
     assert idx.resolve("c/main.c", "c", "proj/api.h") == ["include/proj/api.h"]  # an -I directory's header

@@ -6,7 +6,7 @@ Reading (``imports``, per file, on the workers) gives *specifiers*, the import a
 * Python: ``a.b`` for ``import a.b``; ``a.b|n`` for ``from a.b import n`` (the submodule
   ``a.b.n`` if the repository has it, else the module ``a.b``); relative imports keep their
   dots (``.x|y``, ``..|m``). Imports inside functions count too.
-* JavaScript: the string of ``import … from``, ``export … from``, ``import "…"``,
+* JavaScript and TypeScript (``.ts``, ``.tsx``): the string of ``import … from``, ``export … from``, ``import "…"``,
   ``import("…")`` and ``require("…")``.
 * C and C++: ``#include "…"``, and ``#include <…>`` kept with its brackets.
 * Java: ``import a.b.C``, ``import a.b.*`` and ``import static a.b.C.m``.
@@ -20,7 +20,7 @@ packages) is *external* and counted, not an edge:
   that is not in a package (a script's directory is on ``sys.path``), then by the module
   name every file has from its chain of ``__init__.py`` packages (``src/pkg/a.py`` is
   ``pkg.a`` when ``src/pkg/__init__.py`` exists); two files with one name: the shorter path.
-* JavaScript: ``./`` and ``../`` paths, with the extensions Node and bundlers try and
+* JavaScript and TypeScript: ``./`` and ``../`` paths, with the extensions Node and bundlers try and
   ``index`` files; bare package names are external.
 * C/C++: ``"…"`` beside the including file, then from the repository's root, then the
   shortest path that ends with the included path (an ``-I`` directory's header); ``<…>``
@@ -43,7 +43,7 @@ from collections import defaultdict
 from functools import lru_cache
 from typing import Any
 
-from arcforge.pipelines.code.languages import language_of, parser
+from arcforge.pipelines.code.languages import JS_LIKE, language_of, parser
 
 _QUERIES: dict[str, str] = {
     "python": """
@@ -52,17 +52,18 @@ _QUERIES: dict[str, str] = {
             name: [(dotted_name) @name (aliased_import name: (dotted_name) @name)])
         (import_from_statement module_name: [(dotted_name) (relative_import)] @from (wildcard_import))
     """,
-    "javascript": """
+    **dict.fromkeys(JS_LIKE, """
         (import_statement source: (string (string_fragment) @path))
         (export_statement source: (string (string_fragment) @path))
         (call_expression function: [(import) (identifier) @fn] arguments: (arguments . (string (string_fragment) @path)))
-    """,
+    """),
     "c": "(preproc_include path: [(string_literal (string_content) @path) (system_lib_string) @system])",
     "c++": "(preproc_include path: [(string_literal (string_content) @path) (system_lib_string) @system])",
     "java": "(import_declaration (scoped_identifier) @name (asterisk)? @star)",
     "go": "(import_spec path: (interpreted_string_literal (interpreted_string_literal_content) @path))",
 }
-JS_SUFFIXES = ("", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".tsx", "/index.js", "/index.mjs", "/index.jsx", "/index.ts")
+JS_SUFFIXES = ("", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".tsx", ".d.ts",
+               "/index.js", "/index.mjs", "/index.jsx", "/index.ts", "/index.tsx")
 
 
 @lru_cache(maxsize=None)
@@ -131,7 +132,7 @@ class RepoIndex:
         d = posixpath.dirname(path)
         if language == "python":
             found = self._python(d, spec)
-        elif language == "javascript":
+        elif language in JS_LIKE:
             found = self._first([_join(d, spec) + s for s in JS_SUFFIXES]) if spec.startswith((".", "/")) else []
         elif language in ("c", "c++") and spec.startswith("<"):  # searched for in the -I directories only
             found = self._ending(spec.strip("<>"))

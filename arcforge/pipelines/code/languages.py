@@ -1,7 +1,7 @@
 """Programming languages by file extension, their line comments, and their tree-sitter parsers.
 
-The grammars are the per-language wheels (``tree-sitter-python``, ``-javascript``, ``-c``,
-``-cpp``, ``-java``, ``-go``), pinned in ``requirements.lock``: each ships its compiled grammar,
+The grammars are the per-language wheels (``tree-sitter-python``, ``-javascript``,
+``-typescript``, ``-c``, ``-cpp``, ``-java``, ``-go``), pinned in ``requirements.lock``: each ships its compiled grammar,
 so nothing is downloaded at run time (``tree-sitter-language-pack`` 1.x would fetch grammars
 on first use). A language without a grammar here is still packed, with no import edges.
 """
@@ -16,7 +16,7 @@ from typing import Any
 EXTENSIONS: dict[str, str] = {
     ".py": "python", ".pyi": "python",
     ".js": "javascript", ".mjs": "javascript", ".cjs": "javascript", ".jsx": "javascript",
-    ".ts": "typescript", ".tsx": "typescript",
+    ".ts": "typescript", ".tsx": "tsx",
     ".c": "c", ".h": "c",
     ".cc": "c++", ".cpp": "c++", ".cxx": "c++", ".hpp": "c++", ".hh": "c++", ".hxx": "c++",
     ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "c#",
@@ -25,11 +25,13 @@ EXTENSIONS: dict[str, str] = {
 }
 _HASH = {"python", "ruby", "shell", "r", "perl"}
 _DASH = {"sql", "lua", "haskell"}
-# the grammar wheel of each language whose imports are read (modules imported lazily)
+# the grammar of each language whose imports are read: "wheel module[:function]" (imported lazily)
 GRAMMARS: dict[str, str] = {
     "python": "tree_sitter_python", "javascript": "tree_sitter_javascript", "c": "tree_sitter_c",
     "c++": "tree_sitter_cpp", "java": "tree_sitter_java", "go": "tree_sitter_go",
+    "typescript": "tree_sitter_typescript:language_typescript", "tsx": "tree_sitter_typescript:language_tsx",
 }
+JS_LIKE = ("javascript", "typescript", "tsx")
 
 
 def language_of(path: str) -> str | None:
@@ -55,10 +57,11 @@ def parser(language: str) -> Any:
 
     import tree_sitter
 
-    module = GRAMMARS.get(language)
-    if module is None:
+    grammar = GRAMMARS.get(language)
+    if grammar is None:
         return None
-    return tree_sitter.Parser(tree_sitter.Language(importlib.import_module(module).language()))
+    module, _, function = grammar.partition(":")
+    return tree_sitter.Parser(tree_sitter.Language(getattr(importlib.import_module(module), function or "language")()))
 
 
-__all__ = ["EXTENSIONS", "GRAMMARS", "language_of", "parser", "path_comment"]
+__all__ = ["EXTENSIONS", "GRAMMARS", "JS_LIKE", "language_of", "parser", "path_comment"]
