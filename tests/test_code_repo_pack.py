@@ -174,6 +174,36 @@ def test_python_edges_reach_what_pythons_import_machinery_loads(tmp_path, packag
         assert reached == loaded, (p, sorted(loaded - reached), sorted(reached - loaded))
 
 
+def test_c_includes_reach_what_gcc_lists(tmp_path):
+    """Oracle: for every public header of the installed numpy, the repository's headers that
+    ``gcc -MM`` (the preprocessor itself; ``-MG``: a missing system header is not an error)
+    lists as its dependencies are the headers reachable from it over arcforge's edges.
+    numpy's headers include each other both as ``"npy_common.h"`` and ``<numpy/npy_common.h>``."""
+    import subprocess
+    import sysconfig
+
+    import numpy
+
+    shutil.copytree(Path(numpy.get_include()) / "numpy", tmp_path / "numpy")
+    paths = sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "numpy").rglob("*") if p.suffix in (".h", ".c"))
+    idx = RepoIndex(paths)
+    deps = {p: {q for spec in imports(Path(tmp_path, p).read_text(errors="replace"), "c") for q in idx.resolve(p, "c", spec)}
+            for p in paths}
+    headers = [p for p in paths if p.endswith(".h")]
+    assert len(headers) > 20 and sum(map(len, deps.values())) > 20
+    for p in headers:
+        out = subprocess.run(["gcc", "-MM", "-MG", "-I.", f"-I{sysconfig.get_paths()['include']}", "-x", "c", p],
+                             cwd=tmp_path, capture_output=True, text=True, check=False).stdout
+        listed = {w for w in out.replace("\\\n", " ").split()[1:] if w in idx.paths}
+        reached, todo = set(), [p]
+        while todo:
+            q = todo.pop()
+            if q not in reached:
+                reached.add(q)
+                todo += deps[q]
+        assert listed and reached == listed, (p, sorted(listed - reached), sorted(reached - listed))
+
+
 # ---------------------------------------------------------------------------- ordering and packing
 
 

@@ -1,4 +1,5 @@
-"""Which files of its own repository a source file imports: tree-sitter reads the imports,
+"""Which files of its own repository a source file imports: tree-sitter reads the imports
+(the C preprocessor's ``#include`` lines are read as lines),
 ``RepoIndex`` resolves them against the repository's paths.
 
 Reading (``imports``, per file, on the workers) gives *specifiers*, the import as written:
@@ -8,7 +9,8 @@ Reading (``imports``, per file, on the workers) gives *specifiers*, the import a
   dots (``.x|y``, ``..|m``). Imports inside functions count too.
 * JavaScript and TypeScript (``.ts``, ``.tsx``): the string of ``import … from``, ``export … from``, ``import "…"``,
   ``import("…")`` and ``require("…")``.
-* C and C++: ``#include "…"``, and ``#include <…>`` kept with its brackets.
+* C and C++: ``#include "…"``, and ``#include <…>`` kept with its brackets, read line by
+  line as the preprocessor does (``c_includes``), not by tree-sitter.
 * Java: ``import a.b.C``, ``import a.b.*`` and ``import static a.b.C.m``.
 * Go: the import path.
 
@@ -39,6 +41,7 @@ edits, build-system include paths, Java's same-package references (no import is 
 from __future__ import annotations
 
 import posixpath
+import re
 from collections import defaultdict
 from functools import lru_cache
 from typing import Any
@@ -57,13 +60,25 @@ _QUERIES: dict[str, str] = {
         (export_statement source: (string (string_fragment) @path))
         (call_expression function: [(import) (identifier) @fn] arguments: (arguments . (string (string_fragment) @path)))
     """),
-    "c": "(preproc_include path: [(string_literal (string_content) @path) (system_lib_string) @system])",
-    "c++": "(preproc_include path: [(string_literal (string_content) @path) (system_lib_string) @system])",
     "java": "(import_declaration (scoped_identifier) @name (asterisk)? @star)",
     "go": "(import_spec path: (interpreted_string_literal (interpreted_string_literal_content) @path))",
 }
 JS_SUFFIXES = ("", ".js", ".mjs", ".cjs", ".jsx", ".ts", ".tsx", ".d.ts",
                "/index.js", "/index.mjs", "/index.jsx", "/index.ts", "/index.tsx")
+
+
+# the preprocessor's own rule: a directive is a line; comments are not code
+_C_COMMENT = re.compile(r"/\*.*?\*/|//[^\n]*", re.S)
+_C_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]*("[^"\n]+"|<[^>\n]+>)', re.M)
+
+
+def c_includes(text: str) -> list[str]:
+    """``#include`` targets of a C or C++ file, line by line as the preprocessor reads them
+    (``"a.h"`` as ``a.h``, ``<a.h>`` with its brackets). Not tree-sitter: it parses C without
+    preprocessing, and in a macro-heavy header its error recovery can swallow a directive
+    (numpy's ``__multiarray_api.h`` loses its one include inside a large ``#if``)."""
+    found = [m.group(1) for m in _C_INCLUDE.finditer(_C_COMMENT.sub(lambda m: "\n" * m.group(0).count("\n"), text))]
+    return [f[1:-1] if f.startswith('"') else f for f in found]
 
 
 @lru_cache(maxsize=None)
@@ -76,6 +91,8 @@ def _query(language: str) -> Any:
 def imports(text: str, language: str | None) -> list[str]:
     """The import specifiers of one file, in source order, without repeats (module docstring);
     ``[]`` for a language without a grammar or a query."""
+    if language in ("c", "c++"):
+        return list(dict.fromkeys(c_includes(text)))
     if language not in _QUERIES or not text:
         return []
     import tree_sitter
@@ -94,7 +111,7 @@ def imports(text: str, language: str | None) -> list[str]:
             name = caps["name"][0].text.decode()
             found.append(f"{name}.*" if "star" in caps else name)
         else:
-            key = next(k for k in ("module", "path", "system") if k in caps)
+            key = "module" if "module" in caps else "path"
             found += [n.text.decode() for n in caps[key]]
     return list(dict.fromkeys(found))
 
@@ -232,4 +249,4 @@ def _shortest(path: str) -> tuple[int, int, str]:
     return path.count("/"), len(path), path
 
 
-__all__ = ["RepoIndex", "go_module", "implied_packages", "imports"]
+__all__ = ["RepoIndex", "c_includes", "go_module", "implied_packages", "imports"]
