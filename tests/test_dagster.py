@@ -200,6 +200,30 @@ def test_jobs_schedule_and_a_bad_check_is_one_line(tmp_path):
     assert "\n" not in str(err.value)
 
 
+def test_names_with_dashes_and_dots_become_dagster_names(tmp_path):
+    """Run and stage names may hold ``-`` and ``.``; Dagster's names may not (``code-demo``)."""
+    text = small_config(tmp_path).read_text().replace("name: small", "name: small-run").replace("engine: spark", "engine: local") \
+        .replace("engine: ray", "engine: local").replace("name: read", "name: read.v2").replace("input: read", "input: read.v2") \
+        .replace("name: keep", "name: keep-long").replace("input: keep", "input: keep-long")
+    cfg = write_config(tmp_path / "dashed.yaml", text)
+    defs = arcforge_definitions(str(cfg))
+    pipeline = defs.resolve_job_def("small_run_pipeline")
+    assert {k.path[-1] for k in pipeline.asset_layer.executable_asset_keys} == {"stats", "keep_long", "after", "small_run_report"}
+    assert defs.resolve_job_def("ingest_read_v2").partitions_def.name == "small_run__read_v2__files"
+    assert defs.resolve_schedule_def("small_run_daily") and defs.resolve_sensor_def("read_v2_new_files")
+    inst = dg.DagsterInstance.ephemeral()
+    inst.add_dynamic_partitions("small_run__read_v2__files", ["a.jsonl.gz", "b.jsonl.gz"])
+    for key in ("a.jsonl.gz", "b.jsonl.gz"):
+        dg.materialize(list(defs.assets), instance=inst, selection="read_v2", partition_key=key, resources=defs.resources)
+    rest = dg.materialize(list(defs.assets), instance=inst, selection=dg.AssetSelection.assets("stats", "keep_long"),
+                          resources=defs.resources)
+    assert _materialised(rest) == {"stats", "keep_long"}  # the asset keep_long runs the stage keep-long:
+    assert dataset.read_manifest(DatasetRef(str(tmp_path / "runs" / "small-run" / "keep-long")))["rows"] == 34
+    clash = write_config(tmp_path / "clash.yaml", text.replace("name: after", "name: keep_long"))
+    with pytest.raises(ConfigError, match=r"stages 'keep-long' and 'keep_long' are both 'keep_long' as Dagster asset names"):
+        arcforge_definitions(str(clash))
+
+
 def test_the_demo_materialises_and_its_metadata_equals_the_manifests(demo_run, demo_corpus, monkeypatch):
     run, results = demo_run
     monkeypatch.setenv("ARCFORGE_RUNS", str(run.parent))

@@ -26,6 +26,7 @@ session and one local Ray serve all its stages, as in ``arcforge run``.
 
 import os
 import posixpath
+import re
 from typing import Any
 
 import dagster as dg
@@ -33,7 +34,7 @@ from dagster import AssetExecutionContext, SensorEvaluationContext
 
 from arcforge.orchestrate.resources import EnginesResource, engine_resources
 from arcforge.report.checks import evaluate
-from arcforge.runtime.config import Plan, ResolvedStage, load_plan
+from arcforge.runtime.config import ConfigError, Plan, ResolvedStage, load_plan
 from arcforge.runtime.dataset import DatasetRef
 from arcforge.runtime.runlock import RunLock
 from arcforge.runtime.runner import Runner, StageResult
@@ -41,6 +42,22 @@ from arcforge.runtime.stage import SourceStage
 
 DAILY = "0 3 * * *"
 LOCK_WAIT_S = 6 * 3600.0  # a step waits this long for another run on the same run directory, then fails
+
+
+def dagster_name(name: str) -> str:
+    """A run's or stage's name as Dagster accepts it (``^[A-Za-z0-9_]+$``): run and stage
+    names may also hold ``-`` and ``.``, which become ``_`` (``code-demo`` -> ``code_demo``)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", name)
+
+
+def _check_names(plan: Plan) -> None:
+    """Two stages whose Dagster names collide (``a-b`` and ``a_b``) are a config error."""
+    seen: dict[str, str] = {}
+    for rs in plan.stages:
+        other = seen.setdefault(dagster_name(rs.name), rs.name)
+        if other != rs.name:
+            raise ConfigError(f"{plan.path}: stages {other!r} and {rs.name!r} are both {dagster_name(rs.name)!r} "
+                              "as Dagster asset names (which allow only letters, digits and _): rename one")
 
 
 def partitioned(rs: ResolvedStage) -> bool:
@@ -98,18 +115,18 @@ def check_results(rs: ResolvedStage, ref: DatasetRef, manifest: dict[str, Any]) 
 def _stage_asset(config: str, plan: Plan, rs: ResolvedStage, pdefs: dict[str, dg.DynamicPartitionsDefinition],
                  lock_wait_s: float) -> dg.AssetsDefinition:
     deps = [*rs.cfg.input_stages(), *rs.cfg.artifacts.values()]
-    specs = [dg.AssetCheckSpec(c.check_name, asset=rs.name, blocking=c.blocking, description=c.band()) for c in rs.cfg.checks]
-    name = rs.name
+    name, key = rs.name, dagster_name(rs.name)
+    specs = [dg.AssetCheckSpec(c.check_name, asset=key, blocking=c.blocking, description=c.band()) for c in rs.cfg.checks]
 
     @dg.asset(
-        name=name,
-        deps=[dg.AssetKey(d) for d in dict.fromkeys(deps)],
+        name=key,
+        deps=[dg.AssetKey(dagster_name(d)) for d in dict.fromkeys(deps)],
         partitions_def=pdefs.get(name),
         check_specs=specs or None,
-        group_name=plan.config.name,
+        group_name=dagster_name(plan.config.name),
         kinds={rs.engine},
         description=f"{rs.cfg.uses} on {rs.engine}",
-        metadata={"uses": rs.cfg.uses, "engine": rs.engine, "config": os.path.abspath(config)},
+        metadata={"stage": name, "uses": rs.cfg.uses, "engine": rs.engine, "config": os.path.abspath(config)},
     )
     def _materialise(context: AssetExecutionContext, engines: EnginesResource):  # noqa: ANN202
         current = load_plan(config)  # re-read: the files under the globs may have changed
@@ -142,7 +159,9 @@ def _stage_asset(config: str, plan: Plan, rs: ResolvedStage, pdefs: dict[str, dg
 def _report_asset(plan: Plan, leaves: list[str]) -> dg.AssetsDefinition:
     run_uri = plan.run_uri
 
-    @dg.asset(name=f"{plan.config.name}_report", deps=[dg.AssetKey(n) for n in leaves], group_name=plan.config.name,
+    run = dagster_name(plan.config.name)
+
+    @dg.asset(name=f"{run}_report", deps=[dg.AssetKey(dagster_name(n)) for n in leaves], group_name=run,
               kinds={"html"}, description="the run's HTML data-quality report and report.json (arcforge report)")
     def _report(context: AssetExecutionContext) -> dg.MaterializeResult:
         from arcforge.report.cli import write_report
@@ -154,7 +173,7 @@ def _report_asset(plan: Plan, leaves: list[str]) -> dg.AssetsDefinition:
 
 
 def _source_sensor(config: str, name: str, pdef: dg.DynamicPartitionsDefinition, job: Any) -> dg.SensorDefinition:
-    @dg.sensor(name=f"{name}_new_files", job=job, minimum_interval_seconds=60,
+    @dg.sensor(name=f"{dagster_name(name)}_new_files", job=job, minimum_interval_seconds=60,
                description=f"adds a partition of {name} for each new file under its input globs, and runs it")
     def _sensor(context: SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         stage = next(s for s in load_plan(config).stages if s.name == name)
@@ -175,20 +194,22 @@ def arcforge_definitions(config: str, *, cron: str = DAILY, lock_wait_s: float =
     ``lock_wait_s``: how long a step waits for the run directory's lock held by another run
     (the sensor's runs for files that arrived together, a schedule overlapping them)."""
     plan = load_plan(config)
-    pdefs = {rs.name: dg.DynamicPartitionsDefinition(name=f"{plan.config.name}__{rs.name}__files")
+    _check_names(plan)
+    run = dagster_name(plan.config.name)
+    pdefs = {rs.name: dg.DynamicPartitionsDefinition(name=f"{run}__{dagster_name(rs.name)}__files")
              for rs in plan.stages if partitioned(rs)}
     assets = [_stage_asset(config, plan, rs, pdefs, lock_wait_s) for rs in plan.stages]
     used = {d for rs in plan.stages for d in [*rs.cfg.input_stages(), *rs.cfg.artifacts.values()]}
     leaves = [rs.name for rs in plan.stages if rs.name not in used]
     assets.append(_report_asset(plan, leaves))
-    rest = [rs.name for rs in plan.stages if rs.name not in pdefs] + [f"{plan.config.name}_report"]
-    pipeline = dg.define_asset_job(f"{plan.config.name}_pipeline", selection=dg.AssetSelection.assets(*rest),
+    rest = [dagster_name(rs.name) for rs in plan.stages if rs.name not in pdefs] + [f"{run}_report"]
+    pipeline = dg.define_asset_job(f"{run}_pipeline", selection=dg.AssetSelection.assets(*rest),
                                    description="every stage after the partitioned sources, then the report")
     jobs, sensors = [pipeline], []
     for name, pdef in pdefs.items():
-        job = dg.define_asset_job(f"ingest_{name}", selection=dg.AssetSelection.assets(name))
+        job = dg.define_asset_job(f"ingest_{dagster_name(name)}", selection=dg.AssetSelection.assets(dagster_name(name)))
         jobs.append(job)
         sensors.append(_source_sensor(config, name, pdef, job))
-    schedule = dg.ScheduleDefinition(name=f"{plan.config.name}_daily", job=pipeline, cron_schedule=cron)
+    schedule = dg.ScheduleDefinition(name=f"{run}_daily", job=pipeline, cron_schedule=cron)
     return dg.Definitions(assets=assets, jobs=jobs, sensors=sensors, schedules=[schedule],
                           resources=engine_resources(plan.config.engines), executor=dg.in_process_executor)
