@@ -54,6 +54,7 @@ _QUERIES: dict[str, str] = {
         (import_from_statement module_name: [(dotted_name) (relative_import)] @from
             name: [(dotted_name) @name (aliased_import name: (dotted_name) @name)])
         (import_from_statement module_name: [(dotted_name) (relative_import)] @from (wildcard_import))
+        (future_import_statement "__future__" @from name: [(dotted_name) @name (aliased_import name: (dotted_name) @name)])
     """,
     **dict.fromkeys(JS_LIKE, """
         (import_statement source: (string (string_fragment) @path))
