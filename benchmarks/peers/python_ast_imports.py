@@ -15,7 +15,8 @@ def ast_imports(text: str) -> list[str] | None:
     """Every import of a Python file as a specifier; None for a file ``ast`` cannot parse."""
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", SyntaxWarning)  # "invalid escape sequence" in old string literals
+            for category in (SyntaxWarning, DeprecationWarning):  # "invalid escape sequence" in old strings
+                warnings.simplefilter("ignore", category)
             tree = ast.parse(text)
     except SyntaxError:
         return None
