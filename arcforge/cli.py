@@ -178,10 +178,10 @@ def repo_pack_lines(stats: dict[str, Any]) -> list[str]:
     """A ``code.repo_pack`` stage's repositories, files and imports (docs/code.md)."""
     if "code.repos" not in stats:
         return []
-    g = lambda k: int(stats.get(f"code.{k}", 0))  # noqa: E731
-    return [f"  repositories: {g('repos'):,} ({g('files_packed'):,} files in {g('packed_docs'):,} documents); imports: "
-            f"{g('import_edges'):,} between files of a repository, {g('imports_external'):,} external; "
-            f"{g('cycles_broken'):,} files placed in an import cycle before a file they import"]
+    n = {k.removeprefix("code."): int(v) for k, v in stats.items() if k.startswith("code.")}
+    return [f"  repositories: {n['repos']:,} ({n.get('files_packed', 0):,} files in {n.get('packed_docs', 0):,} documents); "
+            f"imports: {n.get('import_edges', 0):,} between files of a repository, {n.get('imports_external', 0):,} external; "
+            f"{n.get('cycles_broken', 0):,} files placed in an import cycle before a file they import"]
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
