@@ -317,6 +317,15 @@ def test_the_stage_packs_each_repository_on_every_engine(tmp_path, spark, ray_lo
         assert [r.status for r in Runner(load_plan(cfg)).run()] == ["skipped", "skipped"]
     assert shas["spark"] == shas["local"] == shas["ray"]
     assert len(manifest["parts"]) > 1
+    # a run killed after committing some parts: the re-run writes only the others, the same bytes
+    out = tmp_path / "local" / "code" / "repos"
+    lost = [p["name"] for p in manifest["parts"] if p["rows"]][-1]  # a part holding a repository's documents
+    for path in (out / "_manifest.json", out / "_commits" / f"{lost}.json", out / lost):
+        path.unlink()
+    cfg = tmp_path / "local.yaml"
+    [_, again] = Runner(load_plan(cfg)).run()
+    assert again.status == "resumed" and again.ran == 1 and again.partitions == len(manifest["parts"])
+    assert [p["sha256"] for p in read_manifest(DatasetRef(str(out)))["parts"]] == shas["local"]
     docs = read_dataset(DatasetRef(str(tmp_path / "local" / "code" / "repos"))).to_pylist()
     assert sorted(d["repo"] for d in docs) == ["ekzhu/datasketch", "fsspec/filesystem_spec"]
     stats = read_manifest(DatasetRef(str(tmp_path / "local" / "code" / "repos")))["stats"]
