@@ -380,7 +380,7 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, mon
     monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path))
     monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
     cfg = Path(__file__).parent.parent / "configs" / "code.demo.yaml"
-    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran", "ran"]
+    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"] * 4
     files = {}
     for bundle in sorted((demo_corpus / "code").glob("*.jsonl.gz")):
         for line in gzip.open(bundle, "rt", encoding="utf-8"):
@@ -404,6 +404,28 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, mon
     first = {d["repo"]: json.loads(d["metadata"])["paths"][0] for d in docs if json.loads(d["metadata"])["part"] == 0}
     # docutils/__init__.py imports nothing of docutils: it opens the project
     assert first["docutils-0.21.2"] == "docutils/__init__.py"
+    # the packed repositories in Megatron shards, about half of them fill-in-the-middle transformed
+    shards = read_manifest(DatasetRef(str(tmp_path / "code-demo" / "code_shards")))["stats"]
+    assert shards["docs_in"] == len(docs) and shards["shard.tokens"] > 500_000
+    assert 0 < shards["shard.fim_psm"] + shards["shard.fim_spm"] < len(docs) and shards["shard.fim_spm"] > 0
+    from megatron.core.datasets.indexed_dataset import IndexedDataset  # megatron's own reader
+
+    from arcforge.tokenize.spm import Tokenizer
+
+    tok = Tokenizer.load(str(tmp_path / "code-demo" / "code_tokenizer"))
+    ids = {name: tok.special_id(name) for name in ("fim_prefix", "fim_middle", "fim_suffix")}
+    seen_ids = {name: 0 for name in ids}
+    n_docs = 0
+    for idx in sorted((tmp_path / "code-demo" / "code_shards" / "shards" / "code").glob("*.idx")):
+        ds = IndexedDataset(str(idx.with_suffix("")))
+        n_docs += len(ds)
+        for i in range(len(ds)):
+            row = ds[i].tolist()
+            for name, value in ids.items():
+                seen_ids[name] += row.count(value)
+            assert row[-1] == tok.eod_id
+    # each transformed document holds each FIM sentinel once; the others hold none
+    assert n_docs == len(docs) and set(seen_ids.values()) == {shards["shard.fim_psm"] + shards["shard.fim_spm"]}
     from arcforge.cli import main
 
     assert main(["status", str(tmp_path / "code-demo")]) == 0
