@@ -373,7 +373,7 @@ def test_a_missing_repo_column_is_a_config_error(tmp_path):
         load_plan(cfg)
 
 
-def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, spark, monkeypatch, capsys):
+def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatch, capsys):
     """configs/code.demo.yaml on the demo corpus: two real projects' sources (pinned sdists)."""
     import gzip
 
