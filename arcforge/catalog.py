@@ -25,6 +25,7 @@ STAGES: dict[str, str] = {
     "text.wikipedia_dump": "arcforge.pipelines.web.sources:WIKIPEDIA_DUMP",
     "text.plain_files": "arcforge.pipelines.web.sources:PLAIN_FILES",
     # source code
+    "code.file_filter": "arcforge.pipelines.code.file_filter:FILE_FILTER",
     "code.repo_pack": "arcforge.pipelines.code.repo_pack:REPO_PACK",
     # quality classifiers
     "quality.buckets": "arcforge.classifiers.buckets:BUCKETS",

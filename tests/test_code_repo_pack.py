@@ -52,6 +52,8 @@ def test_languages_and_path_comments():
     assert path_comment("a/b.go", "go") == "// a/b.go"
     assert path_comment("q.sql", "sql") == "-- q.sql"
     assert path_comment("README.md", None) == "# README.md"
+    assert path_comment("s/base.css", "css") == "/* s/base.css */"
+    assert path_comment("t/a.html", language_of("t/a.HTML")) == "<!-- t/a.html -->"
 
 
 # ---------------------------------------------------------------------------- resolving them
@@ -119,8 +121,9 @@ def test_python_imports_read_as_pythons_own_parser_reads_them(demo_corpus):
     sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks" / "peers"))
     from python_ast_imports import ast_imports
 
-    texts = [json.loads(line)["text"] for f in sorted((demo_corpus / "code").glob("*.jsonl.gz"))
-             for line in gzip.open(f, "rt", encoding="utf-8")]
+    rows = [json.loads(line) for f in sorted((demo_corpus / "code").glob("*.jsonl.gz"))
+            for line in gzip.open(f, "rt", encoding="utf-8")]
+    texts = [r["text"] for r in rows if r["url"].endswith(".py")]
     assert len(texts) > 200 and sum(len(ast_imports(t)) for t in texts) > 1000
     for t in texts:
         assert imports(t, "python") == ast_imports(t), t[:200]
@@ -374,18 +377,27 @@ def test_a_missing_repo_column_is_a_config_error(tmp_path):
 
 
 def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatch, capsys):
-    """configs/code.demo.yaml on the demo corpus: two real projects' sources (pinned sdists)."""
+    """configs/code.demo.yaml on the demo corpus: two real projects' files (pinned sdists)."""
     import gzip
 
     monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path))
     monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
     cfg = Path(__file__).parent.parent / "configs" / "code.demo.yaml"
-    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"] * 4
-    files = {}
+    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"] * 5
+    every = {}
     for bundle in sorted((demo_corpus / "code").glob("*.jsonl.gz")):
         for line in gzip.open(bundle, "rt", encoding="utf-8"):
             row = json.loads(line)
-            files[row["url"]] = row["text"]
+            every[row["url"]] = row["text"]
+    # the file filter: every Python file kept; the minified libraries pywb vendors dropped
+    # for their long lines, with every input file either kept or in rejected/
+    filtered = DatasetRef(str(tmp_path / "code-demo" / "code_filter"))
+    rejected = {r["url"]: r["reason"] for r in read_dataset(filtered.rejected).to_pylist()}
+    files = {u: every[u] for u in read_dataset(filtered, columns=["url"]).column("url").to_pylist()}
+    assert sorted([*files, *rejected]) == sorted(every) and not any(u.endswith(".py") for u in rejected)
+    assert {rejected[f"pywb-2.10.0/pywb/static/{m}"] for m in
+            ("js/bootstrap.min.js", "js/jquery-latest.min.js", "css/bootstrap.min.css")} == {"long_line"}
+    assert set(rejected.values()) == {"long_line", "html_boilerplate"} and any(u.endswith(".js") for u in files)
     ref = DatasetRef(str(tmp_path / "code-demo" / "repos"))
     stats = read_manifest(ref)["stats"]
     assert stats["docs_in"] == len(files) > 200 and stats["code.files_packed"] == len(files) and stats.get("dropped", 0) == 0
@@ -397,7 +409,7 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatc
         meta = json.loads(d["metadata"])
         assert len(d["text"]) <= 200_000 or d["repo_files"] == 1
         for p in meta["paths"]:
-            block = f"# {p}\n{files[d['repo'] + '/' + p]}"
+            block = f"{path_comment(p, language_of(p))}\n{files[d['repo'] + '/' + p]}"
             assert block in d["text"], p
             seen.append(f"{d['repo']}/{p}")
     assert sorted(seen) == sorted(files)  # every file once, in one document

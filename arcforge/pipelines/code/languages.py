@@ -22,6 +22,7 @@ EXTENSIONS: dict[str, str] = {
     ".java": "java", ".go": "go", ".rs": "rust", ".rb": "ruby", ".php": "php", ".cs": "c#",
     ".kt": "kotlin", ".scala": "scala", ".swift": "swift", ".lua": "lua", ".sh": "shell",
     ".r": "r", ".pl": "perl", ".sql": "sql", ".hs": "haskell",
+    ".css": "css", ".html": "html", ".htm": "html",
 }
 _HASH = {"python", "ruby", "shell", "r", "perl"}
 _DASH = {"sql", "lua", "haskell"}
@@ -42,7 +43,12 @@ def language_of(path: str) -> str | None:
 def path_comment(path: str, language: str | None) -> str:
     """The line that names a file where it starts inside a packed repository, in the
     language's own line-comment syntax, so the packed text is still valid code in most
-    languages (``#`` for languages without a known syntax: plain text and markup)."""
+    languages (``#`` for languages without a known syntax: plain text). CSS and HTML have
+    only block comments."""
+    if language == "css":
+        return f"/* {path} */"
+    if language == "html":
+        return f"<!-- {path} -->"
     if language in _DASH:
         return f"-- {path}"
     if language in _HASH or language is None:

@@ -159,11 +159,12 @@ FILES: tuple[CorpusFile, ...] = (
 
 
 class _Selects:
-    """Which package members a bundle takes: below ``prefix``, ending in ``suffix``, under
-    one of ``include`` (paths relative to ``prefix``; empty: all) and under none of ``exclude``."""
+    """Which package members a bundle takes: below ``prefix``, ending in ``suffix`` (one of
+    them, for a tuple), under one of ``include`` (paths relative to ``prefix``; empty: all)
+    and under none of ``exclude``."""
 
     prefix: str
-    suffix: str
+    suffix: str | tuple[str, ...]
     include: tuple[str, ...]
     exclude: tuple[str, ...]
 
@@ -186,7 +187,7 @@ class JsonlBundle(_Selects):
     path: str
     package: str
     prefix: str
-    suffix: str
+    suffix: str | tuple[str, ...]
     license: str
     sha256: str
     size: int
@@ -258,6 +259,14 @@ BUNDLES: tuple[Bundle, ...] = (
     JsonlBundle(
         "code/pywb.jsonl.gz", "pywb", "pywb/", ".py", "GPL-3.0",
         "dc00eb5c73d684149bfffd48f92d533dcda9194ed2664e3278c34533740d5dbc", 180987, member="pywb/**/*.py",
+    ),
+    # pywb's web front end: its own scripts, styles and page templates beside the minified
+    # libraries it vendors (bootstrap.min.js, jquery-latest.min.js), which the code
+    # demo's file filter drops (code.file_filter: long lines)
+    JsonlBundle(
+        "code/pywb-static.jsonl.gz", "pywb", "pywb/", (".js", ".css", ".html"), "GPL-3.0; vendored libraries MIT",
+        "fc4e9897a90c5f04f3c970c6d59e97a468330c31bd0ea15b8c91e9535bcb2fe5", 159967, member="pywb/{static,templates}/**/*.{js,css,html} except the two built bundles",
+        include=("static/", "templates/"), exclude=("static/vue/", "static/wabacSW.js"),
     ),
     # --- sources of the quality labels (the labels package); not read by the demo pipeline ---
     JsonlBundle(

@@ -5,8 +5,9 @@ and ``fineweb``. ``words`` tokenizes once for all of them (see its rule for CJK 
 
 What they share lives here: per-language thresholds (``language_overrides``, keyed by the
 row's language: its ``language`` column, or the script-detected ``zh``/``ja``/``ko`` when
-the batch has none), Python's line and whitespace semantics in Arrow, and the way a
-reason becomes a rejected row (``detail`` = the measured value and the threshold).
+the batch has none) and Python's line and whitespace semantics in Arrow. What every
+rule-based filter shares, web or code (first failing rule, reason, detail), is
+``arcforge.runtime.rules``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, create_model, model_serializer
 
-from arcforge.runtime.stage import MapStage, Output, Resources, TaskContext, split_rejected
+from arcforge.runtime.rules import finish, flag, num, text_of
+from arcforge.runtime.stage import MapStage, Output, Resources, TaskContext
 
 LINE_BREAKS = r"\r\n|[\n\r\x0b\x0c\x1c\x1d\x1e\x85\x{2028}\x{2029}]"  # str.splitlines()'s, RE2 syntax
 # the characters str.isspace() accepts: str.split(), str.strip() and spaCy use these
@@ -93,15 +95,6 @@ def for_language(params: Any, language: str | None) -> Any:
     return params.model_copy(update={k: getattr(over, k) for k in over.model_fields_set})
 
 
-def text_of(batch: pa.RecordBatch | pa.Table) -> pa.Array:
-    """The ``text`` column as one string array, nulls as empty text."""
-    text = batch.column("text")
-    text = text.combine_chunks() if isinstance(text, pa.ChunkedArray) else text
-    if pa.types.is_large_string(text.type):
-        text = text.cast(pa.string())
-    return pc.fill_null(text, "")
-
-
 def row_languages(batch: pa.RecordBatch | pa.Table, text: pa.Array) -> list[str]:
     """Each row's language: the ``language`` column where set, else the script's (see words)."""
     detected: list[str] | None = None
@@ -120,19 +113,6 @@ def groups(languages: list[str], params: Any) -> dict[str | None, np.ndarray]:
     for i, lang in enumerate(languages):
         out.setdefault(lang if lang in params.language_overrides else None, []).append(i)
     return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
-
-
-def num(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(a, 0).to_numpy(zero_copy_only=False), dtype=np.float64)
-
-
-def flag(a: pa.Array | pa.ChunkedArray) -> np.ndarray:
-    return np.asarray(pc.fill_null(a, False).to_numpy(zero_copy_only=False), dtype=bool)
-
-
-def ratio(n: np.ndarray, d: np.ndarray) -> np.ndarray:
-    with np.errstate(divide="ignore", invalid="ignore"):
-        return np.where(d > 0, n / np.where(d > 0, d, 1), np.nan)
 
 
 def splitlines(text: pa.Array) -> tuple[pa.Array, np.ndarray]:
@@ -157,20 +137,6 @@ def duplicates(parents: np.ndarray, elements: pa.Array, n_rows: int) -> tuple[np
     g = table.group_by(["p", "s"], use_threads=False).aggregate([("n", "count"), ("n", "max")])
     p, count, length = g.column("p").to_numpy(), num(g.column("n_count")), num(g.column("n_max"))
     return np.bincount(p, weights=count - 1, minlength=n_rows), np.bincount(p, weights=(count - 1) * length, minlength=n_rows)
-
-
-def detail(label: str, value: float, threshold: Any) -> str:
-    v = float(value)
-    shown = int(v) if v.is_integer() else round(v, 6)
-    return f"{label}={shown} (threshold {threshold})"
-
-
-def finish(batch: pa.RecordBatch | pa.Table, reasons: list, details: list, ctx: TaskContext) -> Output:
-    """Rows with a reason are rejected; each reason is also a ``filter.<reason>`` counter."""
-    for r in reasons:
-        if r is not None:
-            ctx.stats.update(f"filter.{r}")
-    return split_rejected(batch, reasons, details)
 
 
 def prepare(text: pa.Array, language: pa.Array | None) -> tuple[pa.Array, list[str], np.ndarray, np.ndarray]:
@@ -199,20 +165,3 @@ def rules_stage(name: str, params: type, reasons_of: Callable[..., tuple[list, l
     """A filter stage over the text (one cpu, local by default) whose rules ``reasons_of`` applies."""
     return MapStage(name, params, RulesFn(reasons_of), requires=("text",), resources=Resources(cpus=1),
                     engine="local", version=version, doc=doc)
-
-
-class Checks:
-    """Rules applied in order to a group of rows: the first that fails gives the reason."""
-
-    def __init__(self, rows: np.ndarray, reasons: np.ndarray, details: np.ndarray) -> None:
-        self.rows, self.reasons, self.details = rows, reasons, details
-        self.open = np.ones(len(rows), dtype=bool)
-
-    def check(self, reason: str, fails: np.ndarray, value: np.ndarray, label: str, threshold: Any) -> None:
-        with np.errstate(invalid="ignore"):
-            hit = np.asarray(fails, dtype=bool) & self.open
-        for j in np.flatnonzero(hit):
-            self.reasons[self.rows[j]] = reason
-            self.details[self.rows[j]] = detail(label, value[j], threshold)
-        self.open &= ~hit
-

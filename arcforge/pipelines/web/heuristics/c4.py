@@ -37,8 +37,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    WS_CLASS, detail, finish, flag, for_language, groups, override_model, prepare, py_strip, splitlines,
+    WS_CLASS, for_language, groups, override_model, prepare, py_strip, splitlines,
 )
+from arcforge.runtime.rules import detail, finish, flag
 from arcforge.pipelines.web.heuristics.words import tokenize, tokenizer_mode
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
 

@@ -28,9 +28,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    WS_CLASS, Checks, duplicates, flag, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage,
-   
+    WS_CLASS, duplicates, for_language, groups, override_model, prepare, py_strip, rules_stage,
 )
+from arcforge.runtime.rules import Checks, flag, num, ratio
 from arcforge.pipelines.web.heuristics.words import TERMINAL_PUNCTUATION, tokenize, tokenizer_mode
 from arcforge.runtime.stage import StageParams
 

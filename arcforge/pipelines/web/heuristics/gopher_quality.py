@@ -31,9 +31,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, flag, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage, splitlines,
-   
+    for_language, groups, override_model, prepare, py_strip, rules_stage, splitlines,
 )
+from arcforge.runtime.rules import Checks, flag, num, ratio
 from arcforge.pipelines.web.heuristics.words import (  # noqa: F401 - re-exported for callers of the 0.2.0 module
     GOPHER_STOP_WORDS, PUNCTUATION, PUNCTUATION_SET, Words, stop_words, tokenize, tokenizer_mode,
 )

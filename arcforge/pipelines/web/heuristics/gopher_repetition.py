@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from arcforge.pipelines.web.heuristics import (
-    Checks, duplicates, for_language, groups, num, override_model, prepare, py_strip, ratio, rules_stage,
+    duplicates, for_language, groups, override_model, prepare, py_strip, rules_stage,
 )
+from arcforge.runtime.rules import Checks, num, ratio
 from arcforge.pipelines.web.heuristics.words import Words, tokenize, tokenizer_mode
 from arcforge.runtime.stage import StageParams
 
