@@ -29,8 +29,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=5)
     args = ap.parse_args()
     root = fetch_demo_corpus(quiet=True)
-    texts = [json.loads(line)["text"] for f in sorted((root / "code").glob("*.jsonl.gz"))
-             for line in gzip.open(f, "rt", encoding="utf-8")]
+    rows = [json.loads(line) for f in sorted((root / "code").glob("*.jsonl.gz")) for line in gzip.open(f, "rt", encoding="utf-8")]
+    texts = [r["text"] for r in rows if r["url"].endswith(".py")]
     chars = sum(map(len, texts))
     best = {}
     for name, fn in (("arcforge (tree-sitter)", lambda t: imports(t, "python")), ("ast (peer)", ast_imports)):

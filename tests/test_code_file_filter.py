@@ -148,3 +148,17 @@ def test_a_missing_path_column_and_a_bad_rule_are_config_errors(tmp_path):
                                                        params="{extensions: {txt: {long_line: 0, language: text}}}"))
     with pytest.raises(ConfigError, match=r"b.yaml.*extensions.txt.long_line"):
         load_plan(cfg)
+
+
+def test_counting_ascii_characters_on_utf8_bytes():
+    """``ascii_counts`` (the alphanumeric share) equals Python's count on multi-byte text,
+    empty strings and an Arrow slice that starts mid-buffer."""
+    from arcforge.runtime.rules import ascii_counts
+
+    values = ["", "ab,c\n", "名前ブロック: x1!", "é" * 7 + "?.", "", "z"]
+    arr = pa.array(values, pa.string())
+    for start in range(len(values)):
+        part = arr.slice(start)
+        want = [sum(ch in "abcxz1\n,.?!" for ch in v) for v in values[start:]]
+        assert ascii_counts(part, "abcxz1\n,.?!").tolist() == want
+    assert ascii_counts(pa.array(["", ""], pa.string()), "a").tolist() == [0, 0]

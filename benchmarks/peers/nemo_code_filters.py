@@ -41,8 +41,8 @@ def installed_code_files(per_kind: int = 25, max_bytes: int = 300_000, unknown: 
     rows = []
     for key in sorted(by_key, key=str):
         paths = by_key[key]
-        n = unknown if key is None else per_kind
-        picks = [paths[int(i * len(paths) / n)] for i in range(min(n, len(paths)))]
+        n = min(unknown if key is None else per_kind, len(paths))
+        picks = [paths[int(i * len(paths) / n)] for i in range(n)]
         for p in picks:
             try:
                 text = p.read_text(encoding="utf-8")

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import csv
 import posixpath
+import string
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -49,11 +50,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field
 
-from arcforge.runtime.rules import Checks, finish, flag, num, text_of
+from arcforge.runtime.rules import Checks, ascii_counts, finish, flag, num, text_of
 from arcforge.runtime.stage import MapStage, Output, Resources, StageParams, TaskContext
 
 RULES_CSV = Path(__file__).with_name("extension_rules.csv")
-ALPHANUM = "[a-zA-Z0-9\n?!,.]"  # NeMo Curator's regex_alphanum, in RE2
+ALPHANUM = string.ascii_letters + string.digits + "\n?!,."  # NeMo Curator's regex_alphanum: [a-zA-Z0-9\n?!,.]
 # files the table names by their whole name: it keys them by the empty extension ("makefile",
 # "dockerfile") and keys CMakeLists.txt under "txt"; any other .txt or extension-less file is unknown
 NAMED = {"makefile": ("makefile", ""), "gnumakefile": ("makefile", ""), "dockerfile": ("dockerfile", ""),
@@ -183,9 +184,17 @@ def file_reasons(text: pa.Array, paths: list[str | None], params: FileFilterPara
         c.check("mean_line_length", ~np.isnan(rules.long_line) & (mean > params.mean_line_length), mean,
                 "mean_line_length", params.mean_line_length)
     with np.errstate(divide="ignore", invalid="ignore"):
-        alnum = num(pc.count_substring_regex(text, ALPHANUM)) / chars
+        alnum = ascii_counts(text, ALPHANUM) / chars
         c.check("alphanum_fraction", alnum < rules.alphanum, alnum, "alphanum_fraction", rules.alphanum)
-        letters = num(pc.count_substring_regex(text, r"\pL"))
+        letters = np.full(n, np.nan)  # only where an alpha rule applies (data formats)
+        some = np.flatnonzero(c.open & ~np.isnan(rules.alpha))
+        if len(some):
+            sub = text.take(pa.array(some))
+            ascii_only = flag(pc.string_is_ascii(sub))  # RE2 counts \pL slowly: only where it must
+            letters[some] = np.where(ascii_only, ascii_counts(sub, string.ascii_letters), 0)
+            wide = np.flatnonzero(~ascii_only)
+            if len(wide):
+                letters[some[wide]] = num(pc.count_substring_regex(sub.take(pa.array(wide)), r"\pL"))
         c.check("alpha_fraction", letters < rules.alpha * chars, letters / chars, "alpha_fraction", rules.alpha)
     if params.html_min_text_ratio is not None:
         visible = np.full(n, np.nan)
