@@ -26,6 +26,7 @@ STAGES: dict[str, str] = {
     "text.plain_files": "arcforge.pipelines.web.sources:PLAIN_FILES",
     # source code
     "code.file_filter": "arcforge.pipelines.code.file_filter:FILE_FILTER",
+    "code.git_commits": "arcforge.pipelines.code.git_history:GIT_COMMITS",
     "code.repo_pack": "arcforge.pipelines.code.repo_pack:REPO_PACK",
     # quality classifiers
     "quality.buckets": "arcforge.classifiers.buckets:BUCKETS",

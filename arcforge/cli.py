@@ -157,7 +157,7 @@ def _print_distributions(run: Any, stages: list[str]) -> None:
             continue
         for line in render_status(stats):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
-        for line in bucket_lines(manifest.get("stats", {})) + repo_pack_lines(manifest.get("stats", {})):
+        for line in bucket_lines(manifest.get("stats", {})) + code_lines(manifest.get("stats", {})):
             console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
@@ -174,8 +174,13 @@ def bucket_lines(stats: dict[str, Any]) -> list[str]:
     return lines
 
 
-def repo_pack_lines(stats: dict[str, Any]) -> list[str]:
-    """A ``code.repo_pack`` stage's repositories, files and imports (docs/code.md)."""
+def code_lines(stats: dict[str, Any]) -> list[str]:
+    """A ``code.repo_pack`` stage's repositories, files and imports, a ``code.git_commits``
+    stage's commits (docs/code.md)."""
+    if "git.repositories" in stats:
+        g = {k.removeprefix("git."): int(v) for k, v in stats.items() if k.startswith("git.")}
+        return [f"  commits: {g.get('commits', 0):,} from {g['repositories']:,} repositories "
+                f"({g.get('files_changed', 0):,} file changes); merges skipped: {g.get('merges_skipped', 0):,}"]
     if "code.repos" not in stats:
         return []
     n = {k.removeprefix("code."): int(v) for k, v in stats.items() if k.startswith("code.")}

@@ -383,7 +383,7 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatc
     monkeypatch.setenv("ARCFORGE_RUNS", str(tmp_path))
     monkeypatch.setenv("ARCFORGE_DEMO_CORPUS", str(demo_corpus))
     cfg = Path(__file__).parent.parent / "configs" / "code.demo.yaml"
-    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"] * 5
+    assert [r.status for r in Runner(load_plan(cfg)).run()] == ["ran"] * 6
     every = {}
     for bundle in sorted((demo_corpus / "code").glob("*.jsonl.gz")):
         for line in gzip.open(bundle, "rt", encoding="utf-8"):
@@ -418,7 +418,9 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatc
     assert first["docutils-0.21.2"] == "docutils/__init__.py"
     # the packed repositories in Megatron shards, about half of them fill-in-the-middle transformed
     shards = read_manifest(DatasetRef(str(tmp_path / "code-demo" / "code_shards")))["stats"]
-    assert shards["docs_in"] == len(docs) and shards["shard.tokens"] > 500_000
+    commits = read_manifest(DatasetRef(str(tmp_path / "code-demo" / "commits")))["stats"]
+    assert commits["git.commits"] == 238 and commits["git.repositories"] == 3  # tests/test_code_git_commits.py
+    assert shards["docs_in"] == len(docs) + commits["git.commits"] and shards["shard.tokens"] > 500_000
     assert 0 < shards["shard.fim_psm"] + shards["shard.fim_spm"] < len(docs) and shards["shard.fim_spm"] > 0
     from megatron.core.datasets.indexed_dataset import IndexedDataset  # megatron's own reader
 
@@ -438,6 +440,12 @@ def test_the_code_demo_packs_docutils_and_pywb(tmp_path, demo_corpus, monkeypatc
             assert row[-1] == tok.eod_id
     # each transformed document holds each FIM sentinel once; the others hold none
     assert n_docs == len(docs) and set(seen_ids.values()) == {shards["shard.fim_psm"] + shards["shard.fim_spm"]}
+    n_commits = 0  # the commits have their own shards, without FIM (`fim.sources: [code]`)
+    for idx in sorted((tmp_path / "code-demo" / "code_shards" / "shards" / "commits").glob("*.idx")):
+        ds = IndexedDataset(str(idx.with_suffix("")))
+        n_commits += len(ds)
+        assert not any(set(ds[i].tolist()) & set(ids.values()) for i in range(len(ds)))
+    assert n_commits == commits["git.commits"]
     from arcforge.cli import main
 
     assert main(["status", str(tmp_path / "code-demo")]) == 0

