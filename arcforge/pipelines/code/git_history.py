@@ -140,9 +140,9 @@ def _commits(repo: Any) -> list[Any]:
 
     starts = [repo.references[n].resolve().target for n in repo.references]
     starts = [t for t in starts if repo[t].type == pygit2.enums.ObjectType.COMMIT]
-    if not starts:
-        found = [repo[o] for o in repo.odb]
-        commits = [c for c in found if c.type == pygit2.enums.ObjectType.COMMIT]
+    if not starts:  # an object in two packs is listed twice
+        found = {o: repo[o] for o in repo.odb}
+        commits = [c for c in found.values() if c.type == pygit2.enums.ObjectType.COMMIT]
     else:
         seen: dict[str, Any] = {}
         walker = repo.walk(starts[0], pygit2.enums.SortMode.NONE)
