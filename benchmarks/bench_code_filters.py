@@ -15,14 +15,14 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import pyarrow as pa
 
 from arcforge.pipelines.code.file_filter import FileFilterParams, file_reasons
 
-sys.path.insert(0, str(Path(__file__).parent / "peers"))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "peers")]
+from best_of import best_of  # noqa: E402
 from nemo_code_filters import installed_code_files, nemo_verdicts  # noqa: E402
 
 
@@ -37,15 +37,7 @@ def main() -> None:
     params = FileFilterParams()
     runs = {"arcforge code.file_filter": lambda: file_reasons(text, paths, params),
             "NeMo Curator 1.4.0 (peer)": lambda: nemo_verdicts(rows)}
-    best, out = {}, {}
-    for name, fn in runs.items():
-        out[name] = fn()  # imports, the table, the parsers
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times)
+    best, out = best_of(runs, args.repeat)
     (reasons, _), verdicts = out.values()
     agree = sum((r is None) == (not verdicts[row["id"]]) for row, r in zip(rows, reasons) if row["id"] in verdicts)
     print(f"{len(rows)} files, {chars:,} characters, {sum(r is not None for r in reasons)} dropped; best of {args.repeat}")

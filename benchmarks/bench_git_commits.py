@@ -15,11 +15,15 @@ from __future__ import annotations
 
 import argparse
 import subprocess
+import sys
 import tempfile
-import time
+from pathlib import Path
 
 from arcforge.pipelines.code.git_history import _commits, _open, commit_document
 from arcforge.pipelines.demo.corpus import fetch_demo_corpus
+
+sys.path.insert(0, str(Path(__file__).parent))
+from best_of import best_of  # noqa: E402
 
 PACKS = ("jamesob-desk", "toqueteos-ts3", "tyba-storable")
 
@@ -53,15 +57,7 @@ def main() -> None:
                 n += len(out.decode("utf-8", "replace"))
             return n
 
-        best, size = {}, {}
-        for label, fn in (("arcforge code.git_commits (libgit2)", ours), ("git show (peer)", git)):
-            size[label] = fn()
-            times = []
-            for _ in range(args.repeat):
-                t0 = time.perf_counter()
-                fn()
-                times.append(time.perf_counter() - t0)
-            best[label] = min(times)
+        best, size = best_of({"arcforge code.git_commits (libgit2)": ours, "git show (peer)": git}, args.repeat)
     n = sum(map(len, shas.values()))
     print(f"{n} commits of {len(PACKS)} repositories; best of {args.repeat}")
     for label, s in best.items():

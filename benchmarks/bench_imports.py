@@ -14,13 +14,13 @@ import argparse
 import gzip
 import json
 import sys
-import time
 from pathlib import Path
 
 from arcforge.pipelines.code.imports import imports
 from arcforge.pipelines.demo.corpus import fetch_demo_corpus
 
-sys.path.insert(0, str(Path(__file__).parent / "peers"))
+sys.path[:0] = [str(Path(__file__).parent), str(Path(__file__).parent / "peers")]
+from best_of import best_of  # noqa: E402
 from python_ast_imports import ast_imports  # noqa: E402
 
 
@@ -32,16 +32,8 @@ def main() -> None:
     rows = [json.loads(line) for f in sorted((root / "code").glob("*.jsonl.gz")) for line in gzip.open(f, "rt", encoding="utf-8")]
     texts = [r["text"] for r in rows if r["url"].endswith(".py")]
     chars = sum(map(len, texts))
-    best = {}
-    for name, fn in (("arcforge (tree-sitter)", lambda t: imports(t, "python")), ("ast (peer)", ast_imports)):
-        fn(texts[0])  # the parser's first use
-        times = []
-        for _ in range(args.repeat):
-            t0 = time.perf_counter()
-            for t in texts:
-                fn(t)
-            times.append(time.perf_counter() - t0)
-        best[name] = min(times)
+    best, _ = best_of({"arcforge (tree-sitter)": lambda: [imports(t, "python") for t in texts],
+                       "ast (peer)": lambda: [ast_imports(t) for t in texts]}, args.repeat)
     same = sum(imports(t, "python") == ast_imports(t) for t in texts)
     print(f"{len(texts)} files, {chars:,} characters; best of {args.repeat}")
     for name, s in best.items():
