@@ -29,8 +29,8 @@ alphanum, alpha``; empty = the rule is off). In order, the first failing rule is
   (NeMo Curator's ``NumberOfLinesOfCodeFilter``, whose 10-line floor would drop most
   ``__init__.py`` files).
 
-An empty file is kept (``keep_empty``): an empty ``__init__.py`` marks a Python package,
-and NeMo Curator's fractions divide by zero on it. Everything but the HTML rule is
+An empty file of a known, included extension is kept (``keep_empty``): an empty
+``__init__.py`` marks a Python package, and NeMo Curator's fractions divide by zero on it. Everything but the HTML rule is
 vectorised with Arrow; tests/test_code_file_filter.py checks the keep decisions against
 NeMo Curator's filters, file by file, on real files of many kinds.
 """
