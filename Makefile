@@ -70,7 +70,7 @@ ablate: setup
 	$(BIN)/arcforge ablate configs/ablate.quality.yaml
 
 test: setup browser
-	$(BIN)/python -m pytest -q -p no:cacheprovider
+	$(BIN)/python -m pytest -q -p no:cacheprovider --durations=25
 
 test-fast: setup
 	$(BIN)/python -m pytest -q -m "not slow"
