@@ -93,7 +93,14 @@ def test_every_commit_of_three_real_histories_is_what_git_shows(tmp_path, demo_c
         times = [json.loads(d["metadata"])["committed_at"] for d in mine]
         assert times == sorted(times)  # in commit-time order
     assert stats["git.commits"] == len(docs) == 238 and stats["git.merges_skipped"] == merges == 57
-    assert stats["git.repositories"] == 3 and stats.get("dropped", 0) == 0
+    assert stats["git.repositories"] == 3 and stats["dropped"] == stats["dropped.merge"] == merges
+    # a merge is kept in rejected/ with its message and parents, not lost
+    rejected = read_dataset(ref.rejected).to_pylist()
+    assert {r["reason"] for r in rejected} == {"merge"} and len(rejected) == merges
+    for r in rejected[:5]:
+        repo = tmp_path / f"{r['repo']}.git"
+        assert r["text"] == _git(repo, "log", "-1", "--format=%B", r["commit"]).rstrip("\n") + "\n"
+        assert len(json.loads(r["metadata"])["parents"]) > 1 and r["detail"].endswith("the merged commits are documents")
     joined = "".join(d["text"] for d in docs)
     assert "Binary files " in joined and "\nnew file mode " in joined and "\ndeleted file mode " in joined
 
@@ -159,7 +166,7 @@ def test_a_repository_directory_merges_resume_and_engines(tmp_path, spark):
                         "GIT_COMMITTER_EMAIL": "a@x"})
     [again] = Runner(load_plan(cfg)).run()
     assert again.status == "ran" and len(read_dataset(DatasetRef(str(tmp_path / "local" / "git" / "commits")))) == 6
-    # merges skipped by default; a commit over max_chars is rejected with its size, not lost
+    # merges rejected by default; a commit over max_chars is rejected with its size, not lost
     cfg = write_config(tmp_path / "small.yaml", RUN.format(root=tmp_path / "small", files=files, engine="local",
                                                            params="{max_chars: 600}"))
     Runner(load_plan(cfg)).run()
@@ -167,8 +174,10 @@ def test_a_repository_directory_merges_resume_and_engines(tmp_path, spark):
     stats = read_manifest(ref)["stats"]
     rejected = read_dataset(ref.rejected).to_pylist()
     assert stats["git.merges_skipped"] == 1 and stats["git.commits"] == 5
-    assert {r["reason"] for r in rejected} == {"too_large"} and all(len(r["text"]) > 600 for r in rejected)
-    assert len(rejected) + len(read_dataset(ref)) == 5 and rejected[0]["detail"].endswith("(max 600)")
+    big = [r for r in rejected if r["reason"] == "too_large"]
+    assert sorted(r["reason"] for r in rejected) == ["merge"] + ["too_large"] * len(big) and big
+    assert all(len(r["text"]) > 600 and r["detail"].endswith("(max 600)") for r in big)
+    assert len(big) + len(read_dataset(ref)) == 5  # every commit: a document, or rejected with its size
 
 
 def test_a_pack_without_its_index_is_a_config_error(tmp_path, demo_corpus):

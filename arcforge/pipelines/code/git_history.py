@@ -18,10 +18,10 @@ three real histories with git's own output. Renames are not detected (git's and 
 similarity scores differ, so a rename is a deletion and an addition, as with
 ``--no-renames``).
 
-Merges (two or more parents) are skipped by default (``merges: skip``, counted as
-``git.merges_skipped``): a merged branch's commits are already documents. ``merges:
-first_parent`` gives a merge the patch against its first parent (``git show
---diff-merges=first-parent``). A commit whose document would pass ``max_chars`` is
+Merges (two or more parents) are not documents by default (``merges: skip``): a merged
+branch's commits are already documents. Each goes to ``rejected/`` as ``merge`` with its
+message and parents (counted as ``git.merges_skipped`` too). ``merges: first_parent`` gives
+a merge the patch against its first parent (``git show --diff-merges=first-parent``). A commit whose document would pass ``max_chars`` is
 rejected as ``too_large`` (kept in ``rejected/``). Commits are ordered by commit time, then
 id, so the output does not depend on how the repository stores its objects. Columns:
 ``repo`` (the directory or pack name without ``.git``/``.pack``), ``commit`` (its id);
@@ -170,6 +170,13 @@ def _open(path: str, fs: Any, kind: str, tmp: str) -> Any:
     return pygit2.Repository(repo.path)
 
 
+def _merge_row(commit: Any) -> tuple[str, dict[str, Any]]:
+    """A merge that is not a document: its message and parents, for ``rejected/``."""
+    message = commit.raw_message.decode("utf-8", "replace").rstrip("\n")
+    return f"{message}\n", {"parents": [str(p) for p in commit.parent_ids],
+                            "committed_at": datetime.fromtimestamp(commit.commit_time, timezone.utc).isoformat()}
+
+
 def read_commits(path: str, fs: Any, params: GitCommitsParams, ctx: TaskContext) -> Iterator[Output]:
     name = repo_name(path)
     rows: list[dict[str, Any]] = []
@@ -178,19 +185,22 @@ def read_commits(path: str, fs: Any, params: GitCommitsParams, ctx: TaskContext)
     with tempfile.TemporaryDirectory(prefix="arcforge-git-") as tmp:
         repo = _open(path, fs, ctx.split.get("kind", "pack"), tmp)
         for commit in _commits(repo):
+            sha = str(commit.id)
             if len(commit.parent_ids) > 1 and params.merges == "skip":
                 ctx.stats.update("git.merges_skipped")
-                continue
-            text, meta = commit_document(repo, commit)
-            sha = str(commit.id)
+                text, meta = _merge_row(commit)
+                reasons.append("merge")
+                details.append(f"{len(commit.parent_ids)} parents; the merged commits are documents")
+            else:
+                text, meta = commit_document(repo, commit)
+                too_large = len(text) > params.max_chars
+                reasons.append("too_large" if too_large else None)
+                details.append(f"chars={len(text)} (max {params.max_chars})" if too_large else None)
+                ctx.stats.update("git.commits")
+                ctx.stats.update("git.files_changed", meta["files"])
             rows.append({"id": doc_id("git", name, sha), "text": text, "source": params.source, "url": f"{name}@{sha}",
                          "language": None, "metadata": dump_metadata({"repo": name, "commit": sha, **meta}),
                          "repo": name, "commit": sha})
-            too_large = len(text) > params.max_chars
-            reasons.append("too_large" if too_large else None)
-            details.append(f"chars={len(text)} (max {params.max_chars})" if too_large else None)
-            ctx.stats.update("git.commits")
-            ctx.stats.update("git.files_changed", meta["files"])
             if len(rows) >= BATCH_ROWS:
                 yield split_rejected(pa.Table.from_pylist(rows, SCHEMA), reasons, details)
                 rows, reasons, details = [], [], []
