@@ -101,7 +101,7 @@ def test_params_change_what_is_dropped():
     ]]
     assert _ours(rows)[0] == ["extension_unknown", None, None, "extension_unknown", None, "no_path"]
     reasons, details = _ours(rows, unknown="keep", min_lines=5, max_lines=20, keep_empty=False)
-    assert reasons == [None, "too_few_lines", "too_many_lines", None, "too_few_lines", "no_path"]
+    assert reasons == [None, "too_few_lines", "too_many_lines", None, "empty", "no_path"]
     assert details[1] == "lines=2 (threshold 5)" and details[5] == "column 'path' is null"
     reasons, _ = _ours(rows, extensions={"txt": {"language": "text", "long_line": 5}})
     assert reasons[0] == "long_line"

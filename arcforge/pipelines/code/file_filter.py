@@ -13,6 +13,7 @@ alphanum, alpha``; empty = the rule is off). In order, the first failing rule is
 * ``extension_unknown``: the table has no rule for the extension (NeMo Curator drops these;
   ``unknown: keep`` keeps them, unfiltered);
 * ``extension_excluded``: the table's reviewers excluded the extension (``include`` 0);
+* ``empty``: an empty file, with ``keep_empty: false`` (see below);
 * ``xml_header``: ``<?xml version=`` in the first ``xml_prefix_chars`` characters (a data
   file under a code extension);
 * ``long_line``: a line (``text.split("\\n")``) longer than the extension's ``long_line``;
@@ -29,8 +30,9 @@ alphanum, alpha``; empty = the rule is off). In order, the first failing rule is
   (NeMo Curator's ``NumberOfLinesOfCodeFilter``, whose 10-line floor would drop most
   ``__init__.py`` files).
 
-An empty file of a known, included extension is kept (``keep_empty``): an empty
-``__init__.py`` marks a Python package, and NeMo Curator's fractions divide by zero on it. Everything but the HTML rule is
+An empty file of a known, included extension is kept (``keep_empty``; false rejects it as
+``empty``): an empty ``__init__.py`` marks a Python package, and NeMo Curator's fractions
+divide by zero on it. Everything but the HTML rule is
 vectorised with Arrow; tests/test_code_file_filter.py checks the keep decisions against
 NeMo Curator's filters, file by file, on real files of many kinds.
 """
@@ -170,7 +172,8 @@ def file_reasons(text: pa.Array, paths: list[str | None], params: FileFilterPara
     c.check("no_path", np.array([p is None for p in paths]), zero, "path", "required")
     c.check("extension_unknown", ~rules.known & (params.unknown == "drop"), zero, "rule", "none for this extension")
     c.check("extension_excluded", rules.known & ~rules.include, zero, "include", 0)
-    c.open &= rules.known & ~((chars == 0) & params.keep_empty)  # unknown-but-kept and empty files pass
+    c.check("empty", (chars == 0) & ~params.keep_empty, zero, "chars", "keep_empty: false")
+    c.open &= rules.known & (chars > 0)  # unknown-but-kept and empty files pass the measuring rules
     if params.xml_prefix_chars is not None:
         head = pc.utf8_slice_codeunits(text, 0, params.xml_prefix_chars)
         c.check("xml_header", flag(pc.match_substring(head, "<?xml version=")), zero + 1, "xml_header", "absent")
