@@ -98,9 +98,14 @@ def _by_extension() -> dict[str, tuple[str, str]]:
     return out
 
 
+def _file_name(path: str) -> str:
+    """The file's name, lower-cased, from a POSIX or Windows path."""
+    return posixpath.basename(str(path).replace("\\", "/")).lower()
+
+
 def rule_key(path: str) -> tuple[str, str] | None:
     """The table key of a file, by its name or its extension (case-insensitive), or None."""
-    name = posixpath.basename(path.replace("\\", "/")).lower()
+    name = _file_name(path)
     if name in NAMED:
         return NAMED[name]
     return _by_extension().get(posixpath.splitext(name)[1][1:])
@@ -121,7 +126,7 @@ class FileFilterParams(StageParams):
     def rule_for(self, path: str | None) -> ExtensionRule | None:
         if path is None:
             return None
-        ext = posixpath.splitext(posixpath.basename(path.replace("\\", "/")).lower())[1][1:]
+        ext = posixpath.splitext(_file_name(path))[1][1:]
         if ext in self.extensions:
             return self.extensions[ext]
         key = rule_key(path)
